@@ -1,0 +1,20 @@
+# make test : create .venv, install the project with the pinned constraints, run the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: test install clean
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2 tests
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,33 @@
+"""unigrpo-jax: UniGRPO for Bagel in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name='unigrpo_jax',
+    version='0.1.0',
+    description='UniGRPO (think-then-draw RL) for ByteDance Bagel in JAX/Flax',
+    packages=setuptools.find_packages(include=['unigrpo_jax', 'unigrpo_jax.*']),
+    python_requires='>=3.11',
+    install_requires=[
+        'jax>=0.10,<0.13',
+        'flax>=0.12,<0.14',
+        'optax>=0.2.5',
+        'orbax-checkpoint>=0.11',
+        'transformers>=4.49',
+        'tokenizers>=0.20',
+        'ml-collections>=1.0',
+        'tensorflow-datasets>=4.9',
+        'einops>=0.8',
+        'clu>=0.0.12',
+        # clu's metric writers import TensorFlow and write TensorBoard summaries.
+        'tensorflow-cpu>=2.18',
+        'tensorboard>=2.18',
+        'safetensors>=0.4',
+        'numpy>=1.26',
+        'ml-dtypes>=0.5',
+        'pillow>=10',
+        'matplotlib>=3.8',
+        'absl-py>=2.1',
+    ],
+    extras_require={'test': ['pytest>=8', 'pytest-xdist>=3.5']},
+)

@@ -1,0 +1,1 @@
+"""Bagel PyTorch checkpoint <-> Flax params, and the tokenizer."""

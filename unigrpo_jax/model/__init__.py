@@ -1,0 +1,1 @@
+"""The Bagel model in Flax: LLM (Mixture-of-Transformers), heads, ViT, autoencoder."""

@@ -1,0 +1,282 @@
+"""Bagel model configuration: frozen dataclasses read from a checkpoint directory.
+
+A Bagel release folder has no single config file; the official loader builds ``BagelConfig`` in
+code from ``llm_config.json`` and ``vit_config.json`` plus overrides (``qk_norm=True``, untied
+``lm_head``, ViT ``num_hidden_layers - 1``; see ``shared/docs/bagel.md`` §1). ``load_config``
+reproduces that, reading every size from the files so that nothing is tied to one checkpoint.
+The configs are hashable so they can be static arguments of ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+# Bagel's defaults for the fields its loader sets in code (app.py:50-60).
+_RELEASE_BAGEL_DEFAULTS = dict(
+    latent_patch_size=2,
+    max_latent_size=64,
+    vit_max_num_patch_per_side=70,
+    connector_act='gelu_pytorch_tanh',
+    interpolate_pos=False,
+    timestep_shift=1.0,
+)
+
+# The FLUX.1 autoencoder values hard-coded in Bagel's ``load_ae`` (autoencoder.py:339-351).
+_FLUX_AE_DEFAULTS = dict(
+    resolution=256,
+    in_channels=3,
+    downsample=8,
+    ch=128,
+    out_ch=3,
+    ch_mult=(1, 2, 4, 4),
+    num_res_blocks=2,
+    z_channels=16,
+    scale_factor=0.3611,
+    shift_factor=0.1159,
+    groupnorm_groups=32,
+    groupnorm_eps=1e-6,
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or field is missing or inconsistent."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """Qwen2 Mixture-of-Transformers decoder (both experts share every size)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    rope_theta: float = 1e6
+    rms_norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        # Bagel never reads a head_dim field (modeling_qwen2.py:236).
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f'llm hidden_size={self.hidden_size} is not divisible by '
+                f'num_attention_heads={self.num_attention_heads}')
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f'llm num_attention_heads={self.num_attention_heads} is not divisible by '
+                f'num_key_value_heads={self.num_key_value_heads}')
+        if self.head_dim % 2:
+            raise ConfigError(f'llm head_dim={self.head_dim} must be even for RoPE')
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """SigLIP NaViT vision tower. ``num_hidden_layers`` is the number of layers *used*."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    patch_size: int
+    image_size: int
+    num_channels: int = 3
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_positions(self) -> int:
+        """Rows of SigLIP's learned position table: ``(image_size // patch_size)^2``."""
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class AEConfig:
+    """FLUX autoencoder (encoder + decoder) with Bagel's latent scale and shift."""
+
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    z_channels: int = 16
+    scale_factor: float = 0.3611
+    shift_factor: float = 0.1159
+    groupnorm_groups: int = 32
+    groupnorm_eps: float = 1e-6
+    resolution: int = 256
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialTokens:
+    """Bagel's special token ids (data/data_utils.py:130-165)."""
+
+    bos: int  # <|im_start|>
+    eos: int  # <|im_end|>
+    start_of_image: int  # <|vision_start|>
+    end_of_image: int  # <|vision_end|>
+
+
+@dataclasses.dataclass(frozen=True)
+class BagelConfig:
+    """The whole model: LLM, optional ViT, autoencoder and Bagel's connectors."""
+
+    llm: LLMConfig
+    vit: ViTConfig | None
+    ae: AEConfig
+    tokens: SpecialTokens
+    latent_patch_size: int = 2
+    max_latent_size: int = 64
+    vit_max_num_patch_per_side: int = 70
+    timestep_shift: float = 1.0
+    frequency_embedding_size: int = 256
+    # Compute dtype of the transformer ('float32' for parity, 'bfloat16' for speed). Params,
+    # log-probs, the ODE/SDE state and the autoencoder stay float32.
+    dtype: str = 'float32'
+
+    @property
+    def latent_channels(self) -> int:
+        return self.ae.z_channels
+
+    @property
+    def latent_token_dim(self) -> int:
+        """Features per latent token: ``patch * patch * z_channels``."""
+        return self.latent_patch_size ** 2 * self.ae.z_channels
+
+    @property
+    def latent_downsample(self) -> int:
+        """Image pixels per latent token side: VAE downsample x latent patch."""
+        return self.ae.downsample * self.latent_patch_size
+
+    def replace(self, **kw: Any) -> 'BagelConfig':
+        return dataclasses.replace(self, **kw)
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise ConfigError(f'missing config file {path}')
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f'{path} is not valid JSON: {e}') from e
+
+
+def _require(d: dict[str, Any], key: str, path: str) -> Any:
+    if key not in d:
+        raise ConfigError(f'{path} has no field {key!r}')
+    return d[key]
+
+
+def llm_config_from_json(path: str) -> LLMConfig:
+    d = _read_json(path)
+    fields = ('vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers',
+              'num_attention_heads', 'num_key_value_heads')
+    cfg = LLMConfig(
+        **{k: int(_require(d, k, path)) for k in fields},
+        rope_theta=float(d.get('rope_theta', 1e6)),
+        rms_norm_eps=float(d.get('rms_norm_eps', 1e-6)),
+    )
+    if d.get('rope_scaling'):
+        raise ConfigError(f'{path}: rope_scaling={d["rope_scaling"]!r} is not supported by Bagel')
+    cfg.validate()
+    return cfg
+
+
+def vit_config_from_json(path: str) -> ViTConfig:
+    """SigLIP config as Bagel's loader uses it: one layer fewer than the json says."""
+    d = _read_json(path)
+    layers = int(_require(d, 'num_hidden_layers', path)) - 1
+    return ViTConfig(
+        hidden_size=int(_require(d, 'hidden_size', path)),
+        intermediate_size=int(_require(d, 'intermediate_size', path)),
+        num_hidden_layers=layers,
+        num_attention_heads=int(_require(d, 'num_attention_heads', path)),
+        patch_size=int(_require(d, 'patch_size', path)),
+        image_size=int(_require(d, 'image_size', path)),
+        num_channels=int(d.get('num_channels', 3)),
+        layer_norm_eps=float(d.get('layer_norm_eps', 1e-6)),
+    )
+
+
+def ae_config_from_dict(d: dict[str, Any]) -> AEConfig:
+    d = {**_FLUX_AE_DEFAULTS, **d}
+    cfg = AEConfig(
+        in_channels=int(d['in_channels']), out_ch=int(d['out_ch']), ch=int(d['ch']),
+        ch_mult=tuple(int(m) for m in d['ch_mult']), num_res_blocks=int(d['num_res_blocks']),
+        z_channels=int(d['z_channels']), scale_factor=float(d['scale_factor']),
+        shift_factor=float(d['shift_factor']), groupnorm_groups=int(d['groupnorm_groups']),
+        groupnorm_eps=float(d['groupnorm_eps']), resolution=int(d['resolution']))
+    if int(d['downsample']) != cfg.downsample:
+        raise ConfigError(
+            f'autoencoder downsample={d["downsample"]} does not match ch_mult={list(cfg.ch_mult)} '
+            f'(which gives {cfg.downsample})')
+    return cfg
+
+
+def special_tokens_from_ids(ids: dict[str, int]) -> SpecialTokens:
+    keys = dict(bos='bos_token_id', eos='eos_token_id', start_of_image='start_of_image',
+                end_of_image='end_of_image')
+    missing = [v for v in keys.values() if v not in ids]
+    if missing:
+        raise ConfigError(f'special token ids {missing} are missing (have {sorted(ids)})')
+    return SpecialTokens(**{k: int(ids[v]) for k, v in keys.items()})
+
+
+def load_config(directory: str, *, tokens: SpecialTokens | None = None,
+                dtype: str = 'float32') -> BagelConfig:
+    """Builds the BagelConfig of a checkpoint directory.
+
+    Reads ``llm_config.json`` and ``vit_config.json`` (optional: no ViT without it), and, where
+    present, ``config.json`` (Bagel fields and special token ids) and ``ae_config.json``. Without
+    them the release values of Bagel-7B-MoT are used. Special token ids come from ``tokens``,
+    else ``config.json``'s ``new_token_ids``; the real release reads them from the tokenizer
+    (see ``unigrpo_jax.convert.tokenizer``).
+    """
+    if not os.path.isdir(directory):
+        raise ConfigError(f'checkpoint directory {directory} does not exist')
+    llm = llm_config_from_json(os.path.join(directory, 'llm_config.json'))
+    vit_path = os.path.join(directory, 'vit_config.json')
+    vit = vit_config_from_json(vit_path) if os.path.exists(vit_path) else None
+    bagel_path = os.path.join(directory, 'config.json')
+    bagel = _read_json(bagel_path) if os.path.exists(bagel_path) else {}
+    ae_path = os.path.join(directory, 'ae_config.json')
+    ae = ae_config_from_dict(_read_json(ae_path) if os.path.exists(ae_path) else {})
+    if tokens is None:
+        if 'new_token_ids' not in bagel:
+            raise ConfigError(
+                f'no special token ids: {bagel_path} has no new_token_ids; load the tokenizer '
+                '(unigrpo_jax.convert.tokenizer.load_tokenizer) and pass its ids as tokens=')
+        tokens = special_tokens_from_ids(bagel['new_token_ids'])
+    fields = {k: bagel.get(k, v) for k, v in _RELEASE_BAGEL_DEFAULTS.items()}
+    if fields['interpolate_pos']:
+        raise ConfigError(f'{bagel_path}: interpolate_pos=True is not supported (the release uses '
+                          'extrapolated position ids)')
+    if fields['connector_act'] != 'gelu_pytorch_tanh':
+        raise ConfigError(f'{bagel_path}: connector_act={fields["connector_act"]!r} is not '
+                          "supported (expected 'gelu_pytorch_tanh')")
+    if 'latent_channels' in bagel and int(bagel['latent_channels']) != ae.z_channels:
+        raise ConfigError(f'{bagel_path}: latent_channels={bagel["latent_channels"]} but the '
+                          f'autoencoder has z_channels={ae.z_channels}')
+    return BagelConfig(
+        llm=llm, vit=vit, ae=ae, tokens=tokens,
+        latent_patch_size=int(fields['latent_patch_size']),
+        max_latent_size=int(fields['max_latent_size']),
+        vit_max_num_patch_per_side=int(fields['vit_max_num_patch_per_side']),
+        timestep_shift=float(fields['timestep_shift']),
+        frequency_embedding_size=int(bagel.get('frequency_embedding_size', 256)),
+        dtype=dtype,
+    )

@@ -1,0 +1,1 @@
+"""Samplers: the think-then-draw rollout and the evaluation sampler."""
