@@ -161,7 +161,7 @@ def config_files(config: BagelConfig) -> dict[str, dict]:
             intermediate_size=vit.intermediate_size,
             num_hidden_layers=vit.num_hidden_layers + 1,  # Bagel's loader drops one
             num_attention_heads=vit.num_attention_heads, num_channels=vit.num_channels,
-            patch_size=vit.patch_size, hidden_act='gelu_pytorch_tanh',
+            patch_size=vit.patch_size, image_size=vit.image_size, hidden_act='gelu_pytorch_tanh',
             layer_norm_eps=vit.layer_norm_eps)
     return files
 

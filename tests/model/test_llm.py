@@ -1,0 +1,99 @@
+"""The MoT decoder beyond the fixture: logical axes, bf16, remat, cache consistency, padding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unigrpo_jax.convert.bagel import load_bagel
+from unigrpo_jax.convert.checkpoint import flatten
+from unigrpo_jax.model import bagel, context
+from unigrpo_jax.model.kv_cache import init_cache
+
+
+@pytest.fixture(scope='module')
+def model(fixture_dir):
+    config, params, _ = load_bagel(fixture_dir, dtype=np.float32)
+    return config, jax.device_put(params)
+
+
+def test_every_param_has_logical_axis_names(model):
+    config, _ = model
+    boxed = bagel.abstract_params(config)
+    shapes = flatten(nn.unbox(boxed))
+    specs = flatten(nn.get_partition_spec(boxed))
+    assert set(shapes) == set(specs)
+    for path, spec in specs.items():
+        assert len(spec) == len(shapes[path].shape), path
+        assert any(name is not None for name in spec), path
+        if '/layers/' in path or path.startswith('language_model/layers'):
+            assert spec[0] == 'layers', path
+
+
+def _ids(config, n, seed):
+    rng = np.random.default_rng(seed)
+    body = rng.integers(0, config.tokens.bos - 10, n)
+    return np.concatenate([[config.tokens.bos], body, [config.tokens.eos]]).astype(np.int32)
+
+
+def test_two_segments_equal_one_causal_segment(model):
+    """Prefilling a+b in two calls gives the same hidden/cache rows as one call of a+b."""
+    config, params = model
+    a, b = _ids(config, 5, 0), _ids(config, 6, 1)
+    cache, _ = context.prefill_text(params, config, init_cache(config.llm, 1, 32), a[None])
+    cache, h_two = context.prefill_text(params, config, cache, b[None])
+    whole, h_one = context.prefill_text(params, config, init_cache(config.llm, 1, 32),
+                                        np.concatenate([a, b])[None])
+    np.testing.assert_allclose(h_two[0], h_one[0, len(a):], atol=2e-5)
+    n = len(a) + len(b)
+    np.testing.assert_allclose(cache.k[:, :, :n], whole.k[:, :, :n], atol=2e-5)
+    assert int(cache.length[0]) == int(cache.rope[0]) == n
+
+
+def test_right_padded_batch_matches_separate_samples(model):
+    """Two prompts of different lengths in one padded batch behave like two separate runs."""
+    config, params = model
+    p0, p1, nxt = _ids(config, 3, 2), _ids(config, 7, 3), _ids(config, 4, 4)
+    batch = np.zeros((2, len(p1)), np.int32)
+    batch[0, :len(p0)], batch[1] = p0, p1
+    cache, _ = context.prefill_text(params, config, init_cache(config.llm, 2, 32), batch,
+                                    jnp.array([len(p0), len(p1)]))
+    cache, h = context.prefill_text(params, config, cache, np.stack([nxt, nxt]))
+    for i, p in enumerate((p0, p1)):
+        single, _ = context.prefill_text(params, config, init_cache(config.llm, 1, 32), p[None])
+        single, hs = context.prefill_text(params, config, single, nxt[None])
+        np.testing.assert_allclose(h[i], hs[0], atol=2e-5)
+        assert int(cache.rope[i]) == len(p) + len(nxt)
+
+
+def test_bfloat16_compute_is_close_to_float32(model):
+    config, params = model
+    ids = _ids(config, 10, 5)[None]
+    _, h32 = context.prefill_text(params, config, init_cache(config.llm, 1, 16), ids)
+    cfg16 = config.replace(dtype='bfloat16')
+    _, h16 = context.prefill_text(params, cfg16, init_cache(config.llm, 1, 16, jnp.bfloat16), ids)
+    assert h16.dtype == jnp.float32
+    scale = float(jnp.max(jnp.abs(h32)))
+    err = float(jnp.max(jnp.abs(h16 - h32)))
+    assert 0 < err < 5e-2 * scale
+
+
+def test_remat_policy_gives_the_same_hidden(model):
+    config, params = model
+    ids = jnp.asarray(_ids(config, 6, 6))[None]
+    n = ids.shape[1]
+    x = bagel.Bagel(config).apply({'params': params}, ids, method=bagel.Bagel.embed_text)
+    pos = jnp.arange(n)[None]
+    mask = jnp.tril(jnp.ones((1, n, n), bool))
+
+    def run(policy):
+        return bagel.Bagel(config).apply({'params': params}, x, pos, mask, n_und=n,
+                                         remat_policy=policy, method=bagel.Bagel.decode)[0]
+    np.testing.assert_allclose(run('nothing_saveable'), run(None), atol=1e-6)
+
+
+def test_segment_longer_than_cache_is_refused(model):
+    config, params = model
+    with pytest.raises(ValueError, match='does not fit a KV cache of 4 rows'):
+        context.prefill_text(params, config, init_cache(config.llm, 1, 4), _ids(config, 5, 0)[None])
