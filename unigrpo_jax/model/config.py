@@ -280,3 +280,23 @@ def load_config(directory: str, *, tokens: SpecialTokens | None = None,
         frequency_embedding_size=int(bagel.get('frequency_embedding_size', 256)),
         dtype=dtype,
     )
+
+
+def config_from_dict(d: Any, *, dtype: str = 'float32') -> BagelConfig:
+    """A BagelConfig from plain data (e.g. a config file's ``model.random`` section).
+
+    Keys: ``llm`` (LLMConfig fields), optional ``vit`` (ViTConfig fields, layers as used),
+    ``ae`` (AEConfig fields), ``tokens`` (bos, eos, start_of_image, end_of_image) and the
+    BagelConfig scalars (``latent_patch_size``, ``max_latent_size``, ...).
+    """
+    d = dict(d)
+    llm = LLMConfig(**dict(d.pop('llm')))
+    llm.validate()
+    vit = d.pop('vit', None)
+    vit = ViTConfig(**dict(vit)) if vit else None
+    ae = ae_config_from_dict(dict(d.pop('ae', {})))
+    tokens = SpecialTokens(**dict(d.pop('tokens')))
+    unknown = set(d) - {f.name for f in dataclasses.fields(BagelConfig)}
+    if unknown:
+        raise ConfigError(f'unknown model config fields {sorted(unknown)}')
+    return BagelConfig(llm=llm, vit=vit, ae=ae, tokens=tokens, dtype=dtype, **d)

@@ -109,3 +109,12 @@ def sample_ode(params, config: BagelConfig, sampler: SamplerConfig, noise: jax.A
     del x_final
     return Trajectory(x=jnp.concatenate([noise[None].astype(jnp.float32), xs]), v=vs,
                       t=grid[:-1], cfg_active=active)
+
+
+def sampler_config(c) -> SamplerConfig:
+    """A ``SamplerConfig`` from a config's ``eval`` section."""
+    return SamplerConfig(
+        num_timesteps=c.num_timesteps, shift=c.shift,
+        cfg=GuidanceConfig(text_scale=c.cfg_text_scale, img_scale=c.cfg_img_scale,
+                           interval=tuple(c.cfg_interval), renorm=c.cfg_renorm_type,
+                           renorm_min=c.cfg_renorm_min))

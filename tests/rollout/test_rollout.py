@@ -1,0 +1,165 @@
+"""The think-then-draw rollout on a random tiny Bagel (configs/bagel_grpo.py:tiny)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import bagel_grpo
+from unigrpo_jax.model import context, factory
+from unigrpo_jax.model.kv_cache import init_cache
+from unigrpo_jax.parallel.mesh import make_mesh
+from unigrpo_jax.rollout import rollout as R
+from unigrpo_jax.rollout import sde
+from unigrpo_jax.rollout.sampling import TokenSampler
+
+
+@pytest.fixture(scope='module')
+def tiny():
+    cfg = bagel_grpo.get_config('tiny')
+    config, params, ae = factory.build_model(cfg.model)
+    rc = R.rollout_config(cfg.rollout)
+    rng = np.random.default_rng(0)
+    t = config.tokens
+    system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
+    prompts = rng.integers(0, 100, (8, 6)).astype(np.int32)
+    prompts[:, 0], prompts[:, -1] = t.bos, t.eos
+    lengths = np.full((8,), 6, np.int32)
+    prompts[1, 4], prompts[1, 5], lengths[1] = t.eos, 0, 5  # one shorter, right-padded prompt
+    return config, params, ae, rc, system, jnp.asarray(prompts), jnp.asarray(lengths)
+
+
+@pytest.fixture(scope='module')
+def one_device_rollout(tiny):
+    config, params, ae, rc, system, prompts, lengths = tiny
+    fn = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))
+    return fn, fn(params, ae, system, prompts, lengths, jax.random.key(0))
+
+
+def test_shapes_and_masks(tiny, one_device_rollout):
+    config, _, _, rc, *_ = tiny
+    _, out = one_device_rollout
+    b = 8 * rc.group_size
+    assert out.think_tokens.shape == (b, rc.max_think_tokens)
+    assert out.x_t.shape[:2] == (b, rc.window_size) and out.logp.shape == (b, rc.window_size)
+    assert out.images.shape == (b, 32, 32, 3) and out.images.dtype == jnp.uint8
+    lengths = np.asarray(out.think_lengths)
+    mask = np.asarray(out.think_mask)
+    assert (mask == (np.arange(rc.max_think_tokens) < lengths[:, None])).all()  # a prefix
+    closed = np.asarray(out.think_closed)
+    last = np.asarray(out.think_tokens)[np.arange(b), lengths - 1]
+    assert (last[closed] == config.tokens.eos).all() and (lengths[~closed] == rc.max_think_tokens).all()
+    assert 0 <= int(out.window_start) <= rc.window_max_start
+
+
+def _full_forward_logprobs(config, params, ids):
+    cache = init_cache(config.llm, 1, len(ids))
+    _, hidden = context.prefill_text(params, config, cache, jnp.asarray(ids)[None])
+    return jax.nn.log_softmax(context.text_logits(params, config, hidden)[0])
+
+
+def test_text_logprobs_equal_a_fresh_full_forward(tiny, one_device_rollout):
+    config, params, _, rc, system, prompts, lengths = tiny
+    _, out = one_device_rollout
+    for chain in (0, 5, 6, 13):
+        p = chain // rc.group_size
+        n = int(out.think_lengths[chain])
+        tokens = np.asarray(out.think_tokens[chain, :n])
+        ctx = np.concatenate([system, prompts[p, :lengths[p]], [config.tokens.bos]])
+        logp = _full_forward_logprobs(config, params, np.concatenate([ctx, tokens]))
+        expected = logp[len(ctx) - 1 + np.arange(n), tokens]
+        np.testing.assert_allclose(out.think_logprobs[chain, :n], expected, atol=1e-5)
+
+
+def test_greedy_through_the_cache_equals_greedy_by_full_forwards(tiny):
+    config, params, _, _, system, prompts, _ = tiny
+    steps = 6
+    ctx = np.concatenate([system, prompts[0], [config.tokens.bos]])
+    seq = list(ctx)
+    for _ in range(steps):
+        logp = _full_forward_logprobs(config, params, np.array(seq))
+        seq.append(int(jnp.argmax(logp[-1])))
+    cache = init_cache(config.llm, 1, len(ctx) + steps + 2)
+    cache, _ = context.prefill_text(params, config, cache, jnp.asarray(ctx[:-1])[None])
+    _, tokens, _, mask, _ = R.generate_think(params, config, cache, jax.random.split(
+        jax.random.key(0), 1), TokenSampler(temperature=0.0), steps)
+    n = int(mask.sum())
+    assert n >= 1
+    np.testing.assert_array_equal(tokens[0, :n], seq[len(ctx):len(ctx) + n])
+
+
+def test_stopped_chains_do_not_advance(tiny):
+    """A chain that samples eos first closes its segment [bos, eos]; its cache stops there."""
+    import dataclasses
+    config, params, *_ = tiny
+    greedy, keys = TokenSampler(temperature=0.0), jax.random.split(jax.random.key(0), 2)
+    cache = init_cache(config.llm, 2, 16)
+    _, first, *_ = R.generate_think(params, config, cache, keys, greedy, 1)
+    # Call the greedy first token "eos": both chains must stop at once.
+    stop = int(first[0, 0])
+    config = config.replace(tokens=dataclasses.replace(config.tokens, eos=stop))
+    cache, tokens, _, mask, closed = R.generate_think(params, config, cache, keys, greedy, 5)
+    np.testing.assert_array_equal(mask, [[1, 0, 0, 0, 0]] * 2)
+    assert bool(closed.all()) and (tokens[:, 0] == stop).all()
+    np.testing.assert_array_equal(cache.length, [2, 2])
+    np.testing.assert_array_equal(cache.rope, [2, 2])
+
+
+def test_window_records_are_consistent(tiny, one_device_rollout):
+    _, _, _, rc, *_ = tiny
+    _, out = one_device_rollout
+    np.testing.assert_array_equal(out.x_next[:, :-1], out.x_t[:, 1:])  # consecutive steps
+    np.testing.assert_array_equal(out.t[1:], out.t_next[:-1])
+    from unigrpo_jax.model import latents
+    grid = latents.timesteps(rc.num_timesteps, rc.shift)
+    for j in range(rc.window_size):
+        _, s = sde.sde_std(out.t[j], out.t_next[j], grid[1], rc.noise_level)
+        np.testing.assert_allclose(sde.gaussian_logp(out.x_next[:, j], out.mean[:, j], s),
+                                   out.logp[:, j], rtol=1e-5)
+
+
+def test_no_recompilation_between_calls(tiny, one_device_rollout):
+    config, params, ae, _, system, prompts, lengths = tiny
+    fn, _ = one_device_rollout
+    fn(params, ae, system, (prompts + 1) % 100, lengths, jax.random.key(9))
+    assert fn._cache_size() == 1
+
+
+def test_same_seed_same_rollout_on_one_and_eight_devices(tiny, one_device_rollout):
+    config, params, ae, rc, system, prompts, lengths = tiny
+    _, one = one_device_rollout
+    fn8 = R.make_rollout_fn(config, rc, make_mesh((8, 1, 1)))
+    eight = fn8(params, ae, system, prompts, lengths, jax.random.key(0))
+    assert len(eight.think_tokens.sharding.device_set) == 8
+    for name in ('think_tokens', 'think_mask', 'think_closed', 'window_start'):
+        np.testing.assert_array_equal(getattr(one, name), getattr(eight, name), err_msg=name)
+    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean', 'final_latents'):
+        np.testing.assert_allclose(getattr(one, name), getattr(eight, name), atol=1e-5,
+                                   err_msg=name)
+    diff = np.abs(np.asarray(one.images, int) - np.asarray(eight.images, int))
+    assert diff.max() <= 1  # uint8 rounding boundaries
+
+
+def test_no_think_variant(tiny):
+    config, params, ae, rc, system, prompts, lengths = tiny
+    rc = R.RolloutConfig(**{**rc.__dict__, 'think': False})
+    out = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
+        params, ae, system, prompts, lengths, jax.random.key(0))
+    assert out.think_tokens.shape == (32, 0) and out.images.shape == (32, 32, 32, 3)
+
+
+def test_eval_generation_runs_with_and_without_think(tiny):
+    from configs import bagel_grpo
+    from unigrpo_jax.rollout import eval_sampler
+    config, params, ae, rc, system, prompts, lengths = tiny
+    sc = eval_sampler.sampler_config(bagel_grpo.get_config('tiny').eval)
+    for think in (True, False):
+        rc2 = R.RolloutConfig(**{**rc.__dict__, 'think': think})
+        images, tokens, mask = R.generate_eval(params, ae, config, rc2, sc, system, prompts,
+                                               lengths, jax.random.key(0))
+        assert images.shape == (8, 32, 32, 3) and tokens.shape[1] == mask.shape[1]
+
+
+def test_bad_window_is_refused():
+    with pytest.raises(ValueError, match='does not fit'):
+        R.RolloutConfig(num_timesteps=6, window_size=3, window_max_start=3)

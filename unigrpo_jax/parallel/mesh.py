@@ -1,0 +1,39 @@
+"""Device meshes with the axes ``(data, fsdp, tensor)``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+AXES = ('data', 'fsdp', 'tensor')
+
+
+def resolve_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Replaces one ``-1`` by the remaining devices; the product must equal ``num_devices``."""
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f'parallelism.mesh={shape}: use positive sizes and at most one -1')
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f'parallelism.mesh={shape}: {num_devices} devices are not '
+                             f'divisible by {known}')
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(f'parallelism.mesh={shape} needs {math.prod(shape)} devices, '
+                         f'{num_devices} are present')
+    return shape
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+    """A mesh over ``devices`` (default: all) with axes ``(data, fsdp, tensor)``.
+
+    Axes are ``Auto`` (sharding propagated by the compiler from in/out shardings, the jit
+    successor of pjit).
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    shape = resolve_shape(shape, len(devices))
+    return jax.make_mesh(shape, AXES, devices=devices, axis_types=(AxisType.Auto,) * len(AXES))

@@ -1,0 +1,1 @@
+"""Rewards: functions scoring generated images, built by name from options."""

@@ -1,0 +1,334 @@
+"""UniGRPO's think-then-draw rollout (training data) and the evaluation generator.
+
+One rollout per chain (algorithm.md §1, §4; bagel.md §4.4):
+
+1. context: ``[bos] SYSTEM [eos]`` (think only) and ``[bos] prompt [eos]`` prefilled once per
+   prompt, then the cache is repeated for the G chains of the group;
+2. text phase: from ``<|im_start|>`` sample reasoning tokens until ``<|im_end|>`` or
+   ``max_think_tokens`` inside one ``lax.while_loop`` over a fixed-size cache; chains that stop
+   are masked (their cache counters stop advancing); every sampled token's log-prob is recorded;
+3. the reasoning becomes its own segment ``[bos] y [eos]``: the decode loop already wrote
+   ``bos, y_1, ...`` at consecutive positions, so feeding the closing ``eos`` completes exactly
+   the segment Bagel re-prefills (Bagel re-tokenizes the decoded string; we keep the sampled
+   ids, which is the same segment whenever the sampled ids are the tokenizer's own encoding);
+4. image phase: ``N - 1`` steps on ``t = shift(linspace(1, 0, N))``; a window of W consecutive
+   steps (start drawn per rollout batch) is stochastic (FlowGRPO SDE, noise level a) and stores
+   ``x_t, t, x_next, logp, mean``; the other steps are Euler ODE steps; one conditional forward
+   per step (CFG-free);
+5. the final latents are decoded to uint8 images.
+
+The no-think variant (FlowGRPO baseline) is the same program without steps 2-3 and the system
+prompt. Random numbers are drawn per sample from ``fold_in(key, global sample index)``, so a
+rollout does not depend on how its batch is split over devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from unigrpo_jax.model import autoencoder, context, latents
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.model.kv_cache import KVCache, init_cache
+from unigrpo_jax.rollout import eval_sampler, sde
+from unigrpo_jax.rollout.sampling import TokenSampler, sample_tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Static settings of a rollout (all hashable; see ``configs/bagel_grpo.py``)."""
+
+    group_size: int = 24
+    think: bool = True
+    max_think_tokens: int = 512
+    sampler: TokenSampler = TokenSampler()
+    num_timesteps: int = 25
+    shift: float = 3.0
+    noise_level: float = 0.8
+    window_size: int = 3
+    window_max_start: int = 2  # start drawn uniformly from {0, ..., window_max_start}
+    image_size: tuple[int, int] = (1024, 1024)
+    decode_images: bool = True
+
+    def __post_init__(self):
+        steps = self.num_timesteps - 1
+        if self.group_size < 1:
+            raise ValueError(f'group_size={self.group_size} must be >= 1')
+        if self.think and self.max_think_tokens < 1:
+            raise ValueError(f'max_think_tokens={self.max_think_tokens} must be >= 1')
+        if self.window_size < 0 or self.window_max_start < 0:
+            raise ValueError('window_size and window_max_start must be >= 0')
+        if self.window_max_start + self.window_size > steps:
+            raise ValueError(
+                f'SDE window (start <= {self.window_max_start}, size {self.window_size}) does not '
+                f'fit the {steps} steps of num_timesteps={self.num_timesteps}')
+        if self.noise_level < 0:
+            raise ValueError(f'noise_level={self.noise_level} must be >= 0')
+
+
+@struct.dataclass
+class Rollout:
+    """One rollout batch of ``B = prompts x group_size`` chains (chain i belongs to prompt
+    ``i // group_size``). Shapes: T = max_think_tokens, W = window_size, N = latent tokens,
+    F = latent_token_dim."""
+
+    prompt_ids: jax.Array       # [B, P] the prompt segment [bos] prompt [eos], right-padded
+    prompt_lengths: jax.Array   # [B]
+    think_tokens: jax.Array     # [B, T] sampled reasoning tokens (eos included when sampled)
+    think_logprobs: jax.Array   # [B, T] float32, log-prob under the sampling distribution
+    think_mask: jax.Array       # [B, T] bool, True for sampled tokens
+    think_closed: jax.Array     # [B] bool, the chain sampled <|im_end|> (not truncated)
+    window_start: jax.Array     # [] int32
+    t: jax.Array                # [W] float32 time of each window step
+    t_next: jax.Array           # [W] float32
+    x_t: jax.Array              # [B, W, N, F] float32 state before each window step
+    x_next: jax.Array           # [B, W, N, F] float32 sampled next state
+    logp: jax.Array             # [B, W] float32 Gaussian log-prob of x_next (element mean)
+    mean: jax.Array             # [B, W, N, F] float32 mean of the Gaussian step
+    final_latents: jax.Array    # [B, N, F] float32
+    images: jax.Array           # [B, H, W, 3] uint8 (empty [B, 0, 0, 3] if not decoded)
+
+    @property
+    def think_lengths(self) -> jax.Array:
+        return jnp.sum(self.think_mask, axis=-1)
+
+
+def cache_size(rc: RolloutConfig, system_len: int, prompt_len: int) -> int:
+    """Rows a chain's cache needs: system + prompt + ``[bos] think [eos]``."""
+    think = rc.max_think_tokens + 2 if rc.think else 0
+    return system_len + prompt_len + think
+
+
+def build_context(params, config: BagelConfig, system_ids: jax.Array | None,
+                  prompt_ids: jax.Array, prompt_lengths: jax.Array,
+                  size: int) -> tuple[KVCache, KVCache]:
+    """Prefills ``[system] + prompt`` for each prompt.
+
+    Returns ``(system_cache, full_cache)``; the first holds only the system segment (Bagel's
+    ``cfg_text`` context of the think layout; empty without a system prompt).
+    """
+    cache = init_cache(config.llm, prompt_ids.shape[0], size)
+    if system_ids is not None:
+        ids = jnp.broadcast_to(system_ids, (prompt_ids.shape[0], system_ids.shape[0]))
+        cache, _ = context.prefill_text(params, config, cache, ids)
+    system_cache = cache
+    cache, _ = context.prefill_text(params, config, cache, prompt_ids, prompt_lengths)
+    return system_cache, cache
+
+
+def repeat_chains(tree, repeats: int):
+    """Repeats every array of a pytree along its batch axis (axis 0; axis 1 for KV buffers)."""
+    def rep(x):
+        axis = 1 if x.ndim == 5 else 0  # KVCache k/v: [layers, batch, ...]
+        return jnp.repeat(x, repeats, axis=axis)
+    return jax.tree.map(rep, tree)
+
+
+def generate_think(params, config: BagelConfig, cache: KVCache, keys: jax.Array,
+                   sampler: TokenSampler, max_tokens: int):
+    """Samples reasoning tokens from ``<|im_start|>`` and closes the segment with ``<|im_end|>``.
+
+    Args:
+      cache: ``[batch]`` contexts with room for ``max_tokens + 2`` more rows.
+      keys: ``[batch]`` per-chain PRNG keys.
+    Returns:
+      ``(cache, tokens [batch, T], logprobs [batch, T], mask [batch, T], closed [batch])``;
+      the cache holds the whole segment ``[bos] tokens (eos)`` with counters advanced.
+    """
+    b, bos, eos = cache.batch, config.tokens.bos, config.tokens.eos
+    sampling, feed_eos, done = 0, 1, 2
+
+    def cond(state):
+        step, _, _, phase, *_ = state
+        return (step <= max_tokens) & jnp.any(phase != done)
+
+    def body(state):
+        step, cache, token, phase, tokens, logps, mask, closed = state
+        advancing = phase != done
+        new_cache, logits = context.decode_step(params, config, cache, token)
+        keep = lambda new, old: jnp.where(advancing, new, old)  # noqa: E731
+        cache = new_cache.replace(length=keep(new_cache.length, cache.length),
+                                  rope=keep(new_cache.rope, cache.rope))
+        step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, step)
+        sampled, logp = sample_tokens(step_keys, logits, sampler)
+        is_sampling = phase == sampling
+        col = jnp.minimum(step, max_tokens - 1)
+        tokens = tokens.at[:, col].set(jnp.where(is_sampling, sampled, tokens[:, col]))
+        logps = logps.at[:, col].set(jnp.where(is_sampling, logp, logps[:, col]))
+        mask = mask.at[:, col].set(mask[:, col] | is_sampling)
+        got_eos = is_sampling & (sampled == eos)
+        closed = closed | got_eos
+        stop = is_sampling & (got_eos | (step == max_tokens - 1))
+        phase = jnp.where(phase == feed_eos, done, jnp.where(stop, feed_eos, phase))
+        token = jnp.where(is_sampling & ~stop, sampled, eos)
+        return step + 1, cache, token, phase, tokens, logps, mask, closed
+
+    state = (jnp.int32(0), cache, jnp.full((b,), bos, jnp.int32),
+             jnp.full((b,), sampling, jnp.int32), jnp.full((b, max_tokens), eos, jnp.int32),
+             jnp.zeros((b, max_tokens), jnp.float32), jnp.zeros((b, max_tokens), bool),
+             jnp.zeros((b,), bool))
+    _, cache, _, _, tokens, logps, mask, closed = jax.lax.while_loop(cond, body, state)
+    return cache, tokens, logps, mask, closed
+
+
+def denoise_sde_window(params, config: BagelConfig, rc: RolloutConfig, cache: KVCache,
+                       keys: jax.Array, window_start: jax.Array, position_ids: jax.Array):
+    """The image phase: ODE steps with a stochastic window; records the window steps.
+
+    Returns ``(final [B, N, F], t [W], t_next [W], x_t, x_next, mean [B, W, N, F], logp [B, W])``.
+    """
+    b, n, f, w = cache.batch, position_ids.shape[0], config.latent_token_dim, rc.window_size
+    grid = latents.timesteps(rc.num_timesteps, rc.shift)
+    init_keys, step_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+    noise = jax.vmap(lambda k: jax.random.normal(k, (n, f), jnp.float32))(init_keys)
+    empty = jnp.zeros((b, w, n, f), jnp.float32)
+
+    def step(carry, k):
+        x, xs, x_nexts, means, logps = carry
+        t, t_next = grid[k], grid[k + 1]
+        v, _ = context.image_velocity(params, config, cache, x, jnp.full((b,), t), position_ids)
+        xi = jax.vmap(lambda key: jax.random.normal(key, (n, f), jnp.float32))(
+            jax.vmap(jax.random.fold_in, (0, None))(step_keys, k))
+        x_sde, mean, logp, _ = sde.sde_step(x, v, t, t_next, grid[1], rc.noise_level, xi)
+        in_window = (k >= window_start) & (k < window_start + w)
+        x_next = jnp.where(in_window, x_sde, sde.ode_step(x, v, t, t_next))
+        j = jnp.clip(k - window_start, 0, max(w - 1, 0))
+        put = lambda buf, val: buf.at[:, j].set(jnp.where(in_window, val, buf[:, j]))  # noqa
+        logps = logps.at[:, j].set(jnp.where(in_window, logp, logps[:, j]))
+        return (x_next, put(xs, x), put(x_nexts, x_sde), put(means, mean), logps), None
+
+    init = (noise, empty, empty, empty, jnp.zeros((b, w), jnp.float32))
+    (final, xs, x_nexts, means, logps), _ = jax.lax.scan(
+        step, init, jnp.arange(rc.num_timesteps - 1))
+    idx = window_start + jnp.arange(w)
+    return final, grid[idx], grid[idx + 1], xs, x_nexts, means, logps
+
+
+def decode_latents(ae_params, config: BagelConfig, tokens: jax.Array,
+                   image_size: tuple[int, int]) -> jax.Array:
+    """Latent tokens ``[B, N, F]`` -> uint8 images ``[B, H, W, 3]``."""
+    h, w = latents.token_grid(*image_size, config.latent_downsample)
+    latent = latents.unpatchify(tokens, h, w, config.latent_patch_size)
+    return autoencoder.to_uint8(autoencoder.decode(ae_params, config.ae, latent))
+
+
+def _global_index(batch: int, axes) -> jax.Array:
+    """Global sample index of each local row inside ``shard_map`` over ``axes``."""
+    return jax.lax.axis_index(axes) * batch + jnp.arange(batch)
+
+
+def _rollout_local(params, ae_params, config, rc, axes, system_ids, prompt_ids, prompt_lengths,
+                   key):
+    g = rc.group_size
+    prompts = prompt_ids.shape[0]
+    size = cache_size(rc, 0 if system_ids is None else system_ids.shape[0], prompt_ids.shape[1])
+    _, cache = build_context(params, config, system_ids if rc.think else None, prompt_ids,
+                             prompt_lengths, size)
+    cache = repeat_chains(cache, g)
+    b = prompts * g
+    window_key, chains_key = jax.random.split(key)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(chains_key, _global_index(b, axes))
+    text_keys, image_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+    t_max = rc.max_think_tokens if rc.think else 0
+    if rc.think:
+        cache, tokens, logps, mask, closed = generate_think(params, config, cache, text_keys,
+                                                            rc.sampler, t_max)
+    else:
+        tokens = jnp.zeros((b, 0), jnp.int32)
+        logps, mask, closed = jnp.zeros((b, 0)), jnp.zeros((b, 0), bool), jnp.zeros((b,), bool)
+    window_start = jax.random.randint(window_key, (), 0, rc.window_max_start + 1)
+    h, w = latents.token_grid(*rc.image_size, config.latent_downsample)
+    pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
+    final, t, t_next, xs, x_nexts, means, logp = denoise_sde_window(
+        params, config, rc, cache, image_keys, window_start, pos)
+    images = (decode_latents(ae_params, config, final, rc.image_size) if rc.decode_images
+              else jnp.zeros((b, 0, 0, 3), jnp.uint8))
+    return Rollout(prompt_ids=jnp.repeat(prompt_ids, g, 0),
+                   prompt_lengths=jnp.repeat(prompt_lengths, g, 0), think_tokens=tokens,
+                   think_logprobs=logps, think_mask=mask, think_closed=closed,
+                   window_start=window_start, t=t, t_next=t_next, x_t=xs, x_next=x_nexts,
+                   logp=logp, mean=means, final_latents=final, images=images)
+
+
+def data_axes(mesh: Mesh) -> tuple[str, ...]:
+    """All mesh axes: the rollout is data-parallel over every device."""
+    return tuple(mesh.axis_names)
+
+
+def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh):
+    """The jitted rollout, data-parallel over every device of ``mesh`` (``shard_map``).
+
+    Returns ``fn(params, ae_params, system_ids [S] | None, prompt_ids [prompts, P],
+    prompt_lengths [prompts], key) -> Rollout`` with the chain axis sharded over all devices
+    (each device runs its own prompts' G chains; params are replicated). ``prompts`` must be a
+    multiple of the device count.
+    """
+    axes = data_axes(mesh)
+    batch = P(axes)
+
+    def fn(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
+        if prompt_ids.shape[0] % mesh.size:
+            raise ValueError(f'{prompt_ids.shape[0]} prompts cannot be split over {mesh.size} '
+                             'devices: use a multiple of the device count')
+        local = functools.partial(_rollout_local, config=config, rc=rc, axes=axes)
+        out_specs = Rollout(**{f.name: batch for f in dataclasses.fields(Rollout)}).replace(
+            window_start=P(), t=P(), t_next=P())
+        mapped = jax.shard_map(
+            lambda p, ae, s, ids, lens, k: local(p, ae, system_ids=s, prompt_ids=ids,
+                                                 prompt_lengths=lens, key=k),
+            mesh=mesh, in_specs=(P(), P(), P(), batch, batch, P()), out_specs=out_specs,
+            check_vma=False)
+        return mapped(params, ae_params, system_ids, prompt_ids, prompt_lengths, key)
+
+    return jax.jit(fn)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'rc', 'sampler_config', 'greedy'))
+def generate_eval(params, ae_params, config: BagelConfig, rc: RolloutConfig,
+                  sampler_config: eval_sampler.SamplerConfig, system_ids, prompt_ids,
+                  prompt_lengths, key, greedy: bool = True):
+    """Evaluation images: (greedy) thinking, then Bagel's ODE with classifier-free guidance.
+
+    Contexts as Bagel's inferencer (bagel.md §4.4): with think, cond = system + prompt + think,
+    text-uncond = system only, img-uncond = system + prompt; without, cond = prompt,
+    text-uncond = empty, img-uncond = prompt. One image per prompt.
+    Returns ``(images [B, H, W, 3] uint8, think_tokens [B, T], think_mask [B, T])``.
+    """
+    b = prompt_ids.shape[0]
+    size = cache_size(rc, 0 if system_ids is None else system_ids.shape[0], prompt_ids.shape[1])
+    text_uncond, img_uncond = build_context(params, config, system_ids if rc.think else None,
+                                            prompt_ids, prompt_lengths, size)
+    keys = jax.random.split(key, b)
+    cond = img_uncond
+    tokens, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
+    if rc.think:
+        sampler = TokenSampler(temperature=0.0) if greedy else rc.sampler
+        cond, tokens, _, mask, _ = generate_think(params, config, img_uncond, keys, sampler,
+                                                  rc.max_think_tokens)
+    h, w = latents.token_grid(*rc.image_size, config.latent_downsample)
+    pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
+    noise = jax.vmap(lambda k: jax.random.normal(k, (h * w, config.latent_token_dim)))(
+        jax.vmap(lambda k: jax.random.split(k)[1])(keys))
+    traj = eval_sampler.sample_ode(params, config, sampler_config, noise, pos, cond,
+                                   text_uncond, img_uncond)
+    return decode_latents(ae_params, config, traj.final, rc.image_size), tokens, mask
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a batch-major array over every device of the mesh."""
+    return NamedSharding(mesh, P(data_axes(mesh)))
+
+
+def rollout_config(c) -> RolloutConfig:
+    """A ``RolloutConfig`` from a config's ``rollout`` section."""
+    return RolloutConfig(
+        group_size=c.group_size, think=c.think, max_think_tokens=c.max_think_tokens,
+        sampler=TokenSampler(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p),
+        num_timesteps=c.num_timesteps, shift=c.shift, noise_level=c.noise_level,
+        window_size=c.window_size, window_max_start=c.window_max_start,
+        image_size=tuple(c.image_size))
