@@ -9,12 +9,16 @@ dtype is asked for.
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
-from safetensors import safe_open
 
 from unigrpo_jax.convert import rules as rules_lib
 from unigrpo_jax.convert.rules import Rule
@@ -24,21 +28,48 @@ class CheckpointError(ValueError):
     """A checkpoint does not match the model: nothing was converted."""
 
 
+_DTYPES = {'BF16': ml_dtypes.bfloat16, 'F16': np.float16, 'F32': np.float32, 'F64': np.float64,
+           'I8': np.int8, 'I16': np.int16, 'I32': np.int32, 'I64': np.int64, 'U8': np.uint8,
+           'BOOL': np.bool_}
+
+
+def _read_header(path: str) -> tuple[int, dict]:
+    """``(data start offset, {key: {dtype, shape, data_offsets}})`` of a safetensors file."""
+    try:
+        with open(path, 'rb') as f:
+            size = os.fstat(f.fileno()).st_size
+            (length,) = struct.unpack('<Q', f.read(8))
+            if length > size - 8:
+                raise ValueError(f'header length {length} exceeds the file size {size}')
+            header = json.loads(f.read(length))
+    except FileNotFoundError as e:
+        raise CheckpointError(f'missing checkpoint file {path}') from e
+    except (ValueError, struct.error, UnicodeDecodeError) as e:
+        raise CheckpointError(f'cannot read {path} as safetensors: {e}') from e
+    header.pop('__metadata__', None)
+    for key, info in header.items():
+        begin, end = info['data_offsets']
+        dtype = _DTYPES.get(info['dtype'])
+        if dtype is None or 8 + length + end > size or (
+                end - begin != math.prod(info['shape']) * np.dtype(dtype).itemsize):
+            raise CheckpointError(f'cannot read {path} as safetensors: tensor {key!r} '
+                                  f'({info["dtype"]}, {info["shape"]}) is malformed or truncated')
+    return 8 + length, header
+
+
 class SafetensorsSource:
-    """Lazy reader over one or more ``.safetensors`` files (memory-mapped, one tensor at a time)."""
+    """Lazy reader over one or more ``.safetensors`` files.
+
+    Each tensor is read with plain file reads into a fresh array (no memory map), so a
+    conversion holds only the converted copy, not the pages of the source file as well.
+    """
 
     def __init__(self, paths: Iterable[str]):
-        self._files = {}
+        self._headers: dict[str, tuple[int, dict]] = {}
         self._where: dict[str, str] = {}
         for path in paths:
-            try:
-                handle = safe_open(path, 'np')
-            except FileNotFoundError as e:
-                raise CheckpointError(f'missing checkpoint file {path}') from e
-            except Exception as e:  # safetensors raises its own error types for corrupt headers
-                raise CheckpointError(f'cannot read {path} as safetensors: {e}') from e
-            self._files[path] = handle
-            for key in handle.keys():
+            self._headers[path] = _read_header(path)
+            for key in self._headers[path][1]:
                 if key in self._where:
                     raise CheckpointError(f'key {key!r} is in both {self._where[key]} and {path}')
                 self._where[key] = path
@@ -46,11 +77,22 @@ class SafetensorsSource:
     def keys(self) -> list[str]:
         return sorted(self._where)
 
+    def _info(self, key: str) -> tuple[str, int, dict]:
+        path = self._where[key]
+        start, header = self._headers[path]
+        return path, start, header[key]
+
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._files[self._where[key]].get_slice(key).get_shape())
+        return tuple(self._info(key)[2]['shape'])
 
     def read(self, key: str) -> np.ndarray:
-        return self._files[self._where[key]].get_tensor(key)
+        path, start, info = self._info(key)
+        out = np.empty(info['shape'], _DTYPES[info['dtype']])
+        with open(path, 'rb') as f:
+            f.seek(start + info['data_offsets'][0])
+            if f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                raise CheckpointError(f'{path} ended early while reading {key!r}')
+        return out
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
