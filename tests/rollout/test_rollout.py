@@ -105,6 +105,25 @@ def test_stopped_chains_do_not_advance(tiny):
     np.testing.assert_array_equal(cache.rope, [2, 2])
 
 
+def test_truncated_chain_segment_is_bos_tokens_eos(tiny):
+    """A chain that never samples eos still gets all its tokens plus a closing eos cached."""
+    config, params, *_ = tiny
+    cache = init_cache(config.llm, 2, 16)
+    keys = jax.random.split(jax.random.key(3), 2)
+    full, tokens, _, mask, closed = R.generate_think(params, config, cache, keys,
+                                                     TokenSampler(), 4)
+    ids, lengths = R.think_segment(tokens, mask, closed, config.tokens.bos, config.tokens.eos)
+    for i in range(2):
+        n = int(lengths[i])
+        assert int(full.length[i]) == int(full.rope[i]) == n
+        if not bool(closed[i]):
+            assert n == 4 + 2 and int(ids[i, n - 1]) == config.tokens.eos
+        # the cache rows equal a fresh prefill of the segment
+        fresh, _ = context.prefill_text(params, config, init_cache(config.llm, 1, 16),
+                                        ids[i:i + 1, :n])
+        np.testing.assert_allclose(full.k[:, i, :n], fresh.k[:, 0, :n], atol=2e-5)
+
+
 def test_window_records_are_consistent(tiny, one_device_rollout):
     _, _, _, rc, *_ = tiny
     _, out = one_device_rollout

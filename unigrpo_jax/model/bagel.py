@@ -98,10 +98,11 @@ class Bagel(nn.Module):
     # --- the decoder and its heads ------------------------------------------------------------
     def decode(self, x, positions, new_mask, *, n_und: int, cache=None, cache_len=None,
                write_cache: bool = False, remat_policy: str | None = None):
-        """The MoT decoder (see ``LanguageModel.__call__``)."""
+        """The MoT decoder (see ``LanguageModel.__call__``); ``remat_policy`` defaults to the
+        config's."""
         return self.language_model(x, positions, new_mask, n_und=n_und, cache=cache,
                                    cache_len=cache_len, write_cache=write_cache,
-                                   remat_policy=remat_policy)
+                                   remat_policy=remat_policy or self.config.remat_policy)
 
     def lm_logits(self, hidden: jax.Array) -> jax.Array:
         """The AR head: ``[..., embed]`` -> ``[..., vocab]`` float32."""

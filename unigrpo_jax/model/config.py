@@ -146,6 +146,9 @@ class BagelConfig:
     # Compute dtype of the transformer ('float32' for parity, 'bfloat16' for speed). Params,
     # log-probs, the ODE/SDE state and the autoencoder stay float32.
     dtype: str = 'float32'
+    # Rematerialisation of the decoder layers in the backward pass: None, or a policy name of
+    # ``jax.checkpoint_policies`` (e.g. 'nothing_saveable', 'dots_with_no_batch_dims_saveable').
+    remat_policy: str | None = None
 
     @property
     def latent_channels(self) -> int:

@@ -10,8 +10,10 @@ function               tokens                      positions     mask        cac
 ``decode_step``        one token                   rope          (sees all)  written, both += 1
 ``prefill_vit_image``  soi, ViT tokens, eoi        all rope      full        written, rope += 1
 ``prefill_vae_image``  soi, latents (t=0), eoi     all rope      full        written, rope += 1
-``image_velocity``     soi, noisy latents, eoi     all rope      full        not written
+``image_velocities``   W x (soi, latents, eoi)     all rope      per block   not written
 =====================  ==========================  ============  ==========  ====================
+
+(``image_velocity`` is the one-block case.)
 
 Inside a call the und tokens are laid out first (markers before latents); attention is
 permutation-invariant given positions and masks, so only the order of the written cache rows
@@ -93,26 +95,31 @@ def text_logits(params, config: BagelConfig, hidden: jax.Array) -> jax.Array:
     return _apply(config, params, hidden, method=Bagel.lm_logits)
 
 
-def _image_block(config: BagelConfig, params, cache: KVCache, inner: jax.Array, *,
-                 inner_is_gen: bool, write: bool):
-    """Runs ``[soi, eoi] + inner`` at the shared position ``rope`` with full attention.
+def _image_blocks(config: BagelConfig, params, cache: KVCache, inner: jax.Array, *,
+                  inner_is_gen: bool, write: bool):
+    """Runs W image blocks ``[soi, eoi] + inner[:, j]`` at the shared position ``rope``.
 
-    Returns ``(hidden [batch, 2 + n, embed] in the order [soi, eoi, inner...], kv)``.
+    Each block attends to the cache and, fully, to itself; blocks do not see each other. The
+    layout is ``[soi, eoi] * W`` (und) then the W inner blocks, ``inner [b, W, n, embed]``.
+    Returns ``(hidden [b, W * (2 + n), embed] in that layout, kv)``.
     """
-    b, n, _ = inner.shape
+    b, w, n, _ = inner.shape
     if write:
-        _check_capacity(cache, n + 2)
+        _check_capacity(cache, w * (n + 2))
     t = config.tokens
-    markers = jnp.broadcast_to(jnp.array([t.start_of_image, t.end_of_image], jnp.int32), (b, 2))
-    x = jnp.concatenate([_apply(config, params, markers, method=Bagel.embed_text), inner], 1)
-    positions = jnp.broadcast_to(cache.rope[:, None], (b, n + 2))
-    n_und = 2 if inner_is_gen else n + 2
-    return _run_segment(config, params, cache, x, positions, attention.full_mask(n + 2), n_und,
-                        write)
+    markers = jnp.broadcast_to(jnp.array([t.start_of_image, t.end_of_image] * w, jnp.int32),
+                               (b, 2 * w))
+    x = jnp.concatenate([_apply(config, params, markers, method=Bagel.embed_text),
+                         inner.reshape(b, w * n, -1)], 1)
+    positions = jnp.broadcast_to(cache.rope[:, None], x.shape[:2])
+    block = jnp.concatenate([jnp.repeat(jnp.arange(w), 2), jnp.repeat(jnp.arange(w), n)])
+    mask = (block[:, None] == block[None, :])[None]
+    n_und = 2 * w if inner_is_gen else x.shape[1]
+    return _run_segment(config, params, cache, x, positions, mask, n_und, write)
 
 
 def bagel_block_order(hidden: jax.Array) -> jax.Array:
-    """``[soi, eoi, inner...]`` rows -> Bagel's ``[soi, inner..., eoi]`` order (axis 1)."""
+    """One block's ``[soi, eoi, inner...]`` rows -> Bagel's ``[soi, inner..., eoi]`` (axis 1)."""
     return jnp.concatenate([hidden[:, :1], hidden[:, 2:], hidden[:, 1:2]], axis=1)
 
 
@@ -135,8 +142,8 @@ def prefill_vit_image(params, config: BagelConfig, cache: KVCache, patches: jax.
     b, n, _ = patches.shape
     seg = jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
     emb = _apply(config, params, patches.reshape(b * n, -1), jnp.tile(position_ids, b), seg,
-                 method=Bagel.embed_vit).reshape(b, n, -1)
-    hidden, kv = _image_block(config, params, cache, emb, inner_is_gen=False, write=True)
+                 method=Bagel.embed_vit).reshape(b, 1, n, -1)
+    hidden, kv = _image_blocks(config, params, cache, emb, inner_is_gen=False, write=True)
     return _commit_image(cache, kv, n + 2), bagel_block_order(hidden)
 
 
@@ -154,14 +161,39 @@ def prefill_vae_image(params, config: BagelConfig, cache: KVCache, latent_tokens
     b, n, _ = latent_tokens.shape
     emb = _apply(config, params, latent_tokens, jnp.zeros((b,), jnp.float32), position_ids[None],
                  method=Bagel.embed_latents)
-    hidden, kv = _image_block(config, params, cache, emb, inner_is_gen=True, write=True)
+    hidden, kv = _image_blocks(config, params, cache, emb[:, None], inner_is_gen=True, write=True)
     return _commit_image(cache, kv, n + 2), bagel_block_order(hidden)
 
 
 @functools.partial(jax.jit, static_argnames=('config',))
+def image_velocities(params, config: BagelConfig, cache: KVCache, x_t: jax.Array, t: jax.Array,
+                     position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Velocities of W noisy images per sample, each attending to the context, not each other.
+
+    One packed forward (the RL replay of a rollout's window steps); the cache is unchanged.
+
+    Args:
+      x_t: ``[batch, W, tokens, latent_token_dim]`` noisy latent tokens (row-major).
+      t: ``[batch, W]`` flow times (1 = noise).
+      position_ids: ``[tokens]`` latent position ids.
+    Returns:
+      ``(v [batch, W, tokens, latent_token_dim] float32, hidden [batch, W, tokens + 2, embed])``,
+      each block's hidden in Bagel's order ``[soi, latents, eoi]``.
+    """
+    b, w, n, f = x_t.shape
+    emb = _apply(config, params, x_t.reshape(b, w * n, f), jnp.repeat(t, n, axis=1),
+                 position_ids[None].repeat(w, 0).reshape(1, w * n), method=Bagel.embed_latents)
+    hidden, _ = _image_blocks(config, params, cache, emb.reshape(b, w, n, -1), inner_is_gen=True,
+                              write=False)
+    markers = hidden[:, :2 * w].reshape(b, w, 2, -1)
+    inner = hidden[:, 2 * w:].reshape(b, w, n, -1)
+    v = _apply(config, params, inner, method=Bagel.velocity)
+    return v, jnp.concatenate([markers[:, :, :1], inner, markers[:, :, 1:]], axis=2)
+
+
 def image_velocity(params, config: BagelConfig, cache: KVCache, x_t: jax.Array, t: jax.Array,
                    position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The flow head's velocity for a noisy image attending to the context (cache unchanged).
+    """The flow head's velocity for one noisy image attending to the context (cache unchanged).
 
     Args:
       x_t: ``[batch, tokens, latent_token_dim]`` noisy latent tokens (row-major).
@@ -171,10 +203,8 @@ def image_velocity(params, config: BagelConfig, cache: KVCache, x_t: jax.Array, 
       ``(v [batch, tokens, latent_token_dim] float32, hidden [batch, tokens + 2, embed])``, the
       hidden in Bagel's order ``[soi, latents, eoi]``.
     """
-    emb = _apply(config, params, x_t, t, position_ids[None], method=Bagel.embed_latents)
-    hidden, _ = _image_block(config, params, cache, emb, inner_is_gen=True, write=False)
-    v = _apply(config, params, hidden[:, 2:], method=Bagel.velocity)
-    return v, bagel_block_order(hidden)
+    v, hidden = image_velocities(params, config, cache, x_t[:, None], t[:, None], position_ids)
+    return v[:, 0], hidden[:, 0]
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'n_und'))

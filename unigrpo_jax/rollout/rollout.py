@@ -133,19 +133,25 @@ def generate_think(params, config: BagelConfig, cache: KVCache, keys: jax.Array,
                    sampler: TokenSampler, max_tokens: int):
     """Samples reasoning tokens from ``<|im_start|>`` and closes the segment with ``<|im_end|>``.
 
+    The cache ends up holding the segment ``[bos] y_1 .. y_n`` plus ``[eos]`` when ``y_n`` is not
+    already ``<|im_end|>`` (a chain truncated at ``max_tokens``), exactly the segment Bagel
+    prefills after thinking; chains that finished stop advancing their counters.
+
     Args:
       cache: ``[batch]`` contexts with room for ``max_tokens + 2`` more rows.
       keys: ``[batch]`` per-chain PRNG keys.
     Returns:
-      ``(cache, tokens [batch, T], logprobs [batch, T], mask [batch, T], closed [batch])``;
-      the cache holds the whole segment ``[bos] tokens (eos)`` with counters advanced.
+      ``(cache, tokens [batch, T], logprobs [batch, T], mask [batch, T], closed [batch])``:
+      sampled tokens (``eos`` after the end), their log-probs, which are sampled, and whether
+      the chain sampled ``<|im_end|>`` itself.
     """
     b, bos, eos = cache.batch, config.tokens.bos, config.tokens.eos
-    sampling, feed_eos, done = 0, 1, 2
+    # Per-chain phase: sampling; feeding its last sampled token (truncated); feeding the eos.
+    sampling, feed_last, feed_eos, done = 0, 1, 2, 3
 
     def cond(state):
         step, _, _, phase, *_ = state
-        return (step <= max_tokens) & jnp.any(phase != done)
+        return (step <= max_tokens + 1) & jnp.any(phase != done)
 
     def body(state):
         step, cache, token, phase, tokens, logps, mask, closed = state
@@ -163,9 +169,10 @@ def generate_think(params, config: BagelConfig, cache: KVCache, keys: jax.Array,
         mask = mask.at[:, col].set(mask[:, col] | is_sampling)
         got_eos = is_sampling & (sampled == eos)
         closed = closed | got_eos
-        stop = is_sampling & (got_eos | (step == max_tokens - 1))
-        phase = jnp.where(phase == feed_eos, done, jnp.where(stop, feed_eos, phase))
-        token = jnp.where(is_sampling & ~stop, sampled, eos)
+        truncated = is_sampling & ~got_eos & (step == max_tokens - 1)
+        phase = jnp.select([got_eos | (phase == feed_last), truncated, phase == feed_eos],
+                           [feed_eos, feed_last, done], phase)
+        token = jnp.where((phase == sampling) | truncated, sampled, eos)
         return step + 1, cache, token, phase, tokens, logps, mask, closed
 
     state = (jnp.int32(0), cache, jnp.full((b,), bos, jnp.int32),
@@ -174,6 +181,23 @@ def generate_think(params, config: BagelConfig, cache: KVCache, keys: jax.Array,
              jnp.zeros((b,), bool))
     _, cache, _, _, tokens, logps, mask, closed = jax.lax.while_loop(cond, body, state)
     return cache, tokens, logps, mask, closed
+
+
+def think_segment(tokens: jax.Array, mask: jax.Array, closed: jax.Array,
+                  bos: int, eos: int) -> tuple[jax.Array, jax.Array]:
+    """The reasoning as the text segment the cache holds: ``[bos] y (eos)``.
+
+    Args:
+      tokens, mask: ``[batch, T]`` from ``generate_think`` (``eos`` after the end).
+      closed: ``[batch]`` whether the last sampled token is ``eos``.
+    Returns:
+      ``(ids [batch, T + 2], lengths [batch])``, right-padded with ``eos``.
+    """
+    b = tokens.shape[0]
+    ids = jnp.concatenate([jnp.full((b, 1), bos, tokens.dtype), tokens,
+                           jnp.full((b, 1), eos, tokens.dtype)], axis=1)
+    lengths = 1 + jnp.sum(mask, axis=-1) + jnp.where(closed, 0, 1)
+    return ids, lengths.astype(jnp.int32)
 
 
 def denoise_sde_window(params, config: BagelConfig, rc: RolloutConfig, cache: KVCache,
