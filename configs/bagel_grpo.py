@@ -45,6 +45,37 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     config.batch_size = 32  # prompts per rollout batch
 
+    # Objective (algorithm.md §2-§6): modes unigrpo | flowgrpo | textgrpo.
+    config.objective = ml_collections.ConfigDict(dict(
+        mode='unigrpo',
+        advantage_std='group',  # or 'global'
+        advantage_eps=1e-4,
+        advantage_clip=5.0,
+        skip_zero_variance_groups=True,
+        text_clip=0.2,
+        flow_clip=1e-6,
+        text_aggregation='seq_mean_token_mean',  # or 'token_mean'
+        flow_weight=1.0,
+        regularizer='velocity_mse',  # 'velocity_mse' | 'latent_kl' | 'none'
+        velocity_mse_weight=1.5e-5,
+        latent_kl_weight=0.0,
+        text_kl_weight=0.0,
+        dt_reweight=False,
+        image_grad_to_context=True,
+    ))
+    config.ppo_epochs = 2
+    config.num_minibatches = 1  # per rollout batch and epoch
+    config.optimizer = ml_collections.ConfigDict(dict(
+        lr_und=1e-6, lr_gen=3e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+
+    # Mesh (data, fsdp, tensor); -1 = the remaining devices. Strategies: dp | fsdp | fsdp_tp |
+    # tp, or a name from `rules` (a table {logical axis: mesh axis} of your own).
+    config.parallelism = ml_collections.ConfigDict(dict(
+        mesh=(1, -1, 1), strategy='fsdp',
+        rules=ml_collections.ConfigDict(),
+        remat_policy='nothing_saveable',
+    ))
+
     # Evaluation: Bagel defaults, 50 steps, text CFG 4.0 on (0.4, 1.0].
     config.eval = ml_collections.ConfigDict(dict(
         num_timesteps=50,
@@ -71,6 +102,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                               image_size=(32, 32))
         config.batch_size = 8
         config.eval.num_timesteps = 6
+        config.optimizer.update(lr_und=1e-3, lr_gen=1e-3)
+        config.parallelism.update(mesh=(-1, 1, 1), strategy='dp', remat_policy=None)
     elif arg:
         raise ValueError(f'unknown config argument {arg!r}; expected nothing or "tiny"')
     return config

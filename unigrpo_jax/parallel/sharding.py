@@ -1,0 +1,84 @@
+"""Sharding strategies as rule tables from logical axis names to mesh axes.
+
+Every param carries logical axis names (``embed``, ``mlp``, ``heads``, ``kv_heads``, ``kv``,
+``vocab``, ``layers``, ...; see the model modules). A strategy maps some of them to mesh axes of
+``(data, fsdp, tensor)``; unnamed axes are replicated. A mesh axis is used at most once per
+param, and a dimension that its mesh axis does not divide stays replicated (e.g. 4 kv heads on
+an 8-way tensor axis), so every strategy runs on every mesh.
+
+Add a strategy by passing ``extra`` tables (``config.parallelism.rules``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+STRATEGIES: dict[str, dict[str, str]] = {
+    # Pure data parallel: every param replicated.
+    'dp': {},
+    # FSDP: params sharded along their model width over the fsdp axis (ZeRO-3 style).
+    'fsdp': {'embed': 'fsdp'},
+    # FSDP + tensor parallel (Megatron style: heads/MLP/vocab split over the tensor axis).
+    'fsdp_tp': {'embed': 'fsdp', 'mlp': 'tensor', 'heads': 'tensor', 'kv_heads': 'tensor',
+                'vocab': 'tensor'},
+    # Tensor parallel only.
+    'tp': {'mlp': 'tensor', 'heads': 'tensor', 'kv_heads': 'tensor', 'vocab': 'tensor'},
+}
+
+# The batch dimension of activations and rollouts is split over the data-parallel axes.
+BATCH_AXES = ('data', 'fsdp')
+
+
+def strategy_rules(name: str, extra: Mapping[str, Mapping[str, str]] | None = None
+                   ) -> dict[str, str]:
+    tables = {**STRATEGIES, **(extra or {})}
+    if name not in tables:
+        raise ValueError(f'parallelism.strategy={name!r}; expected one of {sorted(tables)}')
+    return dict(tables[name])
+
+
+def spec_for(names: tuple, shape: tuple[int, ...], mesh: Mesh,
+             rules: Mapping[str, str]) -> P:
+    """The PartitionSpec of one array from its logical axis names."""
+    used, out = set(), []
+    for name, dim in zip(names, shape):
+        axis = rules.get(name) if name is not None else None
+        if axis is None or axis in used or dim % mesh.shape[axis]:
+            out.append(None)
+        else:
+            out.append(axis)
+            used.add(axis)
+    return P(*out)
+
+
+def param_shardings(boxed_abstract, mesh: Mesh, rules: Mapping[str, str]):
+    """``NamedSharding`` pytree for params from their boxed (logically named) abstract tree."""
+    specs = nn.get_partition_spec(boxed_abstract)
+    shapes = nn.unbox(boxed_abstract)
+    return jax.tree.map(
+        lambda spec, s: NamedSharding(mesh, spec_for(tuple(spec), s.shape, mesh, rules)),
+        specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, batch_size: int | None = None) -> NamedSharding:
+    """Leading-axis sharding over the data-parallel axes (replicated over ``tensor``)."""
+    axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1) or None
+    if batch_size is not None and axes and batch_size % _size(mesh, axes):
+        raise ValueError(f'batch of {batch_size} is not divisible by the data-parallel size '
+                         f'{_size(mesh, axes)} (mesh axes {axes})')
+    return NamedSharding(mesh, P(axes))
+
+
+def _size(mesh: Mesh, axes) -> int:
+    n = 1
+    for a in axes:
+        n *= mesh.shape[a]
+    return n
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

@@ -1,0 +1,1 @@
+"""UniGRPO objective: advantages, policy-gradient terms, regularisers, replay."""

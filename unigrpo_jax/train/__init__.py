@@ -1,0 +1,1 @@
+"""Optimizer, train state and the sharded train step."""

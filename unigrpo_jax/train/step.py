@@ -1,0 +1,110 @@
+"""The sharded UniGRPO train step: ``jax.jit`` with explicit in/out shardings over a mesh.
+
+Params (float32 master copy), optimizer state and the frozen reference params (bfloat16, no
+optimizer state) are placed by the strategy's rule table; the minibatch is split over the
+data-parallel axes; the train state is donated. One call = one optimizer step on one
+minibatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+
+from unigrpo_jax.model import bagel
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.parallel import sharding
+from unigrpo_jax.rl.objective import ObjectiveConfig, loss_fn
+from unigrpo_jax.rl.replay import TrainBatch
+from unigrpo_jax.train.optimizer import grad_norms
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Shardings of everything the step touches, derived once from a strategy."""
+
+    mesh: Mesh
+    params: Any
+    ref_params: Any
+    state: Any
+    batch: Any
+
+
+def _opt_state_shardings(optimizer, params_abstract, param_sh, mesh: Mesh):
+    """The compiler's placement of ``optimizer.init(params)`` for params placed by ``param_sh``
+    (Adam moments follow their params), found ahead of time; what does not depend on the params
+    (step counts) is replicated."""
+    placed = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=sh),
+                          params_abstract, param_sh)
+    found = jax.jit(optimizer.init).lower(placed).compile().output_shardings
+    return jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh
+                        else sharding.replicated(mesh), found)
+
+
+def placement(config: BagelConfig, optimizer, mesh: Mesh, rules, batch_example: TrainBatch,
+              ) -> Placement:
+    """Shardings for the state, the reference params and a ``TrainBatch`` like the example."""
+    boxed = bagel.abstract_params(config)
+    param_sh = sharding.param_shardings(boxed, mesh, rules)
+    opt_sh = _opt_state_shardings(optimizer, nn.unbox(boxed), param_sh, mesh)
+    rep = sharding.replicated(mesh)
+    state_sh = TrainState(step=rep, params=param_sh, opt_state=opt_sh)
+    per_chain = sharding.batch_sharding(mesh, batch_example.prompt_ids.shape[0])
+    batch_sh = jax.tree.map(lambda _: per_chain, batch_example).replace(
+        system_ids=rep, t=rep, t_next=rep)
+    return Placement(mesh=mesh, params=param_sh, ref_params=param_sh, state=state_sh,
+                     batch=batch_sh)
+
+
+def init_state(params, optimizer, place: Placement) -> TrainState:
+    """Places a float32 copy of ``params`` and a fresh optimizer state on the mesh (the copy is
+    the step's to donate; the caller's params stay valid)."""
+    params = jax.jit(lambda p: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), p),
+                     out_shardings=place.params)(params)
+    opt_state = jax.jit(optimizer.init, out_shardings=place.state.opt_state)(params)
+    return TrainState(step=jax.device_put(jnp.int32(0), place.state.step), params=params,
+                      opt_state=opt_state)
+
+
+def reference_params(params, place: Placement, dtype=jnp.bfloat16):
+    """The frozen reference: a copy in ``dtype``, sharded like the policy."""
+    return jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+                   out_shardings=place.ref_params)(params)
+
+
+def make_train_step(config: BagelConfig, obj: ObjectiveConfig, optimizer, place: Placement):
+    """``step(state, ref_params, batch) -> (state, metrics)``, jitted and donating the state.
+
+    A non-finite loss or gradient leaves params and optimizer state unchanged (the step counter
+    still advances) and reports ``skipped = 1``.
+    """
+    def step(state: TrainState, ref_params, batch: TrainBatch):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, ref_params, batch, config, obj)
+        norms = grad_norms(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(norms['grad_norm/total'])
+        keep = lambda new, old: jax.tree.map(  # noqa: E731
+            lambda n, o: jnp.where(finite, n, o), new, old)
+        state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state))
+        return state, {**metrics, **norms, 'skipped': (~finite).astype(jnp.float32)}
+
+    return jax.jit(step, in_shardings=(place.state, place.ref_params, place.batch),
+                   out_shardings=(place.state, sharding.replicated(place.mesh)),
+                   donate_argnums=(0,))
