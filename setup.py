@@ -28,6 +28,7 @@ setuptools.setup(
         'pillow>=10',
         'matplotlib>=3.8',
         'absl-py>=2.1',
+        'importlib_resources>=6',  # tensorflow-datasets builders need it at run time
     ],
     extras_require={'test': ['pytest>=8', 'pytest-xdist>=3.5']},
 )

@@ -25,7 +25,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         dtype='bfloat16',  # compute dtype; params f32 master copies, log-probs/SDE float32
         random=ml_collections.FieldReference(None, field_type=ml_collections.ConfigDict),
     ))
+    config.tokenizer = ''  # Bagel's tokenizer dir; launch/convert_bagel.py writes <dst>/tokenizer
     config.system_prompt = GEN_THINK_SYSTEM_PROMPT
+
+    config.total_steps = 1000  # RL iterations (rollout batches)
+    # Prompts: 'geneval' | 'shapes_train' | 'shapes_eval' | a GenEval-format .jsonl path.
+    # GenEval ships only its 553 evaluation prompts: train on your own prompt file.
+    config.data = ml_collections.ConfigDict(dict(
+        train='geneval', eval='geneval', data_dir='', max_prompt_tokens=64))
+    config.reward = ml_collections.ConfigDict(dict(
+        name='geneval_remote',
+        options=ml_collections.ConfigDict(dict(url='http://127.0.0.1:18085', threshold=16.0))))
+    config.eval_reward = config.reward.copy_and_resolve_references()
+    config.truncated_think = 'keep'  # a chain that never closed its reasoning: keep|zero|drop
+    config.eval_every = 50
+    config.eval_prompts = 64
+    config.checkpoint_every = 25
+    config.checkpoint_max_to_keep = 3
+    config.checkpoint_keep_period = 250
+    config.max_skipped_updates = 3  # non-finite steps in a row before the run stops
+    config.distributed = 'auto'  # jax.distributed.initialize(): auto (launcher env) | on | off
 
     # Rollout (training data): temperature 1, 25 steps, shift 3, SDE window of 3 starting in
     # {0, 1, 2} (range [0, 5]), noise level 0.8, 1024 px, group size 24.
@@ -68,10 +87,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer = ml_collections.ConfigDict(dict(
         lr_und=1e-6, lr_gen=3e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
 
+    # LoRA on both experts' projections (the reference is then the base: adapters off).
+    config.lora = ml_collections.ConfigDict(dict(
+        enabled=False, rank=64, alpha=128.0,
+        targets=('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'),
+        experts=('und', 'gen')))
+
     # Mesh (data, fsdp, tensor); -1 = the remaining devices. Strategies: dp | fsdp | fsdp_tp |
     # tp, or a name from `rules` (a table {logical axis: mesh axis} of your own).
     config.parallelism = ml_collections.ConfigDict(dict(
         mesh=(1, -1, 1), strategy='fsdp',
+        num_devices=-1,  # -1: all devices; N: the first N (e.g. tests, a slice of a host)
         rules=ml_collections.ConfigDict(),
         remat_policy='nothing_saveable',
     ))
@@ -103,6 +129,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.batch_size = 8
         config.eval.num_timesteps = 6
         config.optimizer.update(lr_und=1e-3, lr_gen=1e-3)
+        config.tokenizer = 'data/shapes_eval/tokenizer'
+        config.system_prompt = ''
+        config.total_steps = 3
+        config.data.update(train='shapes_train', eval='shapes_eval', max_prompt_tokens=16)
+        config.reward = ml_collections.ConfigDict(dict(name='shapes',
+                                                       options=ml_collections.ConfigDict()))
+        config.eval_reward = config.reward.copy_and_resolve_references()
+        config.eval_every = 3
+        config.eval_prompts = 8
+        config.checkpoint_every = 2
+        config.distributed = 'off'
         config.parallelism.update(mesh=(-1, 1, 1), strategy='dp', remat_policy=None)
     elif arg:
         raise ValueError(f'unknown config argument {arg!r}; expected nothing or "tiny"')

@@ -9,6 +9,10 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update('jax_default_matmul_precision', 'highest')
+# Tests compile the same tiny programs many times (e.g. a run and its resumption): reuse them.
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ.get('JAX_TEST_CACHE_DIR', '/tmp/unigrpo_jax_test_compile_cache'))
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'bagel_tiny')
 

@@ -7,7 +7,9 @@ The counts follow the model as ``unigrpo_jax.model`` implements it (bagel.md §2
   KV cache rows (keys and values of every layer);
 * a denoising step (``context.image_velocity``) runs the image block ``[soi, eoi] + N latents``
   (markers on the und expert, latents on the gen expert; both experts have the same sizes)
-  with full attention over the cached context and the block.
+  with full attention over the cached context and the block;
+* a text segment (a prefill, or a decode step's one token) attends causally: its i-th token
+  (from 1) sees the cached context and i rows of the segment.
 
 FLOPs count matmuls only (2 per multiply-add), MaxText's convention for MFU: norms, RoPE,
 softmax and the sin-cos tables are left out.
@@ -29,7 +31,7 @@ import jax.numpy as jnp
 
 from unigrpo_jax.convert import synthetic
 from unigrpo_jax.model import bagel
-from unigrpo_jax.model.config import BagelConfig, LLMConfig
+from unigrpo_jax.model.config import BagelConfig, LLMConfig, SpecialTokens
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,16 @@ def peak_for(device_kind: str) -> Peak | None:
 def bagel_7b_config(layers: int = 28, dtype: str = 'bfloat16') -> BagelConfig:
     """BAGEL-7B-MoT's LLM and FLUX VAE sizes (bagel.md §1), without the ViT."""
     return synthetic.bagel_7b(layers).replace(vit=None, dtype=dtype)
+
+
+def bagel_1b_config(layers: int = 16, dtype: str = 'bfloat16') -> BagelConfig:
+    """A ~1B-per-expert proxy of Bagel for sweeps: hidden 2048, MLP 5504, 16 heads (4 kv heads,
+    head_dim 128), vocab 32000, ``layers`` layers (16: 1.55 B LLM params with both experts), the
+    7B's FLUX VAE and connectors, no ViT."""
+    llm = LLMConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5504,
+                    num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=4)
+    tokens = SpecialTokens(bos=31996, eos=31997, start_of_image=31998, end_of_image=31999)
+    return bagel_7b_config(dtype=dtype).replace(llm=llm, tokens=tokens)
 
 
 @functools.partial(jax.jit, static_argnames=('shape', 'dtype'))
@@ -115,22 +127,42 @@ def decode_step_bytes(llm: LLMConfig, batch: int, cache_rows: float, param_items
     return params * param_itemsize + kv_cache_bytes(llm, batch, cache_rows, cache_itemsize)
 
 
+def segment_forward_flops(llm: LLMConfig, tokens: int, context_rows: float,
+                          causal: bool) -> float:
+    """Matmul FLOPs of one sample's segment of ``tokens`` through the decoder layers (each token
+    on one expert): ``2 * params-per-token * tokens`` and the attention ``4 * keys * heads *
+    head_dim`` per query and layer, a query seeing ``context_rows`` cached rows and the whole
+    segment (an image block) or, ``causal``, the segment's rows up to its own (text)."""
+    own = tokens * (tokens + 1) / 2 if causal else tokens * tokens
+    keys = tokens * context_rows + own
+    return llm.num_hidden_layers * (2 * tokens * expert_layer_matmul_params(llm)
+                                    + 4 * keys * llm.num_attention_heads * llm.head_dim)
+
+
+def lm_head_flops(llm: LLMConfig, tokens: int) -> float:
+    """The AR head on ``tokens`` hidden states."""
+    return 2 * tokens * llm.hidden_size * llm.vocab_size
+
+
 def block_forward_flops(config: BagelConfig, batch: int, latent_tokens: int,
                         context_rows: float) -> float:
     """Matmul FLOPs of one image-block forward (``image_velocity``) for ``batch`` images.
 
-    ``2 * params-per-token * tokens`` over the ``latent_tokens + 2`` block tokens (layers, plus
-    ``vae2llm`` and ``llm2vae`` per latent, the time embedder once per image) and the attention
-    ``4 * tokens * (context_rows + tokens) * heads * head_dim`` per layer.
+    The ``latent_tokens + 2`` block tokens through the layers (``segment_forward_flops``, full
+    attention over the context and the block), plus ``vae2llm`` and ``llm2vae`` per latent and
+    the time embedder once per image.
     """
-    llm = config.llm
-    e, f = llm.hidden_size, config.latent_token_dim
-    tokens = latent_tokens + 2
-    layers = 2 * tokens * llm.num_hidden_layers * expert_layer_matmul_params(llm)
-    attention = (4 * tokens * (context_rows + tokens) * llm.num_attention_heads * llm.head_dim
-                 * llm.num_hidden_layers)
+    e, f = config.llm.hidden_size, config.latent_token_dim
+    layers = segment_forward_flops(config.llm, latent_tokens + 2, context_rows, causal=False)
     heads = 2 * latent_tokens * 2 * f * e + 2 * (config.frequency_embedding_size * e + e * e)
-    return batch * (layers + attention + heads)
+    return batch * (layers + heads)
+
+
+def decode_step_flops(llm: LLMConfig, batch: int, context_rows: float) -> float:
+    """Matmul FLOPs of one think-token decode step (``context.decode_step``) of ``batch`` chains
+    over ``context_rows`` cached rows: the token through the und layers, and ``lm_head``."""
+    return batch * (segment_forward_flops(llm, 1, context_rows, causal=True)
+                    + lm_head_flops(llm, 1))
 
 
 # --- measuring ---------------------------------------------------------------------------------

@@ -9,15 +9,17 @@ import jax
 import numpy as np
 
 from unigrpo_jax.model import autoencoder, bagel
-from unigrpo_jax.model.config import BagelConfig, ConfigError, config_from_dict
+from unigrpo_jax.model.config import BagelConfig, ConfigError, SpecialTokens, config_from_dict
 
 
-def build_model(model_cfg, seed: int = 0) -> tuple[BagelConfig, dict, dict]:
+def build_model(model_cfg, seed: int = 0,
+                tokens: SpecialTokens | None = None) -> tuple[BagelConfig, dict, dict]:
     """``(config, params, ae_params)`` from a config's ``model`` section.
 
     ``model.checkpoint``: a directory written by ``launch/convert_bagel.py`` (Orbax) or a Bagel
     release directory (safetensors). Otherwise ``model.random`` (sizes, see
-    ``config_from_dict``) gives random float32 params from ``seed``.
+    ``config_from_dict``) gives random float32 params from ``seed``. ``tokens`` (from the
+    tokenizer) replace a random model's special ids and must equal a checkpoint's.
     """
     dtype = model_cfg.dtype
     if model_cfg.checkpoint:
@@ -27,13 +29,21 @@ def build_model(model_cfg, seed: int = 0) -> tuple[BagelConfig, dict, dict]:
         from unigrpo_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
         if orbax_io.is_converted(path):
             config, params, ae_params = orbax_io.load_params(path)
-            return config.replace(dtype=dtype), params, ae_params
-        from unigrpo_jax.convert.bagel import load_bagel  # pylint: disable=g-import-not-at-top
-        return load_bagel(path, dtype=np.float32, model_dtype=dtype)
+            config = config.replace(dtype=dtype)
+        else:
+            from unigrpo_jax.convert.bagel import load_bagel  # pylint: disable=g-import-not-at-top
+            config, params, ae_params = load_bagel(path, tokens=tokens, dtype=np.float32,
+                                                   model_dtype=dtype)
+        if tokens is not None and tokens != config.tokens:
+            raise ConfigError(f'the tokenizer\'s special ids {tokens} differ from the '
+                              f'checkpoint\'s {config.tokens} ({path})')
+        return config, params, ae_params
     if model_cfg.random is None:
         raise ConfigError('model.checkpoint is empty and model.random gives no sizes: set '
                           '--config.model.checkpoint=DIR (a converted Bagel checkpoint)')
     config = config_from_dict(model_cfg.random.to_dict(), dtype=dtype)
+    if tokens is not None:
+        config = config.replace(tokens=tokens)
     key_model, key_ae = jax.random.split(jax.random.key(seed))
-    params = nn.unbox(bagel.init_params(config, key_model))
-    return config, params, autoencoder.init_params(config.ae, key_ae)
+    params = jax.jit(lambda k: nn.unbox(bagel.init_params(config, k)))(key_model)
+    return config, params, jax.jit(lambda k: autoencoder.init_params(config.ae, k))(key_ae)

@@ -25,7 +25,7 @@ import numpy as np
 Reward = Callable[[np.ndarray, list[dict]], np.ndarray]
 RewardFactory = Callable[[Mapping[str, Any]], Reward]
 
-REWARD_MODULES = ('unigrpo_jax.rewards.remote',)
+REWARD_MODULES = ('unigrpo_jax.rewards.remote', 'unigrpo_jax.rewards.shapes')
 
 _factories: dict[str, RewardFactory] = {}
 

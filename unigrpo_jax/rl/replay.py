@@ -60,7 +60,7 @@ def rebuild_context(params, config: BagelConfig, batch: TrainBatch,
     b, t_max = batch.think_tokens.shape
     s = batch.system_ids.shape[0] if think else 0
     cache = init_cache(config.llm, b, s + batch.prompt_ids.shape[1] + (t_max + 2 if think else 0))
-    if think:
+    if think and s:
         cache, _ = context.prefill_text(params, config, cache,
                                         jnp.broadcast_to(batch.system_ids, (b, s)))
     cache, _ = context.prefill_text(params, config, cache, batch.prompt_ids, batch.prompt_lengths)

@@ -44,7 +44,7 @@ class Placement:
     batch: Any
 
 
-def _opt_state_shardings(optimizer, params_abstract, param_sh, mesh: Mesh):
+def opt_state_shardings(optimizer, params_abstract, param_sh, mesh: Mesh):
     """The compiler's placement of ``optimizer.init(params)`` for params placed by ``param_sh``
     (Adam moments follow their params), found ahead of time; what does not depend on the params
     (step counts) is replicated."""
@@ -60,7 +60,7 @@ def placement(config: BagelConfig, optimizer, mesh: Mesh, rules, batch_example: 
     """Shardings for the state, the reference params and a ``TrainBatch`` like the example."""
     boxed = bagel.abstract_params(config)
     param_sh = sharding.param_shardings(boxed, mesh, rules)
-    opt_sh = _opt_state_shardings(optimizer, nn.unbox(boxed), param_sh, mesh)
+    opt_sh = opt_state_shardings(optimizer, nn.unbox(boxed), param_sh, mesh)
     rep = sharding.replicated(mesh)
     state_sh = TrainState(step=rep, params=param_sh, opt_state=opt_sh)
     per_chain = sharding.batch_sharding(mesh, batch_example.prompt_ids.shape[0])
@@ -86,19 +86,22 @@ def reference_params(params, place: Placement, dtype=jnp.bfloat16):
                    out_shardings=place.ref_params)(params)
 
 
-def make_train_step(config: BagelConfig, obj: ObjectiveConfig, optimizer, place: Placement):
-    """``step(state, ref_params, batch) -> (state, metrics)``, jitted and donating the state.
+def make_train_step(config: BagelConfig, obj: ObjectiveConfig, optimizer, place: Placement,
+                    loss=loss_fn):
+    """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state.
 
-    A non-finite loss or gradient leaves params and optimizer state unchanged (the step counter
-    still advances) and reports ``skipped = 1``.
+    ``loss(trainable, frozen, batch, config, obj)`` defaults to the full fine-tuning loss
+    (trainable = params, frozen = reference params); LoRA passes its own. A non-finite loss or
+    gradient leaves params and optimizer state unchanged (the step counter still advances) and
+    reports ``skipped = 1``.
     """
     def step(state: TrainState, ref_params, batch: TrainBatch):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss_value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
             state.params, ref_params, batch, config, obj)
         norms = grad_norms(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(norms['grad_norm/total'])
+        finite = jnp.isfinite(loss_value) & jnp.isfinite(norms['grad_norm/total'])
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda n, o: jnp.where(finite, n, o), new, old)
         state = TrainState(step=state.step + 1, params=keep(params, state.params),

@@ -1,0 +1,30 @@
+r"""UniGRPO RL training.
+
+    python launch/train.py --config=configs/bagel_grpo.py --workdir=runs/bagel \
+        --config.model.checkpoint=/path/to/converted --config.tokenizer=/path/to/converted/tokenizer
+    python launch/train.py --config=configs/bagel_grpo.py:tiny --workdir=/tmp/tiny
+
+Checkpoints, metrics (TensorBoard + metrics.jsonl) and sample grids go under --workdir;
+running again with the same --workdir resumes from its latest checkpoint. The loop lives in
+``unigrpo_jax.train.loop`` so a notebook can call it.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from unigrpo_jax.train import loop
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
+                               required=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    loop.train(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Prompt datasets (tensorflow-datasets builders over local files)."""

@@ -1,0 +1,159 @@
+"""Prompt datasets as tensorflow-datasets builders over local files, and a resumable stream.
+
+Sources (``config.data.train`` / ``config.data.eval``):
+
+- ``geneval``: GenEval's 553 prompts with metadata (``data/geneval/``, shipped in the repo);
+- ``shapes_train``: ShapesEval training prompts (held-out combinations excluded, seeded);
+- ``shapes_eval``: the fixed ShapesEval evaluation prompts (``data/shapes_eval/``);
+- a path to a JSONL file: one GenEval-format object per line (``prompt`` and metadata).
+
+Builders work offline (nothing is downloaded) and are prepared once under ``data_dir``. Each
+host reads its own slice (``tfds.split_for_jax_process``); the order is a deterministic function
+of the seed and the step, so a resumed run sees exactly the prompts it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GENEVAL_FILE = os.path.join(REPO, 'data', 'geneval', 'evaluation_metadata.jsonl')
+SHAPES_EVAL_FILE = os.path.join(REPO, 'data', 'shapes_eval', 'eval_prompts.jsonl')
+SHAPES_TRAIN_SIZE = 20000
+NAMED = ('geneval', 'shapes_train', 'shapes_eval')
+
+
+class DataError(ValueError):
+    """A prompt source is missing or malformed."""
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """GenEval-format prompts of a JSONL file; every line needs a string ``prompt``."""
+    if not os.path.exists(path):
+        raise DataError(f'prompt file {path} does not exist')
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f'{path}:{i + 1} is not valid JSON: {e}') from e
+            if not isinstance(item, dict) or not isinstance(item.get('prompt'), str):
+                raise DataError(f'{path}:{i + 1} has no string field "prompt"')
+            out.append(item)
+    if not out:
+        raise DataError(f'prompt file {path} has no prompts')
+    return out
+
+
+def _shapes_train() -> list[dict]:
+    from unigrpo_jax.shapes import prompts  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(0)
+    return [prompts.sample_prompt(rng) for _ in range(SHAPES_TRAIN_SIZE)]
+
+
+def source_examples(source: str) -> list[dict]:
+    """The prompts of a named source or a JSONL path, in file order."""
+    if source == 'geneval':
+        return read_jsonl(GENEVAL_FILE)
+    if source == 'shapes_eval':
+        return read_jsonl(SHAPES_EVAL_FILE)
+    if source == 'shapes_train':
+        return _shapes_train()
+    if source.endswith('.jsonl'):
+        return read_jsonl(source)
+    raise DataError(f'unknown prompt source {source!r}; expected one of {NAMED} or a .jsonl path')
+
+
+@dataclasses.dataclass(eq=False)
+class PromptsConfig(tfds.core.BuilderConfig):
+    """One prompt source (a named source or a JSONL path) per builder config."""
+
+    source: str = ''
+
+
+class Prompts(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """GenEval-format prompts read from local files (nothing is downloaded)."""
+
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, description=f'prompts from {self.builder_config.source}',
+            features=tfds.features.FeaturesDict({
+                'index': np.int64, 'prompt': tfds.features.Text(),
+                'metadata': tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {'train': self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, item in enumerate(source_examples(self.builder_config.source)):
+            yield i, {'index': i, 'prompt': item['prompt'], 'metadata': json.dumps(item)}
+
+
+def _builder(source: str, data_dir: str) -> Prompts:
+    """The prepared builder of ``source`` (its config is named by a hash of the source, and of
+    the file's modification time for a JSONL path, so an edited file is prepared again)."""
+    key = source if source in NAMED else os.path.abspath(source)
+    if source not in NAMED:
+        source_examples(source)  # a clear error for a missing or malformed file
+    stamp = key if source in NAMED else f'{key}:{os.path.getmtime(key)}'
+    name = 'p' + hashlib.sha1(stamp.encode()).hexdigest()[:12]
+    builder = Prompts(data_dir=data_dir, config=PromptsConfig(name=name, source=key))
+    builder.download_and_prepare()
+    return builder
+
+
+def load_prompts(source: str, data_dir: str, *, per_process: bool = True) -> list[dict]:
+    """The examples of ``source`` (this host's slice if ``per_process``), via its builder.
+
+    Each example is the GenEval metadata dict plus ``index`` (its line in the source).
+    """
+    builder = _builder(source, data_dir)
+    split = tfds.split_for_jax_process('train') if per_process and jax.process_count() > 1 \
+        else 'train'
+    out = []
+    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+        item = json.loads(ex['metadata'].decode())
+        item['index'] = int(ex['index'])
+        out.append(item)
+    out.sort(key=lambda e: e['index'])
+    return out
+
+
+class PromptStream:
+    """Batches of prompts in a seeded order: ``batch(step)`` depends only on (seed, step).
+
+    Every epoch is a fresh permutation of the examples, so resuming at step k continues the
+    exact order of an uninterrupted run.
+    """
+
+    def __init__(self, examples: list[dict], batch_size: int, seed: int):
+        if batch_size > len(examples):
+            raise DataError(f'batch_size={batch_size} exceeds the {len(examples)} prompts')
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+
+    def batch(self, step: int) -> list[dict]:
+        n, b = len(self.examples), self.batch_size
+        per_epoch = n // b
+        epoch, k = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return [self.examples[i] for i in order[k * b:(k + 1) * b]]
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        step = 0
+        while True:
+            yield self.batch(step)
+            step += 1

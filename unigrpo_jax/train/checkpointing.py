@@ -1,0 +1,39 @@
+"""Orbax ``CheckpointManager`` for the RL train state: async saves, a preservation policy,
+and exact resume (params, optimizer state, step, data position and RNG seed)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(workdir: str, *, max_to_keep: int, keep_period: int | None) -> ocp.CheckpointManager:
+    """Keeps the latest ``max_to_keep`` checkpoints plus every ``keep_period``-th step."""
+    policies = [ocp.checkpoint_managers.LatestN(max_to_keep)]
+    if keep_period:
+        policies.append(ocp.checkpoint_managers.EveryNSteps(keep_period))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=True,
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                                 options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+    """Saves ``state`` (must be finite: the loop never saves a non-finite state) and ``meta``."""
+    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                           meta=ocp.args.JsonSave(meta)), force=True)
+
+
+def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] | None:
+    """The latest ``(state, meta)``, placed like ``abstract_state``; None without a checkpoint."""
+    step = mgr.latest_step()
+    if step is None:
+        return None
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          abstract_state)
+    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                    meta=ocp.args.JsonRestore()))
+    return out['state'], out['meta']

@@ -1,0 +1,36 @@
+"""Image grids with captions (the thinking text of each sample), as uint8 arrays or PNG files."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def image_grid(images: np.ndarray, captions: list[str] | None = None, *, columns: int = 4,
+               scale: int = 4, caption_chars: int = 28, caption_lines: int = 6) -> np.ndarray:
+    """Tiles ``images [N, H, W, 3]`` uint8 (upscaled ``scale`` x, nearest) with a caption under
+    each; returns ``[rows * (H*scale + text), columns * W*scale, 3]`` uint8."""
+    images = np.asarray(images)
+    n, h, w, _ = images.shape
+    captions = captions or [''] * n
+    font = ImageFont.load_default()
+    line_h = 11
+    text_h = line_h * caption_lines if any(captions) else 0
+    cell_w = max(w * scale, caption_chars * 6)
+    rows = -(-n // columns)
+    canvas = Image.new('RGB', (columns * cell_w, rows * (h * scale + text_h)), 'white')
+    draw = ImageDraw.Draw(canvas)
+    for i, (im, cap) in enumerate(zip(images, captions)):
+        r, c = divmod(i, columns)
+        x, y = c * cell_w, r * (h * scale + text_h)
+        canvas.paste(Image.fromarray(im).resize((w * scale, h * scale), Image.NEAREST), (x, y))
+        lines = textwrap.wrap(cap, caption_chars)[:caption_lines]
+        for j, line in enumerate(lines):
+            draw.text((x + 2, y + h * scale + j * line_h), line, fill='black', font=font)
+    return np.asarray(canvas)
+
+
+def save_png(array: np.ndarray, path: str) -> None:
+    Image.fromarray(np.asarray(array, np.uint8)).save(path)
