@@ -98,3 +98,29 @@ def test_valid_config_passes():
     cfg = _config()
     cfg.parallelism.mesh = (-1, 1, 1)
     assert validate(cfg, 2) == (2, 1, 1)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir)
+    cmd = [sys.executable, 'launch/train.py', '--config=configs/bagel_grpo.py:tiny',
+           f'--workdir={tmp_path}', '--config.total_steps=1000', '--config.eval_every=0',
+           '--config.checkpoint_every=1000', '--config.parallelism.num_devices=1',
+           '--config.parallelism.mesh=(1,1,1)']
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / 'metrics.jsonl'
+    deadline = time.time() + 400
+    while not metrics.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    steps = [r['step'] for r in _metrics(str(tmp_path))]
+    assert os.path.isdir(tmp_path / 'checkpoints' / str(steps[-1]))
+    assert steps[-1] < 1000
