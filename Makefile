@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install clean
+.PHONY: test install clean train-tiny
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 tests
@@ -18,3 +18,7 @@ $(VENV)/.installed: setup.py constraints.txt
 
 clean:
 	rm -rf $(VENV)
+
+# The RL loop end to end on a random tiny Bagel (CPU, about a minute after the install).
+train-tiny: $(VENV)/.installed
+	$(BIN)/python launch/train.py --config=configs/bagel_grpo.py:tiny --workdir=runs/tiny
