@@ -171,3 +171,27 @@ def test_expert_groups():
     assert opt_lib.expert_of('llm2vae/kernel') == 'gen'
     assert opt_lib.expert_of('language_model/embed_tokens/embedding') == 'und'
     assert opt_lib.expert_of('language_model/layers/und/q_proj/kernel') == 'und'
+
+
+@pytest.mark.parametrize('mode', ['flowgrpo', 'textgrpo'])
+def test_baseline_modes_use_only_their_term(setup, mode):
+    """FlowGRPO: no thinking, image term only; TextGRPO: text term only, ODE images (W = 0)."""
+    cfg, config, params, _ = setup
+    cfg = cfg.copy_and_resolve_references()
+    if mode == 'flowgrpo':
+        cfg.rollout.think = False
+    else:
+        cfg.rollout.window_size = 0
+    cfg.objective.mode = mode
+    rc = R.rollout_config(cfg.rollout)
+    t = config.tokens
+    prompts = jnp.asarray(np.tile(np.array([[t.bos, 3, 4, 5, t.eos]], np.int32), (2, 1)))
+    out = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
+        params, factory.build_model(cfg.model)[2], None, prompts,
+        jnp.full((2,), 5, jnp.int32), jax.random.key(1))
+    adv = jnp.tile(jnp.array([1.0, -1.0]), 2)
+    batch = replay.train_batch(out, jnp.zeros((0,), jnp.int32), adv, jnp.ones(4))
+    loss, m = objective.loss_fn(params, params, batch, config, objective.objective_config(cfg))
+    assert np.isfinite(float(loss))
+    assert ('text/loss' in m) == (mode == 'textgrpo')
+    assert ('image/loss' in m) == (mode == 'flowgrpo')

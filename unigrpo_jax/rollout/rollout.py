@@ -216,6 +216,8 @@ def denoise_sde_window(params, config: BagelConfig, rc: RolloutConfig, cache: KV
         x, xs, x_nexts, means, logps = carry
         t, t_next = grid[k], grid[k + 1]
         v, _ = context.image_velocity(params, config, cache, x, jnp.full((b,), t), position_ids)
+        if w == 0:  # no stochastic window (TextGRPO): every step is an ODE step
+            return (sde.ode_step(x, v, t, t_next), xs, x_nexts, means, logps), None
         xi = jax.vmap(lambda key: jax.random.normal(key, (n, f), jnp.float32))(
             jax.vmap(jax.random.fold_in, (0, None))(step_keys, k))
         x_sde, mean, logp, _ = sde.sde_step(x, v, t, t_next, grid[1], rc.noise_level, xi)
