@@ -149,7 +149,7 @@ def config_files(config: BagelConfig) -> dict[str, dict]:
                                start_of_image=config.tokens.start_of_image,
                                end_of_image=config.tokens.end_of_image)),
         'ae_config.json': dict(
-            resolution=ae.resolution, in_channels=ae.in_channels, downsample=ae.downsample,
+            kind=ae.kind, resolution=ae.resolution, in_channels=ae.in_channels, downsample=ae.downsample,
             ch=ae.ch, out_ch=ae.out_ch, ch_mult=list(ae.ch_mult),
             num_res_blocks=ae.num_res_blocks, z_channels=ae.z_channels,
             scale_factor=ae.scale_factor, shift_factor=ae.shift_factor,

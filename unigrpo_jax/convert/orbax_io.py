@@ -119,6 +119,13 @@ def save_params(directory: str, config: BagelConfig, params: Mapping[str, Any],
     write_config_files(config, directory)
 
 
+def _with_empty_ae(args: dict) -> dict:
+    """Restore args always name the ``ae`` subtree, even when it is empty (the identity
+    autoencoder of pixel-space models has no params)."""
+    args.setdefault('ae', {})
+    return args
+
+
 def is_converted(directory: str) -> bool:
     """Whether ``directory`` holds a checkpoint written by ``save_params``."""
     return os.path.isdir(os.path.join(directory, CHECKPOINT_DIR))
@@ -193,5 +200,5 @@ def load_params(directory: str, *, shardings: Any = None, ae_shardings: Any = No
                 restore_args[p] = ocp.ArrayRestoreArgs(sharding=by_key[key][rest], dtype=cast,
                                                        global_shape=tuple(m.shape))
         tree = checkpointer.restore(
-            path, args=ocp.args.PyTreeRestore(restore_args=unflatten(restore_args)))
+            path, args=ocp.args.PyTreeRestore(restore_args=_with_empty_ae(unflatten(restore_args))))
     return config, tree['bagel'], tree['ae']

@@ -7,6 +7,9 @@ Layout is NHWC throughout: images ``[B, H, W, in_channels]`` with pixels in [-1,
 (table in ``unigrpo_jax/convert/ae_table.py``); the decoder's ``up_{i}`` keeps checkpoint
 index ``i`` (0 = highest resolution) although the levels run from the last index down.
 See ``shared/docs/bagel.md`` §7.
+
+``AEConfig.kind == 'identity'`` (ShapesEval's pixel space) has no params (``{}``): ``encode`` is
+``scale * (x - shift)`` of the pixels and ``decode`` its inverse ``x / scale + shift``.
 """
 
 from __future__ import annotations
@@ -188,7 +191,10 @@ class AutoEncoder(nn.Module):
 
 
 def init_params(config: AEConfig, rng: jax.Array) -> Params:
-    """Random params (logical-axis boxes removed), e.g. for tiny configs in tests."""
+    """Random params (logical-axis boxes removed), e.g. for tiny configs in tests; ``{}`` for
+    the identity autoencoder."""
+    if config.kind == 'identity':
+        return {}
     images = jnp.zeros((1, config.downsample, config.downsample, config.in_channels), jnp.float32)
     return nn.unbox(AutoEncoder(config).init(rng, images)['params'])
 
@@ -201,6 +207,8 @@ def abstract_params(config: AEConfig) -> Params:
 def encoder_moments(params: Params, config: AEConfig, images: jax.Array) -> jax.Array:
     """Raw encoder output: images ``[B, H, W, in_channels]`` in [-1, 1] ->
     ``[B, H//d, W//d, 2*z_channels]`` (mean channels first, then logvar)."""
+    if config.kind == 'identity':
+        raise ValueError('the identity autoencoder has no encoder moments; use encode')
     return Encoder(config).apply({'params': params['encoder']}, images.astype(jnp.float32))
 
 
@@ -208,7 +216,10 @@ def encode(params: Params, config: AEConfig, images: jax.Array,
            rng: jax.Array | None = None) -> jax.Array:
     """Bagel's latents ``scale * (z - shift)``: images ``[B, H, W, in_channels]`` ->
     ``[B, H//d, W//d, z_channels]``. ``z`` is the posterior mean when ``rng`` is None, else the
-    sample ``mean + exp(logvar / 2) * eps`` with ``eps ~ N(0, 1)`` drawn from ``rng``."""
+    sample ``mean + exp(logvar / 2) * eps`` with ``eps ~ N(0, 1)`` drawn from ``rng``.
+    The identity autoencoder uses ``z = images`` (``rng`` is ignored)."""
+    if config.kind == 'identity':
+        return config.scale_factor * (images.astype(jnp.float32) - config.shift_factor)
     mean, logvar = jnp.split(encoder_moments(params, config, images), 2, axis=-1)
     z = mean
     if rng is not None:
@@ -220,6 +231,8 @@ def decode(params: Params, config: AEConfig, latents: jax.Array) -> jax.Array:
     """``Decoder(latents / scale + shift)``: latents ``[B, h, w, z_channels]`` ->
     images ``[B, h*d, w*d, out_ch]``, roughly in [-1, 1]."""
     z = latents.astype(jnp.float32) / config.scale_factor + config.shift_factor
+    if config.kind == 'identity':
+        return z
     return Decoder(config).apply({'params': params['decoder']}, z)
 
 

@@ -99,9 +99,17 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+AE_KINDS = ('flux', 'identity')
+
+
 @dataclasses.dataclass(frozen=True)
 class AEConfig:
-    """FLUX autoencoder (encoder + decoder) with Bagel's latent scale and shift."""
+    """The autoencoder with Bagel's latent scale and shift.
+
+    ``kind='flux'``: the FLUX encoder + decoder (every field below is used).
+    ``kind='identity'``: pixel space (ShapesEval), latents ``scale * (x - shift)`` of the pixels
+    themselves; no params, ``z_channels == in_channels``, downsample 1, the conv fields unused.
+    """
 
     in_channels: int = 3
     out_ch: int = 3
@@ -114,9 +122,20 @@ class AEConfig:
     groupnorm_groups: int = 32
     groupnorm_eps: float = 1e-6
     resolution: int = 256
+    kind: str = 'flux'
+
+    def __post_init__(self):
+        if self.kind not in AE_KINDS:
+            raise ConfigError(f'autoencoder kind={self.kind!r}; expected one of {AE_KINDS}')
+        if self.kind == 'identity' and self.z_channels != self.in_channels:
+            raise ConfigError(
+                f'identity autoencoder has z_channels={self.z_channels} but in_channels='
+                f'{self.in_channels}: its latents are the pixels, so set z_channels=in_channels')
 
     @property
     def downsample(self) -> int:
+        if self.kind == 'identity':
+            return 1
         return 2 ** (len(self.ch_mult) - 1)
 
 
@@ -216,13 +235,27 @@ def vit_config_from_json(path: str) -> ViTConfig:
 
 
 def ae_config_from_dict(d: dict[str, Any]) -> AEConfig:
-    d = {**_FLUX_AE_DEFAULTS, **d}
+    """An AEConfig from ``ae_config.json`` data; missing fields take the FLUX release values.
+
+    ``kind='identity'`` (pixel space) defaults ``z_channels`` to ``in_channels`` and
+    ``downsample`` to 1.
+    """
+    kind = str(d.get('kind', 'flux'))
+    if kind == 'identity':
+        in_channels = d.get('in_channels', _FLUX_AE_DEFAULTS['in_channels'])
+        d = {**_FLUX_AE_DEFAULTS, 'z_channels': in_channels, 'downsample': 1, **d}
+    else:
+        d = {**_FLUX_AE_DEFAULTS, **d}
     cfg = AEConfig(
         in_channels=int(d['in_channels']), out_ch=int(d['out_ch']), ch=int(d['ch']),
         ch_mult=tuple(int(m) for m in d['ch_mult']), num_res_blocks=int(d['num_res_blocks']),
         z_channels=int(d['z_channels']), scale_factor=float(d['scale_factor']),
         shift_factor=float(d['shift_factor']), groupnorm_groups=int(d['groupnorm_groups']),
-        groupnorm_eps=float(d['groupnorm_eps']), resolution=int(d['resolution']))
+        groupnorm_eps=float(d['groupnorm_eps']), resolution=int(d['resolution']), kind=kind)
+    if kind == 'identity':
+        if int(d['downsample']) != 1:
+            raise ConfigError(f'identity autoencoder has downsample={d["downsample"]}, expected 1')
+        return cfg
     if int(d['downsample']) != cfg.downsample:
         raise ConfigError(
             f'autoencoder downsample={d["downsample"]} does not match ch_mult={list(cfg.ch_mult)} '

@@ -1,0 +1,68 @@
+"""A short SFT run lowers its loss; the launchers train, checkpoint and evaluate at tiny scale."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import flax.linen as nn
+
+from configs import shapes_sft
+from unigrpo_jax.model import bagel
+from unigrpo_jax.sft import checkpoint, samples, step, train
+
+REPO = os.path.join(os.path.dirname(__file__), '..', '..')
+
+
+def test_short_sft_lowers_loss():
+    cfg = shapes_sft.get_config('think,test')
+    model = train.model_config(cfg)
+    tokenizer = train.load_tokenizer(cfg, model)
+    lay = samples.layout(model, cfg.data, think=True)
+    optimizer = step.make_optimizer(cfg.optimizer, cfg.steps)
+    state = step.init_state(nn.unbox(bagel.init_params(model, jax.random.key(0))), optimizer)
+    train_step = step.make_train_step(model, lay, cfg.loss, optimizer, seed=0)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(cfg.steps):
+        batch = samples.sample_batch(rng, tokenizer, model, lay, cfg.data.batch_size, 0.1)
+        state, metrics = train_step(state, batch.arrays())
+        losses.append({k: float(v) for k, v in metrics.items()})
+    first, last = losses[:5], losses[-5:]
+    mean = lambda rows, k: np.mean([r[k] for r in rows])  # noqa: E731
+    assert mean(last, 'loss') < mean(first, 'loss') - 0.3
+    assert mean(last, 'ce') < mean(first, 'ce') and mean(last, 'mse') < mean(first, 'mse')
+    assert int(state.step) == cfg.steps
+
+
+def _run(args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    env.pop('XLA_FLAGS', None)
+    out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def test_launchers_train_checkpoint_evaluate(tmp_path):
+    workdir, export = str(tmp_path / 'run'), str(tmp_path / 'export')
+    stdout = _run(['launch/train_sft.py', '--config=configs/shapes_sft.py:nothink,test',
+                   f'--workdir={workdir}', f'--export_dir={export}', '--config.steps=4',
+                   '--config.log_every=2', '--config.checkpoint_every=2',
+                   '--config.eval.final_per_tag=1',
+                   '--config.eval.cfg_text_scale=1'], REPO)
+    assert 'steps/s' in stdout and 'ETA' in stdout
+    config, params, ae = checkpoint.load(export)
+    assert config.ae.kind == 'identity' and ae == {}
+    expected = nn.unbox(bagel.abstract_params(config))
+    assert jax.tree.map(np.shape, params) == jax.tree.map(lambda x: x.shape, expected)
+    assert os.path.isdir(os.path.join(workdir, 'step_2', 'checkpoint'))
+    manifest = json.load(open(os.path.join(export, 'MANIFEST.json')))
+    assert manifest['steps'] == 4 and not manifest['think']
+    assert 'think=off cfg=1' in manifest['accuracy']
+    stdout = _run(['launch/evaluate.py', f'--checkpoint={export}', '--think=on', '--cfg=2',
+                   '--per_tag=1', f'--out={tmp_path / "sweep"}'], REPO)
+    assert '| think=on cfg=2 |' in stdout
+    assert os.path.exists(tmp_path / 'sweep' / 'grid_think_on_cfg_2.png')

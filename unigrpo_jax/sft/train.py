@@ -1,0 +1,213 @@
+"""The SFT loop (``launch/train_sft.py``) and the evaluation sweep (``launch/evaluate.py``).
+
+Workdir layout::
+
+    sft_config.json          the training config (``evaluate`` reads think / eval settings)
+    metrics.jsonl            one line per log step, and one per quick evaluation
+    step_{k}/                params-only checkpoints (``sft.checkpoint.save``, with tokenizer/)
+    final/                   the last params
+    eval/results.md, eval/*.png, eval/results.json   the final evaluation sweep
+
+With ``export_dir`` the final checkpoint, the evaluation and a ``MANIFEST.json`` (command, git
+commit, steps, wall time, accuracy) are copied there (``checkpoints/shapes_sft_{arm}/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from unigrpo_jax.model import bagel
+from unigrpo_jax.model.config import BagelConfig, config_from_dict
+from unigrpo_jax.rollout import eval_sampler
+from unigrpo_jax.sft import checkpoint, samples, step as sft_step
+from unigrpo_jax.shapes import evaluate as shapes_eval
+from unigrpo_jax.shapes import tokenizer as shapes_tokenizer
+
+FINAL = 'final'
+CONFIG_FILE = 'sft_config.json'
+
+
+def model_config(config: ml_collections.ConfigDict) -> BagelConfig:
+    random = config.model.random
+    random = random.to_dict() if hasattr(random, 'to_dict') else dict(random)
+    return config_from_dict(random, dtype=config.model.dtype)
+
+
+def load_tokenizer(config: ml_collections.ConfigDict, model: BagelConfig):
+    tokenizer, tokens = shapes_tokenizer.load(config.tokenizer)
+    if tokens != model.tokens or len(tokenizer) != model.llm.vocab_size:
+        raise ValueError(f'tokenizer {config.tokenizer} has {len(tokenizer)} tokens and {tokens}; '
+                         f'the model config has vocab_size={model.llm.vocab_size} and '
+                         f'{model.tokens}')
+    return tokenizer
+
+
+def sampler_config(eval_cfg, cfg_text_scale: float | None = None) -> eval_sampler.SamplerConfig:
+    c = ml_collections.ConfigDict(eval_cfg.to_dict())
+    if cfg_text_scale is not None:
+        c.cfg_text_scale = cfg_text_scale
+    return eval_sampler.sampler_config(c)
+
+
+def _log(workdir: str, record: dict) -> None:
+    with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps(record) + '\n')
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(['git', *args], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+
+
+def git_commit() -> str:
+    """``git rev-parse HEAD``, with ``+dirty`` when the SFT code has uncommitted changes."""
+    head = _git('rev-parse', 'HEAD')
+    dirty = _git('status', '--porcelain', '--', 'unigrpo_jax', 'configs', 'launch')
+    return head + ('+dirty' if dirty and dirty != 'unknown' else '')
+
+
+def evaluate_sweep(params, model: BagelConfig, tokenizer, config: ml_collections.ConfigDict, *,
+                   thinks: list[bool], cfg_scales: list[float], out_dir: str | None,
+                   per_tag: int | None = None, log=print) -> dict[str, dict]:
+    """Evaluates every (think, cfg scale) pair; writes ``results.md``/``.json`` and a grid PNG
+    per pair to ``out_dir``. Returns ``{run name: accuracy + plan stats}``."""
+    metadata = shapes_eval.load_prompts(config.eval_prompts)
+    if per_tag:
+        metadata = shapes_eval.subset(metadata, per_tag)
+    rows = {}
+    for think in thinks:
+        for scale in cfg_scales:
+            name = f'think={"on" if think else "off"} cfg={scale:g}'
+            start = time.time()
+            result = shapes_eval.evaluate(
+                params, model, tokenizer, metadata, think=think,
+                sampler=sampler_config(config.eval, scale),
+                max_think_tokens=config.data.max_think_tokens,
+                prompt_len=config.data.max_prompt_tokens, image_size=config.data.image_size,
+                batch_size=config.eval.batch_size, seed=config.eval.seed)
+            rows[name] = {**result.accuracy, **result.plan_stats}
+            log(f'eval {name}: overall {100 * result.accuracy["overall"]:.1f}% '
+                f'({len(metadata)} prompts, {time.time() - start:.0f}s) {rows[name]}')
+            if out_dir:
+                os.makedirs(out_dir, exist_ok=True)
+                tag = f'think_{"on" if think else "off"}_cfg_{scale:g}'
+                shapes_eval.save_grid(os.path.join(out_dir, f'grid_{tag}.png'), result,
+                                      title=name)
+    if out_dir:
+        with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+            f.write(f'ShapesEval strict accuracy (%), {len(metadata)} prompts\n\n')
+            f.write(shapes_eval.markdown_table(rows))
+        with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+            json.dump(rows, f, indent=1)
+    return rows
+
+
+def default_cfg_scales(config) -> list[float]:
+    """CFG off (1) and the config's scale."""
+    return sorted({1.0, float(config.eval.cfg_text_scale)})
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | None = None,
+          command: str = '', log=print) -> dict:
+    """Runs SFT, checkpoints, evaluates at the end; returns the final evaluation rows."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
+        f.write(config.to_json(indent=1))
+    model = model_config(config)
+    tokenizer = load_tokenizer(config, model)
+    lay = samples.layout(model, config.data, config.think)
+    if config.init_from:
+        loaded, params, _ = checkpoint.load(config.init_from)
+        if loaded.llm != model.llm or loaded.tokens != model.tokens:
+            raise ValueError(f'init_from={config.init_from} has llm {loaded.llm} / '
+                             f'{loaded.tokens}, the config asks for {model.llm} / {model.tokens}')
+        log(f'initialised from {config.init_from}')
+    else:
+        params = nn.unbox(bagel.init_params(model, jax.random.key(config.seed)))
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    optimizer = sft_step.make_optimizer(config.optimizer, config.steps)
+    state = sft_step.init_state(params, optimizer)
+    train_step = sft_step.make_train_step(model, lay, config.loss, optimizer, config.seed)
+    rng = np.random.default_rng(config.seed)
+    log(f'SFT think={config.think}: {n_params / 1e6:.2f}M params, layout {lay}, '
+        f'batch {config.data.batch_size}, {config.steps} steps -> {workdir}')
+
+    def save(name: str):
+        checkpoint.save(os.path.join(workdir, name), model, jax.device_get(state.params),
+                        config.tokenizer)
+
+    def quick_eval(step: int):
+        rows = evaluate_sweep(state.params, model, tokenizer, config, thinks=[config.think],
+                              cfg_scales=[float(config.eval.cfg_text_scale)], out_dir=None,
+                              per_tag=config.eval.quick_per_tag, log=log)
+        for name, row in rows.items():
+            _log(workdir, dict(step=step, eval=name, per_tag=config.eval.quick_per_tag, **row))
+
+    start = time.time()
+    window_start, window_steps = time.time(), 0
+    sums: dict[str, float] = {}
+    for k in range(1, config.steps + 1):
+        batch = samples.sample_batch(rng, tokenizer, model, lay, config.data.batch_size,
+                                     config.data.text_dropout)
+        state, metrics = train_step(state, batch.arrays())
+        window_steps += 1
+        for name, value in metrics.items():  # device scalars; summed lazily
+            sums[name] = sums.get(name, 0.0) + value
+        if k % config.log_every == 0 or k == config.steps:
+            means = {name: float(v) / window_steps for name, v in sums.items()}
+            if not np.isfinite(means['loss']):
+                raise FloatingPointError(f'non-finite loss at step {k}: {means}')
+            now = time.time()
+            rate = window_steps / (now - window_start)
+            eta = (config.steps - k) / rate
+            log(f'step {k}/{config.steps} ' + ' '.join(f'{n}={v:.4f}' for n, v in means.items())
+                + f' | {rate:.2f} steps/s, {now - start:.0f}s elapsed, ETA {eta / 60:.1f} min')
+            _log(workdir, dict(step=k, time=now - start, steps_per_s=rate, **means))
+            window_start, window_steps, sums = now, 0, {}
+        if config.checkpoint_every and k % config.checkpoint_every == 0 and k < config.steps:
+            save(f'step_{k}')
+        if config.eval_every and k % config.eval_every == 0 and k < config.steps:
+            quick_eval(k)
+    train_time = time.time() - start
+    save(FINAL)
+    log(f'trained {config.steps} steps in {train_time / 60:.1f} min; final evaluation')
+    rows = evaluate_sweep(state.params, model, tokenizer, config, thinks=[config.think],
+                          cfg_scales=default_cfg_scales(config),
+                          out_dir=os.path.join(workdir, 'eval'),
+                          per_tag=config.eval.final_per_tag or None, log=log)
+    for name, row in rows.items():
+        _log(workdir, dict(step=config.steps, eval=name, per_tag=None, **row))
+    if export_dir:
+        export(workdir, export_dir, config, command=command, train_time=train_time, rows=rows)
+        log(f'exported to {export_dir}')
+    return rows
+
+
+def export(workdir: str, export_dir: str, config, *, command: str, train_time: float,
+           rows: dict) -> None:
+    """Copies ``workdir/final`` and ``workdir/eval`` to ``export_dir`` with a MANIFEST.json."""
+    shutil.rmtree(export_dir, ignore_errors=True)
+    shutil.copytree(os.path.join(workdir, FINAL), export_dir)
+    shutil.copytree(os.path.join(workdir, 'eval'), os.path.join(export_dir, 'eval'))
+    shutil.copy(os.path.join(workdir, CONFIG_FILE), export_dir)
+    curve = []
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        curve = [r for r in map(json.loads, f) if 'eval' in r]
+    manifest = dict(command=command, git_commit=git_commit(), think=bool(config.think),
+                    steps=int(config.steps), batch_size=int(config.data.batch_size),
+                    train_wall_time_s=round(train_time, 1), accuracy=rows,
+                    learning_curve=curve, workdir=os.path.abspath(workdir))
+    with open(os.path.join(export_dir, 'MANIFEST.json'), 'w') as f:
+        json.dump(manifest, f, indent=1)

@@ -1,0 +1,153 @@
+"""ShapesEval evaluation of a Bagel model: images from prompts, detector, GenEval accuracy.
+
+For each prompt (``data/shapes_eval/eval_prompts.jsonl``): ``rollout.generate_eval`` (greedy
+thinking when ``think``, then Bagel's Euler ODE with text classifier-free guidance, no system
+segment), ``detector.detect`` on the image, ``geneval.strict_correct`` with the world's relation
+margin; accuracy per tag and overall (mean of the tags). Also reported, for thinking runs: how
+many plans parse (``plan.parse_plan``) and how many parsed plans satisfy the prompt themselves
+(a plan error vs a drawing error), and how many images draw exactly their plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.rewards import geneval
+from unigrpo_jax.rollout import eval_sampler, rollout
+from unigrpo_jax.sft import samples
+from unigrpo_jax.shapes import detector, plan, prompts, world
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """One evaluation run over ``n`` prompts."""
+
+    metadata: list            # [n] GenEval metadata
+    images: np.ndarray        # [n, H, W, 3] uint8
+    think_texts: list         # [n] decoded thinking ('' without thinking)
+    correct: list             # [n] strict correctness
+    accuracy: dict            # tag -> accuracy, 'overall'
+    plan_stats: dict          # parsed / plan_correct / drawn_as_planned fractions (think only)
+
+
+def load_prompts(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def subset(metadata: list[dict], per_tag: int) -> list[dict]:
+    """The first ``per_tag`` prompts of each tag (a quick evaluation)."""
+    seen: dict[str, int] = {}
+    out = []
+    for m in metadata:
+        if seen.get(m['tag'], 0) < per_tag:
+            out.append(m)
+            seen[m['tag']] = seen.get(m['tag'], 0) + 1
+    return out
+
+
+def layout_detections(layout: world.Layout) -> list[dict]:
+    """The detections an exact drawing of ``layout`` gives (for scoring a plan by itself)."""
+    return [dict({'class': shape, 'color': color}, center=world.cell_center(row, col))
+            for shape, color, row, col in layout]
+
+
+def _drawn_as_planned(detections: list[dict], layout: world.Layout) -> bool:
+    found = sorted((d['class'], d['color'], *d['cell']) for d in detections)
+    return found == sorted(layout)
+
+
+def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, think: bool,
+             sampler: eval_sampler.SamplerConfig, max_think_tokens: int, prompt_len: int,
+             image_size=(32, 32), batch_size: int = 80, seed: int = 0) -> EvalResult:
+    """Generates one image per prompt and scores it (see the module docstring)."""
+    rc = rollout.RolloutConfig(group_size=1, think=think, max_think_tokens=max_think_tokens,
+                               num_timesteps=sampler.num_timesteps, shift=sampler.shift,
+                               window_size=0, window_max_start=0,
+                               image_size=tuple(image_size), decode_images=True)
+    params = jax.tree.map(jnp.asarray, params)
+    images, texts = [], []
+    for start in range(0, len(metadata), batch_size):
+        chunk = metadata[start:start + batch_size]
+        padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
+        ids, lengths = samples.prompt_batch(tokenizer, config, padded, prompt_len)
+        key = jax.random.fold_in(jax.random.key(seed), start // batch_size)
+        imgs, tokens, mask = rollout.generate_eval(params, {}, config, rc, sampler, None,
+                                                   jnp.asarray(ids), jnp.asarray(lengths), key)
+        imgs, tokens, mask = np.asarray(imgs), np.asarray(tokens), np.asarray(mask)
+        images.append(imgs[:len(chunk)])
+        for i in range(len(chunk)):
+            texts.append(tokenizer.decode(tokens[i][mask[i]], skip_special_tokens=True)
+                         if think else '')
+    images = np.concatenate(images)
+    threshold = world.RELATION_THRESHOLD_PX
+    correct, parsed, plan_ok, as_planned = [], 0, 0, 0
+    for m, image, text in zip(metadata, images, texts):
+        detections = detector.detect(image)
+        correct.append(geneval.strict_correct(detections, m, threshold=threshold))
+        layout = plan.parse_plan(text) if think else None
+        if layout is not None:
+            parsed += 1
+            plan_ok += geneval.strict_correct(layout_detections(layout), m, threshold=threshold)
+            as_planned += _drawn_as_planned(detections, layout)
+    accuracy = geneval.tag_accuracy([(m['tag'], c) for m, c in zip(metadata, correct)])
+    n = len(metadata)
+    stats = (dict(plan_parsed=parsed / n, plan_correct=plan_ok / n, drawn_as_planned=as_planned / n)
+             if think else {})
+    return EvalResult(metadata=metadata, images=images, think_texts=texts, correct=correct,
+                      accuracy=accuracy, plan_stats=stats)
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    """Rows ``{name: accuracy dict (+ plan stats)}`` -> a markdown table, accuracies in %."""
+    columns = [*prompts.TAGS, 'overall']
+    extra = sorted({k for r in rows.values() for k in r} - set(columns))
+    head = ['run', *columns, *extra]
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for name, r in rows.items():
+        cells = [f'{100 * r[c]:.1f}' if c in r else '' for c in (*columns, *extra)]
+        lines.append('| ' + ' | '.join([name, *cells]) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def save_grid(path: str, result: EvalResult, per_tag: int = 6, title: str = '') -> None:
+    """A PNG of ``per_tag`` images per tag (rows), each captioned with its prompt, thinking and
+    correctness."""
+    import matplotlib  # pylint: disable=g-import-not-at-top
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+    chosen = {tag: [] for tag in prompts.TAGS}
+    for i, m in enumerate(result.metadata):
+        if m['tag'] in chosen and len(chosen[m['tag']]) < per_tag:
+            chosen[m['tag']].append(i)
+    rows = [tag for tag in prompts.TAGS if chosen[tag]]
+    fig, axes = plt.subplots(len(rows), per_tag, figsize=(2.3 * per_tag, 3.4 * len(rows)),
+                             squeeze=False)
+    for r, tag in enumerate(rows):
+        for c in range(per_tag):
+            ax = axes[r][c]
+            ax.axis('off')
+            if c >= len(chosen[tag]):
+                continue
+            i = chosen[tag][c]
+            ax.imshow(result.images[i], interpolation='nearest')
+            think = result.think_texts[i].replace('<think>', '').replace('</think>', '').strip()
+            caption = result.metadata[i]['prompt'].replace('a photo of ', '')
+            if result.think_texts[i]:
+                caption += '\n' + textwrap.shorten(think, 110, placeholder=' ...').replace(
+                    ' ; ', '\n')
+            ax.set_title(('OK  ' if result.correct[i] else 'XX  ') + caption, fontsize=6.5,
+                         color='green' if result.correct[i] else 'red', loc='left')
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
