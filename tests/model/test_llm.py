@@ -97,3 +97,22 @@ def test_segment_longer_than_cache_is_refused(model):
     config, params = model
     with pytest.raises(ValueError, match='does not fit a KV cache of 4 rows'):
         context.prefill_text(params, config, init_cache(config.llm, 1, 4), _ids(config, 5, 0)[None])
+
+
+def test_dot_product_attention_matches_the_parity_path(model):
+    """jax.nn.dot_product_attention (cuDNN on GPUs) gives the einsum path's results: a prefill
+    on top of a cache and an image block (full mask, GQA)."""
+    config, params = model
+    fast = config.replace(attention='dot_product')
+    a, b = _ids(config, 5, 7), _ids(config, 4, 8)
+    out = {}
+    for name, cfg in (('xla', config), ('dot', fast)):
+        cache, _ = context.prefill_text(params, cfg, init_cache(cfg.llm, 1, 16), a[None])
+        _, h = context.prefill_text(params, cfg, cache, b[None])
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, cfg.latent_token_dim)),
+                        jnp.float32)
+        v, _ = context.image_velocity(params, cfg, cache, x, jnp.array([0.5]),
+                                      jnp.array([0, 1, 8, 9]))
+        out[name] = (h, v)
+    for got, want in zip(out['dot'], out['xla']):
+        np.testing.assert_allclose(got, want, atol=2e-5)

@@ -51,12 +51,17 @@ def full_mask(length: int) -> jax.Array:
     return jnp.ones((1, length, length), bool)
 
 
+IMPLS = ('xla', 'dot_product')
+
+
 def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Array,
                     cache_k: jax.Array | None = None, cache_v: jax.Array | None = None,
-                    cache_len: jax.Array | None = None) -> jax.Array:
+                    cache_len: jax.Array | None = None, impl: str = 'xla') -> jax.Array:
     """Softmax attention of new queries over cached keys and the new segment's keys.
 
-    GQA: query head j uses kv head ``j // (heads / kv_heads)``. Logits and softmax in float32.
+    GQA: query head j uses kv head ``j // (heads / kv_heads)``. ``impl='xla'``: explicit
+    einsums, logits and softmax in float32 (the parity path); ``'dot_product'``:
+    ``jax.nn.dot_product_attention`` (cuDNN flash attention on a GPU in bf16/f16).
 
     Args:
       q: ``[batch, seq, heads, head_dim]`` (after q-norm and RoPE).
@@ -67,6 +72,10 @@ def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Arra
     Returns:
       ``[batch, seq, heads, head_dim]`` in q's dtype.
     """
+    if impl == 'dot_product':
+        return _dot_product_attention(q, k, v, new_mask, cache_k, cache_v, cache_len)
+    if impl != 'xla':
+        raise ValueError(f'attention impl={impl!r}; expected one of {IMPLS}')
     groups = q.shape[2] // k.shape[2]
     scale = q.shape[-1] ** -0.5
     qg = einops.rearrange(q, 'b q (k g) d -> b k g q d', g=groups)
@@ -84,3 +93,17 @@ def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Arra
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum('bkgqt,btkd->bkgqd', probs, v, preferred_element_type=jnp.float32)
     return einops.rearrange(out, 'b k g q d -> b q (k g) d').astype(q.dtype)
+
+
+def _dot_product_attention(q, k, v, new_mask, cache_k, cache_v, cache_len):
+    b, lq = q.shape[:2]
+    mask = jnp.broadcast_to(new_mask, (b, lq, lq))
+    if cache_k is not None:
+        valid = jnp.arange(cache_k.shape[1])[None, :] < cache_len[:, None]
+        mask = jnp.concatenate([jnp.broadcast_to(valid[:, None, :], (b, lq, valid.shape[1])),
+                                mask], axis=-1)
+        k = jnp.concatenate([cache_k.astype(k.dtype), k], axis=1)
+        v = jnp.concatenate([cache_v.astype(v.dtype), v], axis=1)
+    fused = jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
+                                        implementation='cudnn' if fused else None)

@@ -62,7 +62,7 @@ class Bagel(nn.Module):
         c = self.config
         e = c.llm.hidden_size
         init = nn.initializers.normal(0.02)
-        self.language_model = LanguageModel(c.llm, jnp.dtype(c.dtype))
+        self.language_model = LanguageModel(c.llm, jnp.dtype(c.dtype), c.attention)
         self.time_embedder = TimestepEmbedder(e, c.frequency_embedding_size)
         self.vae2llm = nn.Dense(e, kernel_init=logical(init, ('latent', 'embed')),
                                 bias_init=logical(nn.initializers.zeros, ('embed',)))

@@ -130,6 +130,7 @@ class MoTLayer(nn.Module):
     dtype: Dtype
     n_und: int
     write_cache: bool
+    attention_impl: str = 'xla'
 
     @nn.compact
     def __call__(self, x, layer_cache, positions, new_mask, cache_len):
@@ -150,7 +151,8 @@ class MoTLayer(nn.Module):
         cos, sin = attention.rope_tables(positions, self.config.head_dim, self.config.rope_theta)
         q, k = attention.apply_rope(q, cos, sin), attention.apply_rope(k, cos, sin)
         cache_k, cache_v = layer_cache if layer_cache is not None else (None, None)
-        attn = attention.joint_attention(q, k, v, new_mask, cache_k, cache_v, cache_len)
+        attn = attention.joint_attention(q, k, v, new_mask, cache_k, cache_v, cache_len,
+                                         impl=self.attention_impl)
         n = self.n_und
         out = _split_apply(lambda xu: und.finish(xu, attn[:, :n]),
                            lambda xg: gen.finish(xg, attn[:, n:]), x, n)
@@ -164,6 +166,7 @@ class LanguageModel(nn.Module):
 
     config: LLMConfig
     dtype: Dtype = jnp.float32
+    attention_impl: str = 'xla'
 
     def setup(self):
         c = self.config
@@ -214,7 +217,8 @@ class LanguageModel(nn.Module):
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
             length=self.config.num_hidden_layers,
             metadata_params={nn.PARTITION_NAME: 'layers'})
-        layers = scanned(self.config, self.dtype, n_und, write_cache, name='layers')
+        layers = scanned(self.config, self.dtype, n_und, write_cache, self.attention_impl,
+                         name='layers')
         h, kv = layers(x.astype(self.dtype), cache, positions, new_mask, cache_len)
         h = _split_apply(self.norm, self.norm_gen, h, n_und).astype(jnp.float32)
         return h, kv
