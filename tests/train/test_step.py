@@ -195,3 +195,13 @@ def test_baseline_modes_use_only_their_term(setup, mode):
     assert np.isfinite(float(loss))
     assert ('text/loss' in m) == (mode == 'textgrpo')
     assert ('image/loss' in m) == (mode == 'flowgrpo')
+
+
+def test_select_chains_keeps_shared_fields(setup):
+    _, _, _, batch = setup
+    idx = jnp.array([3, 0])
+    mb = replay.select_chains(batch, idx)
+    np.testing.assert_array_equal(mb.prompt_ids, batch.prompt_ids[idx])
+    np.testing.assert_array_equal(mb.x_t, batch.x_t[idx])
+    np.testing.assert_array_equal(mb.t, batch.t)
+    np.testing.assert_array_equal(mb.system_ids, batch.system_ids)

@@ -8,6 +8,8 @@ the context but not to each other (``context.image_velocities``).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -51,6 +53,13 @@ def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
         think_closed=rollout.think_closed, t=rollout.t, t_next=rollout.t_next,
         x_t=rollout.x_t, x_next=rollout.x_next, logp=rollout.logp, mean=rollout.mean,
         advantages=advantages, sample_weight=sample_weight)
+
+
+def select_chains(batch: TrainBatch, idx: jax.Array) -> TrainBatch:
+    """The minibatch of chains ``idx [M]`` (shared fields: system ids and the window times)."""
+    shared = {'system_ids', 't', 't_next'}
+    return batch.replace(**{f.name: getattr(batch, f.name)[idx]
+                            for f in dataclasses.fields(batch) if f.name not in shared})
 
 
 def rebuild_context(params, config: BagelConfig, batch: TrainBatch,

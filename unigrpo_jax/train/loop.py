@@ -176,9 +176,7 @@ def train(config, workdir: str):
     # Full fine-tuning: a frozen bf16 copy; LoRA: the base itself (the model, adapters off).
     ref_params = step_lib.reference_params(params, place)
     del params
-    select = jax.jit(lambda b, idx: jax.tree.map(
-        lambda x: x[idx] if x.ndim and x.shape[0] == chains else x, b),
-        out_shardings=place.batch)
+    select = jax.jit(lambda b, idx: replay.select_chains(b, idx), out_shardings=place.batch)
 
     mgr = checkpointing.manager(workdir, max_to_keep=config.checkpoint_max_to_keep,
                                 keep_period=config.checkpoint_keep_period)
