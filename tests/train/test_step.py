@@ -144,6 +144,10 @@ def test_same_update_on_one_and_eight_devices(setup, one_device_step, strategy, 
     q = state.params['language_model']['layers']['gen']['q_proj']['kernel']
     if strategy != 'dp':
         assert len(q.sharding.device_set) == 8 and not q.sharding.is_fully_replicated
+        # Adam's moments are sharded like their params
+        moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == q.shape]
+        assert moments and all(m.sharding.is_equivalent_to(q.sharding, q.ndim)
+                               for m in moments)
     # Adam's first step is g / (|g| + eps): where |g| ~ 1e-8 a float32 difference in the
     # gradient's reduction order changes that element's update by a few 1e-6 (lr is 1e-3).
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
@@ -44,15 +44,32 @@ class Placement:
     batch: Any
 
 
+def _key_name(entry) -> str:
+    for attr in ('key', 'name', 'idx'):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def opt_state_shardings(optimizer, params_abstract, param_sh, mesh: Mesh):
-    """The compiler's placement of ``optimizer.init(params)`` for params placed by ``param_sh``
-    (Adam moments follow their params), found ahead of time; what does not depend on the params
-    (step counts) is replicated."""
-    placed = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=sh),
-                          params_abstract, param_sh)
-    found = jax.jit(optimizer.init).lower(placed).compile().output_shardings
-    return jax.tree.map(lambda sh: sh if isinstance(sh, NamedSharding) and sh.mesh == mesh
-                        else sharding.replicated(mesh), found)
+    """Shardings of ``optimizer.init(params)``: every state leaf whose key path ends with a
+    param's path (Adam's ``mu``/``nu``) is placed like that param; the rest (step counts) is
+    replicated."""
+    by_path = {tuple(_key_name(k) for k in path): sh
+               for path, sh in jax.tree_util.tree_leaves_with_path(param_sh)}
+    shapes = {tuple(_key_name(k) for k in path): a.shape
+              for path, a in jax.tree_util.tree_leaves_with_path(params_abstract)}
+
+    def place(path, leaf):
+        names = tuple(_key_name(k) for k in path)
+        for start in range(len(names)):
+            tail = names[start:]
+            if tail in by_path and shapes[tail] == leaf.shape:
+                return by_path[tail]
+        return sharding.replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(place, jax.eval_shape(optimizer.init,
+                                                                  params_abstract))
 
 
 def placement(config: BagelConfig, optimizer, mesh: Mesh, rules, batch_example: TrainBatch,
