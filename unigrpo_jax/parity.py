@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unigrpo_jax.convert.bagel import load_bagel
-from unigrpo_jax.model import autoencoder, context, latents, packing, posembed, vit
+from unigrpo_jax.model import autoencoder, context, guidance, latents, packing, posembed, vit
 from unigrpo_jax.model.bagel import Bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
@@ -144,7 +144,6 @@ _CFG_NAME = re.compile(r'v_text(?P<st>[\d.]+)(?:_img(?P<si>[\d.]+))?_(?P<mode>gl
 
 def _cfg_checks(case: str, ref: dict, v_cond, v_text, v_img) -> list[Check]:
     """Every ``v_text{st}[_img{si}]_{mode}`` CFG combination of a case, parsed from its name."""
-    from unigrpo_jax.model import guidance  # pylint: disable=g-import-not-at-top
     checks = []
     for name in sorted(ref):
         m = _CFG_NAME.fullmatch(name)

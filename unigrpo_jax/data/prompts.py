@@ -24,6 +24,8 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from unigrpo_jax.shapes import prompts as shapes_prompts
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GENEVAL_FILE = os.path.join(REPO, 'data', 'geneval', 'evaluation_metadata.jsonl')
 SHAPES_EVAL_FILE = os.path.join(REPO, 'data', 'shapes_eval', 'eval_prompts.jsonl')
@@ -57,9 +59,8 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def _shapes_train() -> list[dict]:
-    from unigrpo_jax.shapes import prompts  # pylint: disable=g-import-not-at-top
     rng = np.random.default_rng(0)
-    return [prompts.sample_prompt(rng) for _ in range(SHAPES_TRAIN_SIZE)]
+    return [shapes_prompts.sample_prompt(rng) for _ in range(SHAPES_TRAIN_SIZE)]
 
 
 def source_examples(source: str) -> list[dict]:

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.convert.bagel import load_bagel
 from unigrpo_jax.model import autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, ConfigError, SpecialTokens, config_from_dict
 
@@ -26,12 +28,10 @@ def build_model(model_cfg, seed: int = 0,
         path = model_cfg.checkpoint
         if not os.path.isdir(path):
             raise ConfigError(f'model.checkpoint={path!r} is not a directory')
-        from unigrpo_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
         if orbax_io.is_converted(path):
             config, params, ae_params = orbax_io.load_params(path)
             config = config.replace(dtype=dtype)
         else:
-            from unigrpo_jax.convert.bagel import load_bagel  # pylint: disable=g-import-not-at-top
             config, params, ae_params = load_bagel(path, tokens=tokens, dtype=np.float32,
                                                    model_dtype=dtype)
         if tokens is not None and tokens != config.tokens:

@@ -25,7 +25,7 @@ from clu import metric_writers, periodic_actions
 from unigrpo_jax import viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
-from unigrpo_jax.model import factory
+from unigrpo_jax.model import factory, latents
 from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
@@ -266,7 +266,6 @@ def train(config, workdir: str):
 
 def _batch_shapes(config_model, rc, system_ids, max_len, minibatch):
     """A ``TrainBatch`` of zeros with a minibatch's shapes (to derive shardings)."""
-    from unigrpo_jax.model import latents  # pylint: disable=g-import-not-at-top
     h, w = latents.token_grid(*rc.image_size, config_model.latent_downsample)
     n, f = h * w, config_model.latent_token_dim
     t = rc.max_think_tokens if rc.think else 0
