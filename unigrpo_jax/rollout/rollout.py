@@ -30,7 +30,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import struct
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from unigrpo_jax.model import autoencoder, context, latents
 from unigrpo_jax.model.config import BagelConfig
@@ -343,11 +343,6 @@ def generate_eval(params, ae_params, config: BagelConfig, rc: RolloutConfig,
     traj = eval_sampler.sample_ode(params, config, sampler_config, noise, pos, cond,
                                    text_uncond, img_uncond)
     return decode_latents(ae_params, config, traj.final, rc.image_size), tokens, mask
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a batch-major array over every device of the mesh."""
-    return NamedSharding(mesh, P(data_axes(mesh)))
 
 
 def rollout_config(c) -> RolloutConfig:
