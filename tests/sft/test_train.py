@@ -62,7 +62,7 @@ def test_launchers_train_checkpoint_evaluate(tmp_path):
     manifest = json.load(open(os.path.join(export, 'MANIFEST.json')))
     assert manifest['steps'] == 4 and not manifest['think']
     assert 'think=off cfg=1' in manifest['accuracy']
-    stdout = _run(['launch/evaluate.py', f'--checkpoint={export}', '--think=on', '--cfg=2',
+    stdout = _run(['launch/evaluate.py', f'--workdir={export}', '--think=on', '--cfg=2',
                    '--per_tag=1', f'--out={tmp_path / "sweep"}'], REPO)
     assert '| think=on cfg=2 |' in stdout
     assert os.path.exists(tmp_path / 'sweep' / 'grid_think_on_cfg_2.png')

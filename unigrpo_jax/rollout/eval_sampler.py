@@ -111,10 +111,12 @@ def sample_ode(params, config: BagelConfig, sampler: SamplerConfig, noise: jax.A
                       t=grid[:-1], cfg_active=active)
 
 
-def sampler_config(c) -> SamplerConfig:
-    """A ``SamplerConfig`` from a config's ``eval`` section."""
+def sampler_config(c, cfg_text_scale: float | None = None) -> SamplerConfig:
+    """A ``SamplerConfig`` from a config's ``eval`` section (``cfg_text_scale`` overrides its
+    text-CFG scale; 1 = no guidance)."""
+    text_scale = c.cfg_text_scale if cfg_text_scale is None else cfg_text_scale
     return SamplerConfig(
         num_timesteps=c.num_timesteps, shift=c.shift,
-        cfg=GuidanceConfig(text_scale=c.cfg_text_scale, img_scale=c.cfg_img_scale,
+        cfg=GuidanceConfig(text_scale=float(text_scale), img_scale=c.cfg_img_scale,
                            interval=tuple(c.cfg_interval), renorm=c.cfg_renorm_type,
                            renorm_min=c.cfg_renorm_min))

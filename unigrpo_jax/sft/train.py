@@ -27,13 +27,13 @@ import numpy as np
 
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
-from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.sft import checkpoint, samples, step as sft_step
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.shapes import tokenizer as shapes_tokenizer
+from unigrpo_jax.train import run_dir
 
-FINAL = 'final'
-CONFIG_FILE = 'sft_config.json'
+FINAL = run_dir.SFT_FINAL
+CONFIG_FILE = run_dir.SFT_CONFIG
 
 
 def model_config(config: ml_collections.ConfigDict) -> BagelConfig:
@@ -49,13 +49,6 @@ def load_tokenizer(config: ml_collections.ConfigDict, model: BagelConfig):
                          f'the model config has vocab_size={model.llm.vocab_size} and '
                          f'{model.tokens}')
     return tokenizer
-
-
-def sampler_config(eval_cfg, cfg_text_scale: float | None = None) -> eval_sampler.SamplerConfig:
-    c = ml_collections.ConfigDict(eval_cfg.to_dict())
-    if cfg_text_scale is not None:
-        c.cfg_text_scale = cfg_text_scale
-    return eval_sampler.sampler_config(c)
 
 
 def _log(workdir: str, record: dict) -> None:
@@ -76,47 +69,6 @@ def git_commit() -> str:
     head = _git('rev-parse', 'HEAD')
     dirty = _git('status', '--porcelain', '--', 'unigrpo_jax', 'configs', 'launch')
     return head + ('+dirty' if dirty and dirty != 'unknown' else '')
-
-
-def evaluate_sweep(params, model: BagelConfig, tokenizer, config: ml_collections.ConfigDict, *,
-                   thinks: list[bool], cfg_scales: list[float], out_dir: str | None,
-                   per_tag: int | None = None, log=print) -> dict[str, dict]:
-    """Evaluates every (think, cfg scale) pair; writes ``results.md``/``.json`` and a grid PNG
-    per pair to ``out_dir``. Returns ``{run name: accuracy + plan stats}``."""
-    metadata = shapes_eval.load_prompts(config.eval_prompts)
-    if per_tag:
-        metadata = shapes_eval.subset(metadata, per_tag)
-    rows = {}
-    for think in thinks:
-        for scale in cfg_scales:
-            name = f'think={"on" if think else "off"} cfg={scale:g}'
-            start = time.time()
-            result = shapes_eval.evaluate(
-                params, model, tokenizer, metadata, think=think,
-                sampler=sampler_config(config.eval, scale),
-                max_think_tokens=config.data.max_think_tokens,
-                prompt_len=config.data.max_prompt_tokens, image_size=config.data.image_size,
-                batch_size=config.eval.batch_size, seed=config.eval.seed)
-            rows[name] = {**result.accuracy, **result.plan_stats}
-            log(f'eval {name}: overall {100 * result.accuracy["overall"]:.1f}% '
-                f'({len(metadata)} prompts, {time.time() - start:.0f}s) {rows[name]}')
-            if out_dir:
-                os.makedirs(out_dir, exist_ok=True)
-                tag = f'think_{"on" if think else "off"}_cfg_{scale:g}'
-                shapes_eval.save_grid(os.path.join(out_dir, f'grid_{tag}.png'), result,
-                                      title=name)
-    if out_dir:
-        with open(os.path.join(out_dir, 'results.md'), 'w') as f:
-            f.write(f'ShapesEval strict accuracy (%), {len(metadata)} prompts\n\n')
-            f.write(shapes_eval.markdown_table(rows))
-        with open(os.path.join(out_dir, 'results.json'), 'w') as f:
-            json.dump(rows, f, indent=1)
-    return rows
-
-
-def default_cfg_scales(config) -> list[float]:
-    """CFG off (1) and the config's scale."""
-    return sorted({1.0, float(config.eval.cfg_text_scale)})
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | None = None,
@@ -148,10 +100,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
         checkpoint.save(os.path.join(workdir, name), model, jax.device_get(state.params),
                         config.tokenizer)
 
+    def evaluate(per_tag: int | None, cfg_scales: list[float], out_dir: str | None):
+        metadata = shapes_eval.load_prompts(config.eval_prompts)
+        if per_tag:
+            metadata = shapes_eval.subset(metadata, per_tag)
+        run = run_dir.sft_run(workdir, config, model, state.params)
+        return shapes_eval.sweep(run, tokenizer, metadata, thinks=[config.think],
+                                 cfg_scales=cfg_scales, out_dir=out_dir,
+                                 batch_size=config.eval.batch_size, seed=config.eval.seed,
+                                 log=log)
+
     def quick_eval(step: int):
-        rows = evaluate_sweep(state.params, model, tokenizer, config, thinks=[config.think],
-                              cfg_scales=[float(config.eval.cfg_text_scale)], out_dir=None,
-                              per_tag=config.eval.quick_per_tag, log=log)
+        rows = evaluate(config.eval.quick_per_tag, [float(config.eval.cfg_text_scale)], None)
         for name, row in rows.items():
             _log(workdir, dict(step=step, eval=name, per_tag=config.eval.quick_per_tag, **row))
 
@@ -183,10 +143,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     train_time = time.time() - start
     save(FINAL)
     log(f'trained {config.steps} steps in {train_time / 60:.1f} min; final evaluation')
-    rows = evaluate_sweep(state.params, model, tokenizer, config, thinks=[config.think],
-                          cfg_scales=default_cfg_scales(config),
-                          out_dir=os.path.join(workdir, 'eval'),
-                          per_tag=config.eval.final_per_tag or None, log=log)
+    rows = evaluate(config.eval.final_per_tag or None, shapes_eval.default_cfg_scales(config.eval),
+                    os.path.join(workdir, 'eval'))
     for name, row in rows.items():
         _log(workdir, dict(step=config.steps, eval=name, per_tag=None, **row))
     if export_dir:

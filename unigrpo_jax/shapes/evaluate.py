@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -66,8 +68,12 @@ def _drawn_as_planned(detections: list[dict], layout: world.Layout) -> bool:
 
 def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, think: bool,
              sampler: eval_sampler.SamplerConfig, max_think_tokens: int, prompt_len: int,
-             image_size=(32, 32), batch_size: int = 80, seed: int = 0) -> EvalResult:
-    """Generates one image per prompt and scores it (see the module docstring)."""
+             image_size=(32, 32), batch_size: int = 80, seed: int = 0,
+             ae_params=None) -> EvalResult:
+    """Generates one image per prompt and scores it (see the module docstring).
+
+    ``ae_params``: the autoencoder's params (``None``: the identity autoencoder's empty tree).
+    """
     rc = rollout.RolloutConfig(group_size=1, think=think, max_think_tokens=max_think_tokens,
                                num_timesteps=sampler.num_timesteps, shift=sampler.shift,
                                window_size=0, window_max_start=0,
@@ -79,7 +85,8 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
         ids, lengths = samples.prompt_batch(tokenizer, config, padded, prompt_len)
         key = jax.random.fold_in(jax.random.key(seed), start // batch_size)
-        imgs, tokens, mask = rollout.generate_eval(params, {}, config, rc, sampler, None,
+        imgs, tokens, mask = rollout.generate_eval(params, ae_params or {}, config, rc, sampler,
+                                                   None,
                                                    jnp.asarray(ids), jnp.asarray(lengths), key)
         imgs, tokens, mask = np.asarray(imgs), np.asarray(tokens), np.asarray(mask)
         images.append(imgs[:len(chunk)])
@@ -151,3 +158,45 @@ def save_grid(path: str, result: EvalResult, per_tag: int = 6, title: str = '') 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def default_cfg_scales(eval_cfg) -> list[float]:
+    """CFG off (1) and the configured scale."""
+    return sorted({1.0, float(eval_cfg.cfg_text_scale)})
+
+
+def sweep(run, tokenizer, metadata: list[dict], *, thinks: list[bool], cfg_scales: list[float],
+          out_dir: str | None, batch_size: int = 80, seed: int = 0,
+          log=print) -> dict[str, dict]:
+    """Evaluates a ``train.run_dir.Run`` at every (think, text-CFG scale) pair.
+
+    Writes ``results.md``/``results.json`` and one grid PNG per pair to ``out_dir`` (None:
+    nothing written). Returns ``{'think=on cfg=2': accuracy per tag + plan stats}``.
+    """
+    if run.system_prompt:
+        raise ValueError('ShapesEval runs have no system prompt; this run has '
+                         f'{run.system_prompt!r}')
+    rows = {}
+    for think in thinks:
+        for scale in cfg_scales:
+            name = f'think={"on" if think else "off"} cfg={scale:g}'
+            start = time.time()
+            result = evaluate(run.params, run.model, tokenizer, metadata, think=think,
+                              sampler=eval_sampler.sampler_config(run.eval, scale),
+                              max_think_tokens=run.max_think_tokens,
+                              prompt_len=run.max_prompt_tokens, image_size=run.image_size,
+                              batch_size=batch_size, seed=seed, ae_params=run.ae_params)
+            rows[name] = {**result.accuracy, **result.plan_stats}
+            log(f'eval {name}: overall {100 * result.accuracy["overall"]:.1f}% '
+                f'({len(metadata)} prompts, {time.time() - start:.0f}s) {rows[name]}')
+            if out_dir:
+                os.makedirs(out_dir, exist_ok=True)
+                tag = f'think_{"on" if think else "off"}_cfg_{scale:g}'
+                save_grid(os.path.join(out_dir, f'grid_{tag}.png'), result, title=name)
+    if out_dir:
+        with open(os.path.join(out_dir, 'results.md'), 'w') as f:
+            f.write(f'ShapesEval strict accuracy (%), {len(metadata)} prompts\n\n')
+            f.write(markdown_table(rows))
+        with open(os.path.join(out_dir, 'results.json'), 'w') as f:
+            json.dump(rows, f, indent=1)
+    return rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -37,3 +38,26 @@ def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] |
     out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                     meta=ocp.args.JsonRestore()))
     return out['state'], out['meta']
+
+
+def restore_params(workdir: str) -> tuple[dict, dict]:
+    """``(params, meta)`` of the latest checkpoint under ``workdir``, as host numpy arrays.
+
+    Reads only the params (not the optimizer state), whatever mesh saved them: for sampling
+    and evaluation. Raises FileNotFoundError when the run has no checkpoint yet.
+    """
+    directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    mgr = ocp.CheckpointManager(directory, item_handlers={
+        'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
+    step = mgr.latest_step() if os.path.isdir(directory) else None
+    if step is None:
+        raise FileNotFoundError(f'{workdir} has no checkpoint under {directory}')
+    tree = mgr.item_metadata(step)['state'].tree
+    target = {'params': jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                     tree['params'])}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    out = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True),
+        meta=ocp.args.JsonRestore()))
+    mgr.close()
+    return out['state']['params'], out['meta']

@@ -36,6 +36,7 @@ from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.rollout import rollout as rollout_lib
 from unigrpo_jax.train import checkpointing, step as step_lib
 from unigrpo_jax.train import lora as lora_lib
+from unigrpo_jax.train import run_dir
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train.validate import validate
 
@@ -134,6 +135,8 @@ def train(config, workdir: str):
     shape = validate(config, len(devices))
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
+    if is_main:
+        run_dir.save_config(workdir, config)
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(config.tokenizer)
@@ -173,8 +176,9 @@ def train(config, workdir: str):
             lora_lib.init_lora(params, spec, jax.random.key(config.seed + 2)), optimizer, place)
         train_step = lora_lib.make_lora_train_step(config_model, obj, spec, optimizer, place)
         policy = jax.jit(lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec))
-    # Full fine-tuning: a frozen bf16 copy; LoRA: the base itself (the model, adapters off).
-    ref_params = step_lib.reference_params(params, place)
+    # Full fine-tuning: a frozen copy in the compute dtype (bf16 for the 7B config, float32 on
+    # a CPU); LoRA: the base itself (the model, adapters off).
+    ref_params = step_lib.reference_params(params, place, jnp.dtype(config_model.dtype))
     del params
     select = jax.jit(lambda b, idx: replay.select_chains(b, idx), out_shardings=place.batch)
 
@@ -203,6 +207,7 @@ def train(config, workdir: str):
         key = jax.random.fold_in(base_key, step)
         out = rollout_fn(policy(state.params, ref_params), ae_dev, system_ids, ids, lengths, key)
         closed = np.asarray(out.think_closed) if rc.think else np.ones(chains, bool)
+        t_rollout = time.time()
         future = pool.submit(_rewards, config, reward_fn, out.images, items, closed)
         try:
             scores = future.result()  # the host waits here; the device keeps its queue
@@ -214,6 +219,7 @@ def train(config, workdir: str):
             raise TrainingError(f'reward for step {step + 1} failed: {e}. The state before this '
                                 f'step is checkpointed in {workdir}; fix the reward and run '
                                 'again with the same --workdir to retry this batch.') from e
+        t_reward = time.time()
         adv, informative = _advantages(config, scores, closed)
         weight = _sample_weights(config, informative, closed)
         batch = replay.train_batch(out, jnp.asarray(system_ids if system_ids is not None
@@ -237,6 +243,9 @@ def train(config, workdir: str):
             'parity/first_minibatch_image_max_abs_logp_diff':
                 float(metrics[0].get('parity/image_max_abs_logp_diff', 0.0)),
             'time/step_s': time.time() - t0,
+            'time/rollout_s': t_rollout - t0,  # until the rollout's outputs are on the host
+            'time/reward_s': t_reward - t_rollout,
+            'time/update_s': time.time() - t_reward,
         })
         writer.write_scalars(step + 1, scalars)
         if is_main:

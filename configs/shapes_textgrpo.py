@@ -1,0 +1,15 @@
+r"""TextGRPO on ShapesEval: thinking, only the text term; images by the ODE (no SDE window).
+
+    python launch/train.py --config=configs/shapes_textgrpo.py --workdir=runs/shapes_textgrpo
+
+Everything else (budget, SFT start, learning rates) as shapes_unigrpo.py.
+"""
+
+from unigrpo_jax import config_files
+
+
+def get_config(arg: str | None = None):
+    config = config_files.load(config_files.sibling(__file__, 'shapes_unigrpo.py'), arg)
+    config.objective.mode = 'textgrpo'
+    config.rollout.update(window_size=0, window_max_start=0)
+    return config

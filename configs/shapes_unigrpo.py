@@ -1,0 +1,61 @@
+r"""UniGRPO on ShapesEval (shapes_eval.md): think, then draw, from the shipped SFT model.
+
+    python launch/train.py --config=configs/shapes_unigrpo.py --workdir=runs/shapes_unigrpo
+    python launch/sample.py --workdir=runs/shapes_unigrpo --prompts=data/shapes_eval/eval_prompts.jsonl --out=/tmp/s
+    python launch/evaluate.py --workdir=runs/shapes_unigrpo
+
+The paper's recipe (algorithm.md §7: temperature 1, 25 training timesteps, shift 3, noise 0.8,
+SDE window 3 starting in {0, 1, 2}, flow clip 1e-6, velocity-MSE weight 1.5e-5, 2 PPO epochs)
+on the tiny pixel-space Bagel of ``configs/shapes_sft.py``. Scaled to a 2-core CPU: 16 prompts
+x group 8 per step, and learning rates for a 2.2M-parameter model (measured: docs/results.md).
+``shapes_flowgrpo.py`` and ``shapes_textgrpo.py`` are the baselines with the same budget.
+Arguments: ``:test`` shrinks the run for tests.
+"""
+
+import os
+
+import ml_collections
+
+from unigrpo_jax import config_files
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg not in (None, '', 'test'):
+        raise ValueError(f'unknown config argument {arg!r}; expected nothing or "test"')
+    config = config_files.load(config_files.sibling(__file__, 'bagel_grpo.py'))
+    sft = config_files.load(config_files.sibling(__file__, 'shapes_sft.py'), 'think')
+    root = config_files.ROOT
+    config.model.checkpoint = os.path.join(root, 'checkpoints', 'shapes_sft_think')
+    config.model.dtype = 'float32'  # bf16 matmuls are slower than f32 on CPUs
+    config.tokenizer = os.path.join(root, sft.tokenizer)
+    config.system_prompt = ''  # the SFT layout has no system segment
+    config.total_steps = 100
+    config.batch_size = 16
+    config.data.update(train='shapes_train', eval='shapes_eval',
+                       max_prompt_tokens=sft.data.max_prompt_tokens)
+    config.reward = ml_collections.ConfigDict(dict(name='shapes',
+                                                   options=ml_collections.ConfigDict()))
+    config.eval_reward = config.reward.copy_and_resolve_references()
+    config.rollout.update(group_size=8, max_think_tokens=sft.data.max_think_tokens,
+                          image_size=tuple(sft.data.image_size))
+    config.optimizer.update(lr_und=1e-5, lr_gen=1e-4)
+    # Evaluation as the SFT model was evaluated (ODE, 25 steps, text CFG 2), all 240 prompts.
+    config.eval.update(num_timesteps=sft.eval.num_timesteps, shift=sft.eval.shift,
+                       cfg_text_scale=sft.eval.cfg_text_scale, cfg_interval=sft.eval.cfg_interval,
+                       cfg_renorm_type=sft.eval.cfg_renorm_type)
+    config.eval_every = 10
+    config.eval_prompts = 240
+    config.checkpoint_every = 10
+    config.checkpoint_max_to_keep = 2
+    config.checkpoint_keep_period = 0
+    config.distributed = 'off'
+    config.parallelism.update(mesh=(-1, 1, 1), strategy='dp', remat_policy=None)
+    if arg == 'test':
+        config.total_steps = 2
+        config.batch_size = 4
+        config.rollout.update(group_size=4, num_timesteps=6, window_size=2, window_max_start=1)
+        config.eval.num_timesteps = 6
+        config.eval_every = 2
+        config.eval_prompts = 8
+        config.checkpoint_every = 1
+    return config

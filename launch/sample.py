@@ -1,0 +1,104 @@
+r"""Images (and thinking) from a run's latest checkpoint for a GenEval-format prompt file.
+
+    python launch/sample.py --workdir=runs/shapes_demo/unigrpo \
+        --prompts=data/shapes_eval/eval_prompts.jsonl --out=/tmp/samples --samples=4
+
+``--workdir``: an RL workdir, an SFT workdir or an exported SFT checkpoint
+(``unigrpo_jax.train.run_dir``). ``--prompts``: one JSON object per line with a ``prompt``
+(GenEval's metadata format; other fields are kept in the output). Writes
+``<prompt index>_<sample index>.png`` (prompt index = 0-based line of the file, blank lines
+counted) and ``samples.jsonl`` (one line per image: indices, prompt, thinking text) to ``--out``.
+Sampling as the run evaluates: greedy thinking (``--sample_think``: sampled at temperature 1),
+then the ODE sampler with the run's text CFG (``--cfg`` overrides it).
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from unigrpo_jax import viz
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.rollout import eval_sampler
+from unigrpo_jax.rollout import rollout as rollout_lib
+from unigrpo_jax.train import loop, run_dir
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory.', required=True)
+_PROMPTS = flags.DEFINE_string('prompts', None, 'GenEval-format JSONL prompt file.',
+                               required=True)
+_OUT = flags.DEFINE_string('out', None, 'Output directory.', required=True)
+_SAMPLES = flags.DEFINE_integer('samples', 1, 'Images per prompt.', lower_bound=1)
+_CFG = flags.DEFINE_float('cfg', None, 'Text CFG scale (1 = off); default: the run\'s.')
+_SAMPLE_THINK = flags.DEFINE_bool('sample_think', False, 'Sample the thinking (temperature 1) '
+                                  'instead of decoding it greedily.')
+_BATCH = flags.DEFINE_integer('batch_size', 64, 'Prompts per generation call.', lower_bound=1)
+_SEED = flags.DEFINE_integer('seed', 0, 'Random seed (noise, sampled thinking).')
+
+
+def read_prompts(path: str) -> list[tuple[int, dict]]:
+    """``[(line index, metadata)]`` of the non-blank lines; clear errors for bad lines."""
+    out = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'{path}:{i + 1}: not JSON ({e})') from None
+            if not isinstance(item, dict) or not isinstance(item.get('prompt'), str):
+                raise ValueError(f'{path}:{i + 1}: expected an object with a "prompt" string')
+            out.append((i, item))
+    if not out:
+        raise ValueError(f'{path} holds no prompts')
+    return out
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    run = run_dir.load(_WORKDIR.value)
+    prompts = read_prompts(_PROMPTS.value)
+    tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)
+    system_ids = (jnp.asarray(tokenizer_lib.encode_segment(tokenizer, tokens, run.system_prompt))
+                  if run.think and run.system_prompt else None)
+    rc = rollout_lib.RolloutConfig(group_size=1, think=run.think,
+                                   max_think_tokens=run.max_think_tokens, window_size=0,
+                                   window_max_start=0, image_size=run.image_size)
+    sampler = eval_sampler.sampler_config(run.eval, _CFG.value)
+    params = jax.tree.map(jnp.asarray, run.params)
+    ae_params = jax.tree.map(jnp.asarray, run.ae_params)
+    os.makedirs(_OUT.value, exist_ok=True)
+    print(f'{run.kind} run {run.directory}' + (f', step {run.step}' if run.step else '') +
+          f': {len(prompts)} prompts x {_SAMPLES.value} samples -> {_OUT.value}', flush=True)
+    batch = min(_BATCH.value, len(prompts))
+    records, done, total = [], 0, len(prompts) * _SAMPLES.value
+    for k in range(_SAMPLES.value):
+        for start in range(0, len(prompts), batch):
+            chunk = prompts[start:start + batch]
+            padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
+            ids, lengths = loop.encode_prompts(tokenizer, tokens, [m for _, m in padded],
+                                               run.max_prompt_tokens)
+            key = jax.random.fold_in(jax.random.fold_in(jax.random.key(_SEED.value), k), start)
+            images, think, mask = rollout_lib.generate_eval(
+                params, ae_params, run.model, rc, sampler, system_ids, jnp.asarray(ids),
+                jnp.asarray(lengths), key, greedy=not _SAMPLE_THINK.value)
+            images, think, mask = np.asarray(images), np.asarray(think), np.asarray(mask)
+            for j, (index, item) in enumerate(chunk):
+                viz.save_png(images[j], os.path.join(_OUT.value, f'{index}_{k}.png'))
+                text = tokenizer.decode(think[j][mask[j]], skip_special_tokens=True)
+                records.append({'prompt_index': index, 'sample_index': k,
+                                'file': f'{index}_{k}.png', 'prompt': item['prompt'],
+                                'thinking': text, 'metadata': item})
+            done += len(chunk)
+            print(f'{done}/{total} images', flush=True)
+    with open(os.path.join(_OUT.value, 'samples.jsonl'), 'w') as f:
+        for r in sorted(records, key=lambda r: (r['prompt_index'], r['sample_index'])):
+            f.write(json.dumps(r) + '\n')
+
+
+if __name__ == '__main__':
+    app.run(main)

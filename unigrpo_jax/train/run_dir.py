@@ -1,0 +1,128 @@
+"""A training run's directory read back for sampling and evaluation: its settings and params.
+
+Accepted directories:
+
+* an RL workdir (``launch/train.py``): ``rl_config.json`` (the experiment config, written when
+  the run starts) and ``checkpoints/<step>/`` (the latest one is read; LoRA adapters are merged
+  into the base model of ``config.model``);
+* an SFT workdir (``launch/train_sft.py``): ``sft_config.json`` and ``final/`` or, while it
+  trains, the latest ``step_<k>/``;
+* an exported SFT checkpoint (``checkpoints/shapes_sft_*``): ``sft_config.json`` next to the
+  params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.model import factory
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.train import checkpointing
+from unigrpo_jax.train import lora as lora_lib
+
+RL_CONFIG = 'rl_config.json'
+SFT_CONFIG = 'sft_config.json'
+SFT_FINAL = 'final'
+TOKENIZER_DIR = 'tokenizer'
+
+
+@dataclasses.dataclass
+class Run:
+    """What sampling needs from a run (both kinds give the same fields)."""
+
+    directory: str
+    kind: str                  # 'rl' | 'sft'
+    checkpoint: str            # what the params were read from (for messages)
+    step: int | None           # the RL step of the checkpoint (None for SFT)
+    model: BagelConfig
+    params: dict               # policy params (host or device arrays)
+    ae_params: dict
+    tokenizer_dir: str
+    think: bool
+    system_prompt: str
+    max_prompt_tokens: int
+    max_think_tokens: int      # sampled tokens incl. the closing eos
+    image_size: tuple[int, int]
+    eval: ml_collections.ConfigDict  # sampler settings (config ``eval`` section)
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes the experiment config an RL run was started with (``load`` reads it)."""
+    with open(os.path.join(workdir, RL_CONFIG), 'w') as f:
+        f.write(config.to_json_best_effort(indent=1))
+
+
+def _read_json(path: str) -> ml_collections.ConfigDict:
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def sft_run(directory: str, config: ml_collections.ConfigDict, model: BagelConfig, params,
+            checkpoint: str = '') -> Run:
+    """A ``Run`` from an SFT config and params (also for params still in memory)."""
+    tok = os.path.join(checkpoint, TOKENIZER_DIR) if checkpoint else ''
+    return Run(directory=directory, kind='sft', checkpoint=checkpoint or directory, step=None,
+               model=model, params=params, ae_params={},
+               tokenizer_dir=tok if tok and os.path.isdir(tok) else config.tokenizer,
+               think=bool(config.think), system_prompt='',
+               max_prompt_tokens=int(config.data.max_prompt_tokens),
+               max_think_tokens=int(config.data.max_think_tokens),
+               image_size=tuple(config.data.image_size), eval=config.eval)
+
+
+def _latest_sft_checkpoint(directory: str) -> str:
+    final = os.path.join(directory, SFT_FINAL)
+    if orbax_io.is_converted(final):
+        return final
+    steps = sorted((int(m.group(1)), name) for name in os.listdir(directory)
+                   if (m := re.fullmatch(r'step_(\d+)', name)))
+    for _, name in reversed(steps):
+        if orbax_io.is_converted(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    if orbax_io.is_converted(directory):
+        return directory
+    raise FileNotFoundError(f'{directory} has {SFT_CONFIG} but no checkpoint ({SFT_FINAL}/, '
+                            'step_<k>/ or params next to the config)')
+
+
+def _load_rl(directory: str) -> Run:
+    config = _read_json(os.path.join(directory, RL_CONFIG))
+    tokens = tokenizer_lib.load_tokenizer(config.tokenizer)[1]
+    model, base, ae_params = factory.build_model(config.model, seed=config.seed, tokens=tokens)
+    params, meta = checkpointing.restore_params(directory)
+    spec = lora_lib.lora_spec(config.lora)
+    if spec is not None:  # the checkpoint holds the adapters; the policy is base + adapters
+        params = jax.jit(lambda b, a: lora_lib.merge(b, a, spec))(
+            jax.tree.map(lambda x: jnp.asarray(x, model.dtype), base), params)
+    r = config.rollout
+    return Run(directory=directory, kind='rl', checkpoint=os.path.join(directory, 'checkpoints'),
+               step=int(meta['step']), model=model, params=params, ae_params=ae_params,
+               tokenizer_dir=config.tokenizer, think=bool(r.think),
+               system_prompt=config.system_prompt if r.think else '',
+               max_prompt_tokens=int(config.data.max_prompt_tokens),
+               max_think_tokens=int(r.max_think_tokens), image_size=tuple(r.image_size),
+               eval=config.eval)
+
+
+def load(directory: str) -> Run:
+    """The ``Run`` of an RL workdir, an SFT workdir or an exported SFT checkpoint."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f'run directory {directory!r} does not exist')
+    if os.path.exists(os.path.join(directory, RL_CONFIG)):
+        return _load_rl(directory)
+    if os.path.exists(os.path.join(directory, SFT_CONFIG)):
+        config = _read_json(os.path.join(directory, SFT_CONFIG))
+        checkpoint = _latest_sft_checkpoint(directory)
+        model, params, _ = orbax_io.load_params(checkpoint)
+        return sft_run(directory, config, model, params, checkpoint)
+    raise FileNotFoundError(f'{directory} is not a run directory: it has neither {RL_CONFIG} '
+                            f'(launch/train.py) nor {SFT_CONFIG} (launch/train_sft.py)')
