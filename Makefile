@@ -1,9 +1,13 @@
+# make demo : create .venv, install, run the ShapesEval demo (SFT model -> UniGRPO, report).
 # make test : create .venv, install the project with the pinned constraints, run the suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install clean train-tiny
+.PHONY: demo test install clean train-tiny
+
+demo: $(VENV)/.installed
+	$(BIN)/python launch/demo.py
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2 tests

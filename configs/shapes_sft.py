@@ -58,6 +58,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_think_tokens=22,     # sampled tokens incl. eos: a 4-object plan is 21 words + eos
         text_dropout=0.1,        # drop all text (empty context) for classifier-free guidance
         image_size=(32, 32),
+        num_examples=0,          # 0: fresh samples every step; N: a fixed TFDS dataset of N
+        data_dir='',             # where that dataset is prepared ('': <workdir>/tfds)
     ))
     config.loss = ml_collections.ConfigDict(dict(ce_weight=1.0, mse_weight=1.0))
     config.optimizer = ml_collections.ConfigDict(dict(

@@ -34,3 +34,25 @@ def image_grid(images: np.ndarray, captions: list[str] | None = None, *, columns
 
 def save_png(array: np.ndarray, path: str) -> None:
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
+
+
+def plot_curves(path: str, curves: dict[str, tuple[list, list]], *, title: str = '',
+                xlabel: str = 'RL step', ylabel: str = 'reward') -> None:
+    """A line plot PNG of ``{label: (steps, values)}`` (e.g. training and eval reward)."""
+    import matplotlib  # slow import, only where a plot is drawn
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, marker='o' if len(steps) < 30 else None, markersize=3,
+                label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -51,7 +51,7 @@ def test_launchers_train_checkpoint_evaluate(tmp_path):
     stdout = _run(['launch/train_sft.py', '--config=configs/shapes_sft.py:nothink,test',
                    f'--workdir={workdir}', f'--export_dir={export}', '--config.steps=4',
                    '--config.log_every=2', '--config.checkpoint_every=2',
-                   '--config.eval.final_per_tag=1',
+                   '--config.eval.final_per_tag=1', '--config.data.num_examples=16',
                    '--config.eval.cfg_text_scale=1'], REPO)
     assert 'steps/s' in stdout and 'ETA' in stdout
     config, params, ae = checkpoint.load(export)

@@ -138,13 +138,12 @@ def prompt_batch(tokenizer, config: BagelConfig, metadata: list[dict],
     return pad_segments(segments, length, tokenizer.pad_token_id, 'prompt')
 
 
-def sample_batch(rng: np.random.Generator, tokenizer, config: BagelConfig, lay: Layout,
-                 batch_size: int, text_dropout: float) -> Batch:
-    """A batch of training samples: ``prompts.sample_prompt``, ``prompts.sample_layout``, the
-    rendered image and (think arm) its plan; all text dropped with prob ``text_dropout``."""
-    metadata = [prompts.sample_prompt(rng) for _ in range(batch_size)]
-    layouts = [prompts.sample_layout(m, rng) for m in metadata]
-    images = np.stack([world.render(lay_) for lay_ in layouts])
+def make_batch(rng: np.random.Generator, tokenizer, config: BagelConfig, lay: Layout,
+               metadata: list[dict], layouts: list, images: np.ndarray,
+               text_dropout: float) -> Batch:
+    """A training batch of given samples (``images [B, 32, 32, 3]`` uint8 renders of
+    ``layouts``); all text of a sample dropped with prob ``text_dropout``."""
+    batch_size = len(metadata)
     dropped = rng.random(batch_size) < text_dropout
     prompt_ids, prompt_lengths = prompt_batch(tokenizer, config, metadata, lay.prompt_len)
     if lay.think_len:
@@ -159,6 +158,16 @@ def sample_batch(rng: np.random.Generator, tokenizer, config: BagelConfig, lay: 
     return Batch(prompt_ids=prompt_ids, prompt_lengths=prompt_lengths, think_ids=think_ids,
                  think_lengths=think_lengths, x0=latent_tokens(config, images), metadata=metadata,
                  layouts=layouts)
+
+
+def sample_batch(rng: np.random.Generator, tokenizer, config: BagelConfig, lay: Layout,
+                 batch_size: int, text_dropout: float) -> Batch:
+    """A batch of fresh samples: ``prompts.sample_prompt``, ``prompts.sample_layout``, the
+    rendered image and (think arm) its plan; then ``make_batch``."""
+    metadata = [prompts.sample_prompt(rng) for _ in range(batch_size)]
+    layouts = [prompts.sample_layout(m, rng) for m in metadata]
+    images = np.stack([world.render(lay_) for lay_ in layouts])
+    return make_batch(rng, tokenizer, config, lay, metadata, layouts, images, text_dropout)
 
 
 def positions(lay: Layout, prompt_lengths, think_lengths):

@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from unigrpo_jax.data import sft_samples
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
 from unigrpo_jax.sft import checkpoint, samples, step as sft_step
@@ -93,6 +94,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     state = sft_step.init_state(params, optimizer)
     train_step = sft_step.make_train_step(model, lay, config.loss, optimizer, config.seed)
     rng = np.random.default_rng(config.seed)
+    examples = None
+    if config.data.num_examples:  # a fixed TFDS dataset instead of fresh samples every step
+        examples = sft_samples.load(config.data.num_examples, config.seed,
+                                    config.data.data_dir or os.path.join(workdir, 'tfds'))
+        log(f'SFT data: {config.data.num_examples} fixed samples (tensorflow-datasets)')
     log(f'SFT think={config.think}: {n_params / 1e6:.2f}M params, layout {lay}, '
         f'batch {config.data.batch_size}, {config.steps} steps -> {workdir}')
 
@@ -119,8 +125,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     window_start, window_steps = time.time(), 0
     sums: dict[str, float] = {}
     for k in range(1, config.steps + 1):
-        batch = samples.sample_batch(rng, tokenizer, model, lay, config.data.batch_size,
-                                     config.data.text_dropout)
+        if examples is None:
+            batch = samples.sample_batch(rng, tokenizer, model, lay, config.data.batch_size,
+                                         config.data.text_dropout)
+        else:
+            batch = samples.make_batch(rng, tokenizer, model, lay,
+                                       *examples.batch(config.seed, k - 1, config.data.batch_size),
+                                       config.data.text_dropout)
         state, metrics = train_step(state, batch.arrays())
         window_steps += 1
         for name, value in metrics.items():  # device scalars; summed lazily

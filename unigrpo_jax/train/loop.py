@@ -200,6 +200,12 @@ def train(config, workdir: str):
     def meta(step):
         return {'step': step, 'seed': config.seed, 'data_position': step * config.batch_size}
 
+    def evaluate(step):
+        _evaluate(config, config_model, rc, policy(state.params, ref_params), ae_dev, tokenizer,
+                  tokens, system_ids, eval_items, eval_reward_fn, writer, workdir, step)
+
+    if config.eval_every and start == 0:
+        evaluate(0)  # the starting point of the eval reward curve
     for step in range(start, config.total_steps):
         t0 = time.time()
         items = train_prompts.batch(step)
@@ -252,15 +258,17 @@ def train(config, workdir: str):
             with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
                 f.write(json.dumps({'step': step + 1, **scalars}) + '\n')
         report(step + 1)
+        logging.info('step %d/%d: reward %.3f, %.1f s (rollout %.1f, reward %.1f, update %.1f)',
+                     step + 1, config.total_steps, scalars['reward/mean'],
+                     scalars['time/step_s'], scalars['time/rollout_s'], scalars['time/reward_s'],
+                     scalars['time/update_s'])
         if skipped_in_a_row >= config.max_skipped_updates:
             raise TrainingError(f'{skipped_in_a_row} steps in a row had a non-finite loss or '
                                 'gradient (updates skipped); stopping. Lower the learning rates '
                                 'or check the rewards.')
         done = step + 1 == config.total_steps
         if config.eval_every and ((step + 1) % config.eval_every == 0 or done):
-            _evaluate(config, config_model, rc, policy(state.params, ref_params), ae_dev,
-                      tokenizer, tokens, system_ids, eval_items, eval_reward_fn, writer, workdir,
-                      step + 1)
+            evaluate(step + 1)
         if skipped == 0 and ((step + 1) % config.checkpoint_every == 0 or done or
                              preempt.requested):
             checkpointing.save(mgr, step + 1, state, meta(step + 1))

@@ -1,0 +1,145 @@
+r"""The ShapesEval demo: UniGRPO from the shipped SFT model, evaluated before and after.
+
+    make demo                                  # = python launch/demo.py (after the install)
+    python launch/demo.py --from-scratch       # redo the SFT (about 10-20 min more) first
+    python launch/demo.py --config.total_steps=10 --out=/tmp/demo   # shorter
+
+Run directories (each accepted by ``launch/sample.py`` and ``launch/evaluate.py``):
+``<out>/sft_think`` (the SFT model with thinking: a copy of ``checkpoints/shapes_sft_think``, or
+an SFT workdir with ``--from-scratch``) and ``<out>/unigrpo`` (the RL workdir of
+``configs/shapes_unigrpo.py``, started from it). Writes ``<out>/report.md``: strict accuracy on
+the 240 evaluation prompts before and after (without CFG, as the rollout samples, and with the
+configured text CFG), the reward curve (``reward_curve.png``) and image grids with the thinking
+text. Running it again resumes the RL run where it stopped and redoes the report.
+"""
+
+import json
+import os
+import shutil
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from unigrpo_jax import config_files, viz
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.shapes import evaluate as shapes_eval
+from unigrpo_jax.sft import train as sft_train
+from unigrpo_jax.train import loop, run_dir
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(config_files.CONFIGS, 'shapes_unigrpo.py'), 'RL config.',
+    lock_config=False)
+_OUT = flags.DEFINE_string('out', os.path.join('runs', 'shapes_demo'), 'Output directory.')
+_FROM_SCRATCH = flags.DEFINE_bool('from-scratch', False, 'Train the SFT model first '
+                                  '(configs/shapes_sft.py:think) instead of copying the shipped '
+                                  'one.')
+_SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
+
+
+def _say(message: str) -> None:
+    print(f'[demo {time.strftime("%H:%M:%S")}] {message}', flush=True)
+
+
+def _sft_run_dir(out: str) -> str:
+    target = os.path.join(out, 'sft_think')
+    if _FROM_SCRATCH.value:
+        config = config_files.load(os.path.join(config_files.CONFIGS, 'shapes_sft.py'), 'think')
+        config.tokenizer = os.path.join(config_files.ROOT, config.tokenizer)
+        config.eval_prompts = os.path.join(config_files.ROOT, config.eval_prompts)
+        _say(f'SFT with thinking from scratch ({config.steps} steps) -> {target}')
+        sft_train.train(config, target, command=' '.join(['python', *sys.argv]), log=_say)
+    elif not os.path.isdir(target):
+        _say(f'copying the shipped SFT model {_SHIPPED} -> {target}')
+        shutil.copytree(_SHIPPED, target)
+    return target
+
+
+def _evaluate(run, out_dir: str, scales: list[float]) -> dict:
+    tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
+    metadata = shapes_eval.load_prompts(os.path.join(config_files.ROOT, 'data', 'shapes_eval',
+                                                     'eval_prompts.jsonl'))
+    return shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,
+                             out_dir=out_dir, log=_say)
+
+
+def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
+    train, evals = ([], []), ([], [])
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        for record in map(json.loads, f):
+            if 'reward/mean' in record:
+                train[0].append(record['step'])
+                train[1].append(record['reward/mean'])
+            if 'eval/reward_mean' in record:
+                evals[0].append(record['step'])
+                evals[1].append(record['eval/reward_mean'])
+    return {'training reward (rollout: SDE window, no CFG)': train,
+            'eval reward (240 held-out prompts, ODE + CFG)': evals}
+
+
+def _report(out: str, before: dict, after: dict, step: int, minutes: dict) -> str:
+    rows = {f'SFT (think), {k}': v for k, v in before.items()}
+    rows.update({f'UniGRPO step {step}, {k}': v for k, v in after.items()})
+    lines = [
+        '# ShapesEval demo: SFT (think) -> UniGRPO', '',
+        'Strict accuracy (%) on the 240 evaluation prompts of `data/shapes_eval/` (greedy '
+        'thinking, Euler ODE). `cfg=1`: no guidance, as the RL rollout samples; `cfg=2`: the '
+        'configured text CFG.', '',
+        shapes_eval.markdown_table(rows), 'Change in overall accuracy (points): ' + ', '.join(
+            f'{k}: {100 * (after[k]["overall"] - before[k]["overall"]):+.1f}' for k in before),
+        '', '## Reward', '', '![reward curve](reward_curve.png)', '',
+        '## Samples after RL (prompt | thinking; green = correct)', '',
+        *[f'![{k}](eval_unigrpo/grid_{k.replace("=", "_").replace(" ", "_")}.png)'
+          for k in ('think=on cfg=1', 'think=on cfg=2') if k in after],
+        '', '## Runs', '',
+        '- `sft_think/`: the SFT model with thinking (start of RL)',
+        '- `unigrpo/`: the RL workdir (`rl_config.json`, checkpoints, `metrics.jsonl`, '
+        'TensorBoard events, sample grids under `samples/`)',
+        '- `eval_sft/`, `eval_unigrpo/`: evaluation tables and grids', '',
+        'Wall time (min): ' + ', '.join(f'{k} {v:.1f}' for k, v in minutes.items()), '',
+        'Sample a run: `python launch/sample.py --workdir=runs/shapes_demo/unigrpo '
+        '--prompts=data/shapes_eval/eval_prompts.jsonl --out=/tmp/samples`', '']
+    path = os.path.join(out, 'report.md')
+    with open(path, 'w') as f:
+        f.write('\n'.join(lines))
+    return path
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    out, config = _OUT.value, _CONFIG.value
+    os.makedirs(out, exist_ok=True)
+    minutes, start = {}, time.time()
+    sft_dir = _sft_run_dir(out)
+    before_run = run_dir.load(sft_dir)
+    scales = shapes_eval.default_cfg_scales(config.eval)
+    _say(f'evaluating the SFT model ({before_run.checkpoint})')
+    before = _evaluate(before_run, os.path.join(out, 'eval_sft'), scales)
+    minutes['SFT + evaluation'] = (time.time() - start) / 60
+
+    t = time.time()
+    rl_dir = os.path.join(out, 'unigrpo')
+    config.model.checkpoint = os.path.abspath(before_run.checkpoint)
+    _say(f'UniGRPO: {config.total_steps} steps of {config.batch_size} prompts x '
+         f'{config.rollout.group_size} samples -> {rl_dir} (one line per step below)')
+    loop.train(config, rl_dir)
+    minutes['UniGRPO'] = (time.time() - t) / 60
+
+    t = time.time()
+    after_run = run_dir.load(rl_dir)
+    _say(f'evaluating the UniGRPO model (step {after_run.step})')
+    after = _evaluate(after_run, os.path.join(out, 'eval_unigrpo'), scales)
+    minutes['evaluation after RL'] = (time.time() - t) / 60
+    viz.plot_curves(os.path.join(out, 'reward_curve.png'), _reward_curves(rl_dir),
+                    title='UniGRPO on ShapesEval', ylabel='partial-credit reward')
+    minutes['total'] = (time.time() - start) / 60
+    path = _report(out, before, after, after_run.step, minutes)
+    for k in before:
+        _say(f'{k}: overall {100 * before[k]["overall"]:.1f}% -> {100 * after[k]["overall"]:.1f}%')
+    _say(f'report: {path} ({minutes["total"]:.1f} min)')
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,161 @@
+r"""ShapesEval results (docs/results.md): the Table-2-style comparison and the regulariser ablation.
+
+    python launch/shapes_results.py --out=runs/shapes_results --steps=40 --seeds=0,1,2
+
+Runs (or resumes; finished runs and evaluations are reused) every RL arm from its SFT starting
+point with the same budget (``--steps`` RL steps; everything else as ``configs/shapes_*.py``):
+FlowGRPO (no think), TextGRPO (think), UniGRPO (think), one run per seed in
+``<out>/<arm>_s<seed>``; then the ablation UniGRPO with the regulariser none / latent KL (beta
+``--latent_kl_weight``) / velocity MSE (the UniGRPO runs) at equal steps, seeds
+``--ablation_seeds``. Evaluates every final model and both SFT models on the 240 evaluation
+prompts (greedy thinking, ODE; without CFG and with the configured text CFG; evaluation seed =
+run seed) and writes ``<out>/results.md`` (per-tag accuracy, mean ± std over seeds),
+``<out>/results.json`` and the eval-reward curves ``<out>/curves_arms.png`` and
+``<out>/curves_ablation.png``.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+
+from unigrpo_jax import config_files, viz
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.shapes import evaluate as shapes_eval
+from unigrpo_jax.shapes import prompts as shapes_prompts
+from unigrpo_jax.train import loop, run_dir
+
+_OUT = flags.DEFINE_string('out', os.path.join('runs', 'shapes_results'), 'Output directory.')
+_STEPS = flags.DEFINE_integer('steps', 40, 'RL steps of every run (the common budget).')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds of the arm comparison.')
+_ABLATION_SEEDS = flags.DEFINE_list('ablation_seeds', ['0'], 'Seeds of the ablation.')
+_LATENT_KL = flags.DEFINE_float('latent_kl_weight', 0.04, 'beta of the latent-KL arm '
+                                '(FlowGRPO\'s default).')
+_CFG = flags.DEFINE_list('cfg', ['1', '2'], 'Text CFG scales of the evaluation.')
+
+_SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
+_ARMS = {'FlowGRPO (no think)': 'shapes_flowgrpo', 'TextGRPO (think)': 'shapes_textgrpo',
+         'UniGRPO (think)': 'shapes_unigrpo'}
+_REGULARISERS = {'none': dict(regularizer='none'),
+                 'latent KL': dict(regularizer='latent_kl'),
+                 'velocity MSE': dict(regularizer='velocity_mse')}
+
+
+def _say(message: str) -> None:
+    print(f'[results {time.strftime("%H:%M:%S")}] {message}', flush=True)
+
+
+def _train(config_name: str, seed: int, workdir: str, objective: dict | None = None) -> None:
+    config = config_files.load(os.path.join(config_files.CONFIGS, config_name + '.py'))
+    config.seed = seed
+    config.total_steps = _STEPS.value
+    config.objective.update(objective or {})
+    if config.objective.regularizer == 'latent_kl':
+        config.objective.latent_kl_weight = _LATENT_KL.value
+    _say(f'{workdir}: {config_name} seed {seed}, {config.total_steps} steps, objective '
+         f'{config.objective.mode}/{config.objective.regularizer}')
+    loop.train(config, workdir)
+
+
+def _evaluate(directory: str, seed: int, out_dir: str) -> dict:
+    """Accuracy rows of a run (cached in ``out_dir/results.json``)."""
+    cached = os.path.join(out_dir, 'results.json')
+    if os.path.exists(cached):
+        with open(cached) as f:
+            return json.load(f)
+    run = run_dir.load(directory)
+    tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
+    metadata = shapes_eval.load_prompts(os.path.join(config_files.ROOT, 'data', 'shapes_eval',
+                                                     'eval_prompts.jsonl'))
+    return shapes_eval.sweep(run, tokenizer, metadata, thinks=[run.think],
+                             cfg_scales=[float(c) for c in _CFG.value], out_dir=out_dir,
+                             seed=seed, log=_say)
+
+
+def _eval_curve(workdir: str) -> tuple[list, list]:
+    steps, values = [], []
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        for record in map(json.loads, f):
+            if 'eval/reward_mean' in record:
+                steps.append(record['step'])
+                values.append(record['eval/reward_mean'])
+    return steps, values
+
+
+def _mean_curve(workdirs: list[str]) -> tuple[list, list]:
+    curves = [_eval_curve(w) for w in workdirs]
+    steps = curves[0][0]
+    if any(c[0] != steps for c in curves):
+        raise ValueError(f'runs {workdirs} evaluated at different steps')
+    return steps, list(np.mean([c[1] for c in curves], axis=0))
+
+
+def _table(rows: dict[str, list[dict]], setting: str) -> str:
+    columns = [*shapes_prompts.TAGS, 'overall']
+    lines = ['| model | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
+    for name, per_seed in rows.items():
+        cells = []
+        for c in columns:  # rows are keyed 'think=on cfg=2' / 'think=off cfg=2'
+            values = 100 * np.array([next(v for k, v in r.items() if k.endswith(setting))[c]
+                                     for r in per_seed])
+            cells.append(f'{values.mean():.1f} ± {values.std():.1f}')
+        lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    out = _OUT.value
+    os.makedirs(out, exist_ok=True)
+    seeds = [int(s) for s in _SEEDS.value]
+    ablation_seeds = [int(s) for s in _ABLATION_SEEDS.value]
+    start = time.time()
+    results: dict[str, list[dict]] = {}
+    for name, ckpt in _SFT.items():
+        directory = os.path.join(config_files.ROOT, 'checkpoints', ckpt)
+        results[name] = [_evaluate(directory, s, os.path.join(out, f'{ckpt}_eval_s{s}'))
+                         for s in seeds]
+    for name, config_name in _ARMS.items():
+        results[name] = []
+        for s in seeds:
+            workdir = os.path.join(out, f'{config_name}_s{s}')
+            _train(config_name, s, workdir)
+            results[name].append(_evaluate(workdir, s, os.path.join(workdir, 'eval_final')))
+    ablation: dict[str, list[str]] = {}
+    for reg, objective in _REGULARISERS.items():
+        ablation[reg] = []
+        for s in ablation_seeds:
+            workdir = (os.path.join(out, f'shapes_unigrpo_s{s}') if reg == 'velocity MSE'
+                       else os.path.join(out, f'shapes_unigrpo_{objective["regularizer"]}_s{s}'))
+            _train('shapes_unigrpo', s, workdir, objective)
+            ablation[reg].append(workdir)
+            results.setdefault(f'UniGRPO, regulariser {reg}', []).append(
+                _evaluate(workdir, s, os.path.join(workdir, 'eval_final')))
+
+    settings = [f'cfg={float(c):g}' for c in _CFG.value]
+    lines = [f'# ShapesEval results ({_STEPS.value} RL steps per run, seeds {seeds}; '
+             f'ablation seeds {ablation_seeds})', '']
+    for setting in settings:
+        lines += [f'## Strict accuracy (%), {setting}, mean ± std over seeds', '',
+                  _table(results, setting)]
+    lines.append(f'Wall time: {(time.time() - start) / 60:.1f} min')
+    with open(os.path.join(out, 'results.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    with open(os.path.join(out, 'results.json'), 'w') as f:
+        json.dump(results, f, indent=1)
+    arm_curves = {name: _mean_curve([os.path.join(out, f'{c}_s{s}') for s in seeds])
+                  for name, c in _ARMS.items()}
+    viz.plot_curves(os.path.join(out, 'curves_arms.png'), arm_curves,
+                    title=f'Eval reward (mean of seeds {seeds})', ylabel='eval reward')
+    viz.plot_curves(os.path.join(out, 'curves_ablation.png'),
+                    {reg: _mean_curve(dirs) for reg, dirs in ablation.items()},
+                    title='UniGRPO regulariser ablation', ylabel='eval reward')
+    with open(os.path.join(out, 'results.md')) as f:
+        print(f.read())
+
+
+if __name__ == '__main__':
+    app.run(main)

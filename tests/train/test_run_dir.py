@@ -1,0 +1,95 @@
+"""Run directories read back (RL and SFT), and the launchers built on them: sample.py on prompts
+the model never saw, evaluate.py on an RL run; the ShapesEval RL configs validate."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import shapes_flowgrpo, shapes_textgrpo, shapes_unigrpo
+from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.train import loop, run_dir
+from unigrpo_jax.train.validate import validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SFT_THINK = os.path.join(REPO, 'checkpoints', 'shapes_sft_think')
+
+
+def _launch(args):
+    env = dict(os.environ, JAX_PLATFORMS='cpu')
+    env.pop('XLA_FLAGS', None)
+    out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout
+
+
+def _test_config(module):
+    config = module.get_config('test')
+    config.parallelism.update(mesh=(1, 1, 1), num_devices=1)
+    return config
+
+
+@pytest.mark.parametrize('module,think,mode,window', [
+    (shapes_unigrpo, True, 'unigrpo', 3), (shapes_flowgrpo, False, 'flowgrpo', 3),
+    (shapes_textgrpo, True, 'textgrpo', 0)])
+def test_shapes_rl_configs_validate(module, think, mode, window):
+    config = module.get_config()
+    validate(config, 1)
+    assert (config.rollout.think, config.objective.mode, config.rollout.window_size) == (
+        think, mode, window)
+    arm = 'shapes_sft_think' if think else 'shapes_sft_nothink'
+    assert config.model.checkpoint.endswith(arm)
+    # The same budget and learning rates in every arm (the comparison of docs/results.md).
+    base = shapes_unigrpo.get_config()
+    assert (config.total_steps, config.batch_size, config.rollout.group_size,
+            config.optimizer.to_dict()) == (base.total_steps, base.batch_size,
+                                            base.rollout.group_size, base.optimizer.to_dict())
+
+
+def test_rl_run_directory_sample_and_evaluate(tmp_path):
+    workdir = str(tmp_path / 'rl')
+    state = loop.train(_test_config(shapes_unigrpo), workdir)
+    run = run_dir.load(workdir)
+    assert (run.kind, run.step, run.think, run.image_size) == ('rl', 2, True, (32, 32))
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(run.params)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+    # Prompts never seen (held-out colour-shape pairs, a blank line counted in the indices).
+    prompts = tmp_path / 'new.jsonl'
+    lines = [{'tag': 'colors', 'include': [{'class': 'triangle', 'count': 1, 'color': 'yellow'}],
+              'prompt': 'a photo of a yellow triangle'}, None,
+             {'tag': 'counting', 'include': [{'class': 'circle', 'count': 4}],
+              'prompt': 'a photo of four circles'}]
+    prompts.write_text('\n'.join(json.dumps(x) if x else '' for x in lines) + '\n')
+    out = tmp_path / 'samples'
+    _launch(['launch/sample.py', f'--workdir={workdir}', f'--prompts={prompts}',
+             f'--out={out}', '--samples=2'])
+    names = sorted(p for p in os.listdir(out) if p.endswith('.png'))
+    assert names == ['0_0.png', '0_1.png', '2_0.png', '2_1.png']
+    assert np.asarray(Image.open(out / '2_1.png')).shape == (32, 32, 3)
+    records = [json.loads(x) for x in open(out / 'samples.jsonl')]
+    assert [(r['prompt_index'], r['sample_index']) for r in records] == [
+        (0, 0), (0, 1), (2, 0), (2, 1)]
+    assert all(r['thinking'].startswith('<think>') for r in records)
+
+    stdout = _launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
+                      f'--out={tmp_path / "eval"}'])
+    assert '| think=on cfg=1 |' in stdout and 'step 2' in stdout
+
+
+def test_sft_directories_and_errors(tmp_path):
+    run = run_dir.load(SFT_THINK)  # an exported SFT checkpoint
+    assert (run.kind, run.think, run.step) == ('sft', True, None)
+    assert run.model.ae.kind == 'identity' and orbax_io.is_converted(run.checkpoint)
+    with pytest.raises(FileNotFoundError, match='not a run directory'):
+        run_dir.load(str(tmp_path))
+    os.makedirs(tmp_path / 'rl')
+    run_dir.save_config(str(tmp_path / 'rl'), shapes_unigrpo.get_config())
+    with pytest.raises(FileNotFoundError, match='no checkpoint'):
+        run_dir.load(str(tmp_path / 'rl'))
