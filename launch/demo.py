@@ -35,6 +35,8 @@ _OUT = flags.DEFINE_string('out', os.path.join('runs', 'shapes_demo'), 'Output d
 _FROM_SCRATCH = flags.DEFINE_bool('from-scratch', False, 'Train the SFT model first '
                                   '(configs/shapes_sft.py:think) instead of copying the shipped '
                                   'one.')
+_PER_TAG = flags.DEFINE_integer('eval_per_tag', None, 'Evaluate only the first N prompts of '
+                                'each tag (default: all 40).')
 _SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
 
 
@@ -60,6 +62,8 @@ def _evaluate(run, out_dir: str, scales: list[float]) -> dict:
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
     metadata = shapes_eval.load_prompts(os.path.join(config_files.ROOT, 'data', 'shapes_eval',
                                                      'eval_prompts.jsonl'))
+    if _PER_TAG.value:
+        metadata = shapes_eval.subset(metadata, _PER_TAG.value)
     return shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,
                              out_dir=out_dir, log=_say)
 
@@ -83,7 +87,7 @@ def _report(out: str, before: dict, after: dict, step: int, minutes: dict) -> st
     rows.update({f'UniGRPO step {step}, {k}': v for k, v in after.items()})
     lines = [
         '# ShapesEval demo: SFT (think) -> UniGRPO', '',
-        'Strict accuracy (%) on the 240 evaluation prompts of `data/shapes_eval/` (greedy '
+        'Strict accuracy (%) on the evaluation prompts of `data/shapes_eval/` (greedy '
         'thinking, Euler ODE). `cfg=1`: no guidance, as the RL rollout samples; `cfg=2`: the '
         'configured text CFG.', '',
         shapes_eval.markdown_table(rows), 'Change in overall accuracy (points): ' + ', '.join(

@@ -34,6 +34,9 @@ _ABLATION_SEEDS = flags.DEFINE_list('ablation_seeds', ['0'], 'Seeds of the ablat
 _LATENT_KL = flags.DEFINE_float('latent_kl_weight', 0.04, 'beta of the latent-KL arm '
                                 '(FlowGRPO\'s default).')
 _CFG = flags.DEFINE_list('cfg', ['1', '2'], 'Text CFG scales of the evaluation.')
+_ONLY = flags.DEFINE_list('only', None, 'Train and evaluate only these parts (flowgrpo, '
+                          'textgrpo, unigrpo, ablation) and write no report: to split the work '
+                          'over processes; a final run without it reuses everything.')
 
 _SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
 _ARMS = {'FlowGRPO (no think)': 'shapes_flowgrpo', 'TextGRPO (think)': 'shapes_textgrpo',
@@ -105,6 +108,23 @@ def _table(rows: dict[str, list[dict]], setting: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _plan(out: str, seeds: list[int], ablation_seeds: list[int]) -> list[tuple]:
+    """Every RL run: ``(part, table row, config name, seed, workdir, objective overrides)``.
+
+    The velocity-MSE ablation arm is the UniGRPO run itself (same workdir, part 'unigrpo').
+    """
+    plan = [(config_name.removeprefix('shapes_'), name, config_name, s,
+             os.path.join(out, f'{config_name}_s{s}'), {})
+            for name, config_name in _ARMS.items() for s in seeds]
+    for reg, objective in _REGULARISERS.items():
+        for s in ablation_seeds:
+            suffix = '' if reg == 'velocity MSE' else f'_{objective["regularizer"]}'
+            plan.append(('unigrpo' if not suffix else 'ablation', f'UniGRPO, regulariser {reg}',
+                         'shapes_unigrpo', s, os.path.join(out, f'shapes_unigrpo{suffix}_s{s}'),
+                         objective))
+    return plan
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
@@ -112,28 +132,26 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     seeds = [int(s) for s in _SEEDS.value]
     ablation_seeds = [int(s) for s in _ABLATION_SEEDS.value]
+    only = set(_ONLY.value or [])
+    if only - {'flowgrpo', 'textgrpo', 'unigrpo', 'ablation'}:
+        raise app.UsageError(f'--only={_ONLY.value}: expected flowgrpo, textgrpo, unigrpo, '
+                             'ablation')
     start = time.time()
     results: dict[str, list[dict]] = {}
-    for name, ckpt in _SFT.items():
-        directory = os.path.join(config_files.ROOT, 'checkpoints', ckpt)
-        results[name] = [_evaluate(directory, s, os.path.join(out, f'{ckpt}_eval_s{s}'))
-                         for s in seeds]
-    for name, config_name in _ARMS.items():
-        results[name] = []
-        for s in seeds:
-            workdir = os.path.join(out, f'{config_name}_s{s}')
-            _train(config_name, s, workdir)
-            results[name].append(_evaluate(workdir, s, os.path.join(workdir, 'eval_final')))
-    ablation: dict[str, list[str]] = {}
-    for reg, objective in _REGULARISERS.items():
-        ablation[reg] = []
-        for s in ablation_seeds:
-            workdir = (os.path.join(out, f'shapes_unigrpo_s{s}') if reg == 'velocity MSE'
-                       else os.path.join(out, f'shapes_unigrpo_{objective["regularizer"]}_s{s}'))
-            _train('shapes_unigrpo', s, workdir, objective)
-            ablation[reg].append(workdir)
-            results.setdefault(f'UniGRPO, regulariser {reg}', []).append(
-                _evaluate(workdir, s, os.path.join(workdir, 'eval_final')))
+    if not only:
+        for name, ckpt in _SFT.items():
+            directory = os.path.join(config_files.ROOT, 'checkpoints', ckpt)
+            results[name] = [_evaluate(directory, s, os.path.join(out, f'{ckpt}_eval_s{s}'))
+                             for s in seeds]
+    plan = _plan(out, seeds, ablation_seeds)
+    for part, name, config_name, seed, workdir, objective in plan:
+        if only and part not in only:
+            continue
+        _train(config_name, seed, workdir, objective)
+        results.setdefault(name, []).append(
+            _evaluate(workdir, seed, os.path.join(workdir, 'eval_final')))
+    if only:
+        return
 
     settings = [f'cfg={float(c):g}' for c in _CFG.value]
     lines = [f'# ShapesEval results ({_STEPS.value} RL steps per run, seeds {seeds}; '
@@ -146,12 +164,15 @@ def main(argv):
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
-    arm_curves = {name: _mean_curve([os.path.join(out, f'{c}_s{s}') for s in seeds])
-                  for name, c in _ARMS.items()}
-    viz.plot_curves(os.path.join(out, 'curves_arms.png'), arm_curves,
+    workdirs: dict[str, list[str]] = {}
+    for _, name, _, _, workdir, _ in plan:
+        workdirs.setdefault(name, []).append(workdir)
+    viz.plot_curves(os.path.join(out, 'curves_arms.png'),
+                    {name: _mean_curve(workdirs[name]) for name in _ARMS},
                     title=f'Eval reward (mean of seeds {seeds})', ylabel='eval reward')
     viz.plot_curves(os.path.join(out, 'curves_ablation.png'),
-                    {reg: _mean_curve(dirs) for reg, dirs in ablation.items()},
+                    {reg: _mean_curve(workdirs[f'UniGRPO, regulariser {reg}'])
+                     for reg in _REGULARISERS},
                     title='UniGRPO regulariser ablation', ylabel='eval reward')
     with open(os.path.join(out, 'results.md')) as f:
         print(f.read())
