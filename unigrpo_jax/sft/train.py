@@ -76,6 +76,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
           command: str = '', log=print) -> dict:
     """Runs SFT, checkpoints, evaluates at the end; returns the final evaluation rows."""
     os.makedirs(workdir, exist_ok=True)
+    commit = git_commit()  # the code that trains (not the one at export time)
     with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
         f.write(config.to_json(indent=1))
     model = model_config(config)
@@ -159,13 +160,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     for name, row in rows.items():
         _log(workdir, dict(step=config.steps, eval=name, per_tag=None, **row))
     if export_dir:
-        export(workdir, export_dir, config, command=command, train_time=train_time, rows=rows)
+        export(workdir, export_dir, config, command=command, train_time=train_time, rows=rows,
+               commit=commit)
         log(f'exported to {export_dir}')
     return rows
 
 
 def export(workdir: str, export_dir: str, config, *, command: str, train_time: float,
-           rows: dict) -> None:
+           rows: dict, commit: str) -> None:
     """Copies ``workdir/final`` and ``workdir/eval`` to ``export_dir`` with a MANIFEST.json."""
     shutil.rmtree(export_dir, ignore_errors=True)
     shutil.copytree(os.path.join(workdir, FINAL), export_dir)
@@ -174,7 +176,7 @@ def export(workdir: str, export_dir: str, config, *, command: str, train_time: f
     curve = []
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         curve = [r for r in map(json.loads, f) if 'eval' in r]
-    manifest = dict(command=command, git_commit=git_commit(), think=bool(config.think),
+    manifest = dict(command=command, git_commit=commit, think=bool(config.think),
                     steps=int(config.steps), batch_size=int(config.data.batch_size),
                     train_wall_time_s=round(train_time, 1), accuracy=rows,
                     learning_curve=curve, workdir=os.path.abspath(workdir))
