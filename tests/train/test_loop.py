@@ -51,8 +51,10 @@ def test_loop_on_eight_devices(tmp_path):
     state = loop.train(cfg, str(tmp_path))
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == 8
     rows = _metrics(str(tmp_path))
-    assert rows[0]['step'] == 1 and 'eval/reward_mean' in rows[-1]
-    assert os.listdir(tmp_path / 'samples') == ['step_000001.png']
+    # The eval reward curve starts at step 0 (the starting point), then every eval_every steps.
+    assert [(r['step'], 'eval/reward_mean' in r) for r in rows] == [(0, True), (1, False),
+                                                                     (1, True)]
+    assert sorted(os.listdir(tmp_path / 'samples')) == ['step_000000.png', 'step_000001.png']
 
 
 def test_lora_loop_trains_only_the_adapters(tmp_path):
