@@ -46,7 +46,9 @@ def _say(message: str) -> None:
 
 def _sft_run_dir(out: str) -> str:
     target = os.path.join(out, 'sft_think')
-    if _FROM_SCRATCH.value:
+    if _FROM_SCRATCH.value and os.path.isdir(os.path.join(target, run_dir.SFT_FINAL)):
+        _say(f'reusing the SFT model trained earlier in {target} (delete it to retrain)')
+    elif _FROM_SCRATCH.value:
         config = config_files.load(os.path.join(config_files.CONFIGS, 'shapes_sft.py'), 'think')
         config.tokenizer = os.path.join(config_files.ROOT, config.tokenizer)
         config.eval_prompts = os.path.join(config_files.ROOT, config.eval_prompts)

@@ -2,7 +2,14 @@
 
 import os
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+# 8 emulated devices share the CI machine's 2 cores (and another pytest worker): a collective's
+# participants can arrive far apart, past XLA:CPU's default rendezvous timeout, which aborts
+# the process. Give them 15 minutes.
+os.environ.setdefault('XLA_FLAGS', ' '.join([
+    '--xla_force_host_platform_device_count=8',
+    '--xla_cpu_collective_timeout_seconds=900',
+    '--xla_cpu_collective_call_terminate_timeout_seconds=900',
+    '--xla_cpu_collective_call_warn_stuck_timeout_seconds=120']))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # noqa: E402
