@@ -22,6 +22,7 @@ from absl import app, flags
 
 from unigrpo_jax import viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.rollout import rollout as rollout_lib
 from unigrpo_jax.train import loop, run_dir
@@ -38,30 +39,11 @@ _BATCH = flags.DEFINE_integer('batch_size', 64, 'Prompts per generation call.', 
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed (noise, sampled thinking).')
 
 
-def read_prompts(path: str) -> list[tuple[int, dict]]:
-    """``[(line index, metadata)]`` of the non-blank lines; clear errors for bad lines."""
-    out = []
-    with open(path) as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f'{path}:{i + 1}: not JSON ({e})') from None
-            if not isinstance(item, dict) or not isinstance(item.get('prompt'), str):
-                raise ValueError(f'{path}:{i + 1}: expected an object with a "prompt" string')
-            out.append((i, item))
-    if not out:
-        raise ValueError(f'{path} holds no prompts')
-    return out
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    prompts = data_lib.read_jsonl_lines(_PROMPTS.value)  # a bad file fails before any load
     run = run_dir.load(_WORKDIR.value)
-    prompts = read_prompts(_PROMPTS.value)
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)
     system_ids = (jnp.asarray(tokenizer_lib.encode_segment(tokenizer, tokens, run.system_prompt))
                   if run.think and run.system_prompt else None)

@@ -1,6 +1,8 @@
 """Test setup: 8 emulated CPU devices (for data-parallel tests) and exact float32 matmuls."""
 
 import os
+import subprocess
+import sys
 
 # 8 emulated devices share the CI machine's 2 cores (and another pytest worker): a collective's
 # participants can arrive far apart, past XLA:CPU's default rendezvous timeout, which aborts
@@ -22,8 +24,24 @@ jax.config.update('jax_compilation_cache_dir',
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 FIXTURE_DIR = os.path.join(os.path.dirname(__file__), 'fixtures', 'bagel_tiny')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='session')
 def fixture_dir() -> str:
     return FIXTURE_DIR
+
+
+@pytest.fixture
+def launch():
+    """``launch(args, timeout=300) -> stdout``: runs ``python args`` (a launch script) from the
+    repository root on one CPU device and fails the test, with the output tail, on a non-zero
+    exit."""
+    def run(args: list[str], timeout: int = 300) -> str:
+        env = dict(os.environ, JAX_PLATFORMS='cpu')
+        env.pop('XLA_FLAGS', None)
+        out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=timeout)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        return out.stdout
+    return run

@@ -1,22 +1,16 @@
 """launch/demo.py end to end at test scale: run directories, report, plot and grids."""
 
 import os
-import subprocess
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_demo_writes_runs_and_report(tmp_path):
+def test_demo_writes_runs_and_report(tmp_path, launch):
     out = tmp_path / 'demo'
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    env.pop('XLA_FLAGS', None)
-    result = subprocess.run(
-        [sys.executable, 'launch/demo.py', '--config=configs/shapes_unigrpo.py:test',
-         '--config.parallelism.num_devices=1', f'--out={out}', '--eval_per_tag=1'],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert 'overall' in result.stdout and 'report:' in result.stdout
+    stdout = launch(['launch/demo.py', '--config=configs/shapes_unigrpo.py:test',
+                     '--config.parallelism.num_devices=1', f'--out={out}', '--eval_per_tag=1'],
+                    timeout=600)
+    assert 'overall' in stdout and 'report:' in stdout
     report = (out / 'report.md').read_text()
     assert '| SFT (think), think=on cfg=1 |' in report
     assert '| UniGRPO step 2, think=on cfg=2 |' in report
@@ -28,9 +22,6 @@ def test_demo_writes_runs_and_report(tmp_path):
     with open(os.path.join(REPO, 'data', 'shapes_eval', 'eval_prompts.jsonl')) as f:
         prompts.write_text(''.join(f.readlines()[:3]))
     for run in ('sft_think', 'unigrpo'):
-        sample = subprocess.run(
-            [sys.executable, 'launch/sample.py', f'--workdir={out / run}',
-             f'--prompts={prompts}', f'--out={tmp_path / run}'], cwd=REPO, env=env, capture_output=True, text=True,
-            timeout=300)
-        assert sample.returncode == 0, sample.stderr[-3000:]
+        launch(['launch/sample.py', f'--workdir={out / run}', f'--prompts={prompts}',
+                f'--out={tmp_path / run}'])
         assert (tmp_path / run / '2_0.png').exists()

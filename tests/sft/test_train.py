@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,7 +11,6 @@ from configs import shapes_sft
 from unigrpo_jax.model import bagel
 from unigrpo_jax.sft import checkpoint, samples, step, train
 
-REPO = os.path.join(os.path.dirname(__file__), '..', '..')
 
 
 def test_short_sft_lowers_loss():
@@ -37,22 +34,13 @@ def test_short_sft_lowers_loss():
     assert int(state.step) == cfg.steps
 
 
-def _run(args, cwd):
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    env.pop('XLA_FLAGS', None)
-    out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
-
-
-def test_launchers_train_checkpoint_evaluate(tmp_path):
+def test_launchers_train_checkpoint_evaluate(tmp_path, launch):
     workdir, export = str(tmp_path / 'run'), str(tmp_path / 'export')
-    stdout = _run(['launch/train_sft.py', '--config=configs/shapes_sft.py:nothink,test',
+    stdout = launch(['launch/train_sft.py', '--config=configs/shapes_sft.py:nothink,test',
                    f'--workdir={workdir}', f'--export_dir={export}', '--config.steps=4',
                    '--config.log_every=2', '--config.checkpoint_every=2',
                    '--config.eval.final_per_tag=1', '--config.data.num_examples=16',
-                   '--config.eval.cfg_text_scale=1'], REPO)
+                   '--config.eval.cfg_text_scale=1'])
     assert 'steps/s' in stdout and 'ETA' in stdout
     config, params, ae = checkpoint.load(export)
     assert config.ae.kind == 'identity' and ae == {}
@@ -62,7 +50,7 @@ def test_launchers_train_checkpoint_evaluate(tmp_path):
     manifest = json.load(open(os.path.join(export, 'MANIFEST.json')))
     assert manifest['steps'] == 4 and not manifest['think']
     assert 'think=off cfg=1' in manifest['accuracy']
-    stdout = _run(['launch/evaluate.py', f'--workdir={export}', '--think=on', '--cfg=2',
-                   '--per_tag=1', f'--out={tmp_path / "sweep"}'], REPO)
+    stdout = launch(['launch/evaluate.py', f'--workdir={export}', '--think=on', '--cfg=2',
+                   '--per_tag=1', f'--out={tmp_path / "sweep"}'])
     assert '| think=on cfg=2 |' in stdout
     assert os.path.exists(tmp_path / 'sweep' / 'grid_think_on_cfg_2.png')

@@ -3,8 +3,6 @@ the model never saw, evaluate.py on an RL run; the ShapesEval RL configs validat
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -18,15 +16,6 @@ from unigrpo_jax.train.validate import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SFT_THINK = os.path.join(REPO, 'checkpoints', 'shapes_sft_think')
-
-
-def _launch(args):
-    env = dict(os.environ, JAX_PLATFORMS='cpu')
-    env.pop('XLA_FLAGS', None)
-    out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out.stdout
 
 
 def _test_config(module):
@@ -52,7 +41,7 @@ def test_shapes_rl_configs_validate(module, think, mode, window):
                                             base.rollout.group_size, base.optimizer.to_dict())
 
 
-def test_rl_run_directory_sample_and_evaluate(tmp_path):
+def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
     workdir = str(tmp_path / 'rl')
     state = loop.train(_test_config(shapes_unigrpo), workdir)
     run = run_dir.load(workdir)
@@ -68,7 +57,7 @@ def test_rl_run_directory_sample_and_evaluate(tmp_path):
               'prompt': 'a photo of four circles'}]
     prompts.write_text('\n'.join(json.dumps(x) if x else '' for x in lines) + '\n')
     out = tmp_path / 'samples'
-    _launch(['launch/sample.py', f'--workdir={workdir}', f'--prompts={prompts}',
+    launch(['launch/sample.py', f'--workdir={workdir}', f'--prompts={prompts}',
              f'--out={out}', '--samples=2'])
     names = sorted(p for p in os.listdir(out) if p.endswith('.png'))
     assert names == ['0_0.png', '0_1.png', '2_0.png', '2_1.png']
@@ -78,7 +67,7 @@ def test_rl_run_directory_sample_and_evaluate(tmp_path):
         (0, 0), (0, 1), (2, 0), (2, 1)]
     assert all(r['thinking'].startswith('<think>') for r in records)
 
-    stdout = _launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
+    stdout = launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
                       f'--out={tmp_path / "eval"}'])
     assert '| think=on cfg=1 |' in stdout and 'step 2' in stdout
 

@@ -37,8 +37,9 @@ class DataError(ValueError):
     """A prompt source is missing or malformed."""
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """GenEval-format prompts of a JSONL file; every line needs a string ``prompt``."""
+def read_jsonl_lines(path: str) -> list[tuple[int, dict]]:
+    """``[(0-based line, metadata)]`` of a GenEval-format JSONL file, blank lines skipped
+    (and counted); every other line needs a string ``prompt``."""
     if not os.path.exists(path):
         raise DataError(f'prompt file {path} does not exist')
     out = []
@@ -52,10 +53,15 @@ def read_jsonl(path: str) -> list[dict]:
                 raise DataError(f'{path}:{i + 1} is not valid JSON: {e}') from e
             if not isinstance(item, dict) or not isinstance(item.get('prompt'), str):
                 raise DataError(f'{path}:{i + 1} has no string field "prompt"')
-            out.append(item)
+            out.append((i, item))
     if not out:
         raise DataError(f'prompt file {path} has no prompts')
     return out
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The prompts of ``read_jsonl_lines``, in file order."""
+    return [item for _, item in read_jsonl_lines(path)]
 
 
 def _shapes_train() -> list[dict]:

@@ -107,10 +107,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
         checkpoint.save(os.path.join(workdir, name), model, jax.device_get(state.params),
                         config.tokenizer)
 
+    eval_prompts = shapes_eval.load_prompts(config.eval_prompts)
+
     def evaluate(per_tag: int | None, cfg_scales: list[float], out_dir: str | None):
-        metadata = shapes_eval.load_prompts(config.eval_prompts)
-        if per_tag:
-            metadata = shapes_eval.subset(metadata, per_tag)
+        metadata = shapes_eval.subset(eval_prompts, per_tag) if per_tag else eval_prompts
         run = run_dir.sft_run(workdir, config, model, state.params)
         return shapes_eval.sweep(run, tokenizer, metadata, thinks=[config.think],
                                  cfg_scales=cfg_scales, out_dir=out_dir,

@@ -238,6 +238,7 @@ def train(config, workdir: str):
                 state, m = train_step(state, ref_params, select(batch, jnp.asarray(mb)))
                 metrics.append(m)
         metrics = jax.device_get(metrics)
+        t_done = time.time()
         skipped = sum(float(m['skipped']) for m in metrics)
         skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
         scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
@@ -248,10 +249,10 @@ def train(config, workdir: str):
                 float(metrics[0].get('parity/text_max_abs_logp_diff', 0.0)),
             'parity/first_minibatch_image_max_abs_logp_diff':
                 float(metrics[0].get('parity/image_max_abs_logp_diff', 0.0)),
-            'time/step_s': time.time() - t0,
+            'time/step_s': t_done - t0,
             'time/rollout_s': t_rollout - t0,  # until the rollout's outputs are on the host
             'time/reward_s': t_reward - t_rollout,
-            'time/update_s': time.time() - t_reward,
+            'time/update_s': t_done - t_reward,
         })
         writer.write_scalars(step + 1, scalars)
         if is_main:
