@@ -85,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.ppo_epochs = 2
     config.num_minibatches = 1  # per rollout batch and epoch
     config.optimizer = ml_collections.ConfigDict(dict(
-        lr_und=1e-6, lr_gen=3e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0))
+        lr_und=1e-6, lr_gen=3e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+        final_lr_fraction=1.0))  # 1: constant rates (the paper); < 1: cosine decay to it
 
     # LoRA on both experts' projections (the reference is then the base: adapters off).
     config.lora = ml_collections.ConfigDict(dict(

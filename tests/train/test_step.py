@@ -177,6 +177,38 @@ def test_expert_groups():
     assert opt_lib.expert_of('language_model/layers/und/q_proj/kernel') == 'und'
 
 
+def test_learning_rates_decay_per_expert():
+    """final_lr_fraction < 1: each expert's step shrinks along a cosine to that fraction."""
+    c = bagel_grpo.get_config().optimizer
+    c.update(lr_und=1e-3, lr_gen=1e-2, final_lr_fraction=0.1, grad_clip=0.0)
+    params = {'language_model': {'layers': {'gen': {'w': jnp.zeros(3)},
+                                            'und': {'w': jnp.zeros(3)}}}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    opt = opt_lib.make_optimizer(c, total_updates=10)
+    state = opt.init(params)
+    steps = []
+    for _ in range(11):
+        updates, state = opt.update(grads, state, params)
+        steps.append({k: float(-v['w'][0]) for k, v in updates['language_model']['layers'].items()})
+    # Adam's first step is lr * g / |g| = lr; the last at lr * 0.1; halfway at lr * 0.55.
+    np.testing.assert_allclose([steps[0]['und'], steps[0]['gen']], [1e-3, 1e-2], rtol=1e-4)
+    np.testing.assert_allclose([steps[5]['und'], steps[5]['gen']], [5.5e-4, 5.5e-3], rtol=1e-3)
+    np.testing.assert_allclose([steps[10]['und'], steps[10]['gen']], [1e-4, 1e-3], rtol=1e-3)
+    constant = opt_lib.make_optimizer(_with(c, final_lr_fraction=1.0))
+    updates, _ = constant.update(grads, constant.init(params), params)
+    assert float(-updates['language_model']['layers']['gen']['w'][0]) == pytest.approx(1e-2, rel=1e-4)
+    with pytest.raises(ValueError, match='needs the number of updates'):
+        opt_lib.make_optimizer(c)
+    with pytest.raises(ValueError, match='final_lr_fraction'):
+        opt_lib.make_optimizer(_with(c, final_lr_fraction=0.0), 10)
+
+
+def _with(c, **changes):
+    c = c.copy_and_resolve_references()
+    c.update(changes)
+    return c
+
+
 @pytest.mark.parametrize('mode', ['flowgrpo', 'textgrpo'])
 def test_baseline_modes_use_only_their_term(setup, mode):
     """FlowGRPO: no thinking, image term only; TextGRPO: text term only, ODE images (W = 0)."""

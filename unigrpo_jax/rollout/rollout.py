@@ -317,12 +317,16 @@ def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh):
 @functools.partial(jax.jit, static_argnames=('config', 'rc', 'sampler_config', 'greedy'))
 def generate_eval(params, ae_params, config: BagelConfig, rc: RolloutConfig,
                   sampler_config: eval_sampler.SamplerConfig, system_ids, prompt_ids,
-                  prompt_lengths, key, greedy: bool = True):
+                  prompt_lengths, key, greedy: bool = True, forced_think=None):
     """Evaluation images: (greedy) thinking, then Bagel's ODE with classifier-free guidance.
 
     Contexts as Bagel's inferencer (bagel.md §4.4): with think, cond = system + prompt + think,
     text-uncond = system only, img-uncond = system + prompt; without, cond = prompt,
     text-uncond = empty, img-uncond = prompt. One image per prompt.
+
+    ``forced_think``: ``(ids [B, <= T + 2], lengths [B])``, given reasoning segments
+    ``[bos] y [eos]`` to draw from instead of generating them (think only; the returned tokens
+    are then empty): how well the image phase renders a plan, apart from the planning.
     Returns ``(images [B, H, W, 3] uint8, think_tokens [B, T], think_mask [B, T])``.
     """
     b = prompt_ids.shape[0]
@@ -332,7 +336,11 @@ def generate_eval(params, ae_params, config: BagelConfig, rc: RolloutConfig,
     keys = jax.random.split(key, b)
     cond = img_uncond
     tokens, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
-    if rc.think:
+    if forced_think is not None:
+        if not rc.think:
+            raise ValueError('forced_think needs a thinking RolloutConfig (rc.think=True)')
+        cond, _ = context.prefill_text(params, config, img_uncond, *forced_think)
+    elif rc.think:
         sampler = TokenSampler(temperature=0.0) if greedy else rc.sampler
         cond, tokens, _, mask, _ = generate_think(params, config, img_uncond, keys, sampler,
                                                   rc.max_think_tokens)

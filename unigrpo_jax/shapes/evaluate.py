@@ -61,7 +61,8 @@ def layout_detections(layout: world.Layout) -> list[dict]:
             for shape, color, row, col in layout]
 
 
-def _drawn_as_planned(detections: list[dict], layout: world.Layout) -> bool:
+def drawn_as_planned(detections: list[dict], layout: world.Layout) -> bool:
+    """Whether the detections are exactly the plan's objects (shape, colour, cell)."""
     found = sorted((d['class'], d['color'], *d['cell']) for d in detections)
     return found == sorted(layout)
 
@@ -69,11 +70,16 @@ def _drawn_as_planned(detections: list[dict], layout: world.Layout) -> bool:
 def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, think: bool,
              sampler: eval_sampler.SamplerConfig, max_think_tokens: int, prompt_len: int,
              image_size=(32, 32), batch_size: int = 80, seed: int = 0,
-             ae_params=None) -> EvalResult:
+             ae_params=None, plans: list | None = None) -> EvalResult:
     """Generates one image per prompt and scores it (see the module docstring).
 
     ``ae_params``: the autoencoder's params (``None``: the identity autoencoder's empty tree).
+    ``plans``: ``[n]`` layouts to draw as given plans (teacher-forced thinking; ``think`` must be
+    on) instead of the model's own plans.
     """
+    if plans is not None and (not think or len(plans) != len(metadata)):
+        raise ValueError(f'plans need think=True and one layout per prompt; got think={think}, '
+                         f'{len(plans)} plans for {len(metadata)} prompts')
     rc = rollout.RolloutConfig(group_size=1, think=think, max_think_tokens=max_think_tokens,
                                num_timesteps=sampler.num_timesteps, shift=sampler.shift,
                                window_size=0, window_max_start=0,
@@ -85,14 +91,24 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
         ids, lengths = samples.prompt_batch(tokenizer, config, padded, prompt_len)
         key = jax.random.fold_in(jax.random.key(seed), start // batch_size)
+        forced = None
+        if plans is not None:
+            chunk_plans = plans[start:start + batch_size]
+            chunk_plans = chunk_plans + [chunk_plans[-1]] * (batch_size - len(chunk))
+            forced = tuple(map(jnp.asarray, samples.pad_segments(
+                samples.encode_segments(tokenizer, config, [plan.plan_text(p) for p in chunk_plans]),
+                max_think_tokens + 2, tokenizer.pad_token_id, 'think')))
         imgs, tokens, mask = rollout.generate_eval(params, ae_params or {}, config, rc, sampler,
-                                                   None,
-                                                   jnp.asarray(ids), jnp.asarray(lengths), key)
+                                                   None, jnp.asarray(ids), jnp.asarray(lengths),
+                                                   key, forced_think=forced)
         imgs, tokens, mask = np.asarray(imgs), np.asarray(tokens), np.asarray(mask)
         images.append(imgs[:len(chunk)])
         for i in range(len(chunk)):
-            texts.append(tokenizer.decode(tokens[i][mask[i]], skip_special_tokens=True)
-                         if think else '')
+            if plans is not None:
+                texts.append(plan.plan_text(plans[start + i]))
+            else:
+                texts.append(tokenizer.decode(tokens[i][mask[i]], skip_special_tokens=True)
+                             if think else '')
     images = np.concatenate(images)
     threshold = world.RELATION_THRESHOLD_PX
     correct, parsed, plan_ok, as_planned = [], 0, 0, 0
@@ -103,7 +119,7 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
         if layout is not None:
             parsed += 1
             plan_ok += geneval.strict_correct(layout_detections(layout), m, threshold=threshold)
-            as_planned += _drawn_as_planned(detections, layout)
+            as_planned += drawn_as_planned(detections, layout)
     accuracy = geneval.tag_accuracy([(m['tag'], c) for m, c in zip(metadata, correct)])
     n = len(metadata)
     stats = (dict(plan_parsed=parsed / n, plan_correct=plan_ok / n, drawn_as_planned=as_planned / n)

@@ -156,7 +156,8 @@ def train(config, workdir: str):
     mesh = mesh_lib.make_mesh(shape, devices)
     rc = rollout_lib.rollout_config(config.rollout)
     obj = objective.objective_config(config)
-    optimizer = opt_lib.make_optimizer(config.optimizer)
+    optimizer = opt_lib.make_optimizer(
+        config.optimizer, config.total_steps * config.ppo_epochs * config.num_minibatches)
     rules = sharding.strategy_rules(config.parallelism.strategy,
                                     config.parallelism.rules.to_dict())
     rollout_fn = rollout_lib.make_rollout_fn(config_model, rc, mesh)

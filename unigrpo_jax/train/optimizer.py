@@ -31,10 +31,20 @@ def expert_labels(params):
     return unflatten({p: expert_of(p) for p in flatten(params)})
 
 
-def make_optimizer(c) -> optax.GradientTransformation:
+def make_optimizer(c, total_updates: int = 0) -> optax.GradientTransformation:
     """From a config's ``optimizer`` section: ``lr_und``, ``lr_gen``, ``b1``, ``b2``, ``eps``,
-    ``weight_decay``, ``grad_clip`` (global norm; 0 = off)."""
+    ``weight_decay``, ``grad_clip`` (global norm; 0 = off) and ``final_lr_fraction``: 1 keeps
+    both rates constant (the paper); below 1 both decay along a cosine to that fraction over
+    ``total_updates`` optimizer updates (RL steps x PPO epochs x minibatches)."""
+    if not 0.0 < c.final_lr_fraction <= 1.0:
+        raise ValueError(f'optimizer.final_lr_fraction={c.final_lr_fraction}; expected (0, 1]')
+    if c.final_lr_fraction < 1.0 and total_updates < 1:
+        raise ValueError('a decaying learning rate (optimizer.final_lr_fraction < 1) needs the '
+                         f'number of updates; got total_updates={total_updates}')
+
     def adamw(lr):
+        if c.final_lr_fraction < 1.0:
+            lr = optax.cosine_decay_schedule(lr, total_updates, alpha=c.final_lr_fraction)
         return optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
     per_expert = optax.multi_transform({'und': adamw(c.lr_und), 'gen': adamw(c.lr_gen)},
                                        expert_labels)

@@ -43,6 +43,8 @@ def validate(config, num_devices: int) -> tuple[int, ...]:
     _need(config.truncated_think in TRUNCATED, 'truncated_think', config.truncated_think,
           f'expected one of {TRUNCATED}')
     _need(config.ppo_epochs >= 1, 'ppo_epochs', config.ppo_epochs, 'must be >= 1')
+    _need(0.0 < config.optimizer.final_lr_fraction <= 1.0, 'optimizer.final_lr_fraction',
+          config.optimizer.final_lr_fraction, '1 = constant rates, < 1 = cosine decay to it; > 0')
     try:
         shape = mesh_lib.resolve_shape(config.parallelism.mesh, num_devices)
     except ValueError as e:

@@ -1,0 +1,65 @@
+"""How well a model's image phase draws *given* plans, apart from the planning.
+
+Each prompt gets ``samples`` random plans from the SFT data distribution
+(``prompts.sample_layout``: free colours and cells uniform); the model draws each as
+teacher-forced thinking (``evaluate.evaluate(plans=...)``). Every image is scored twice: drawn
+exactly as planned (the detector finds the plan's objects and nothing else) and strictly
+correct for its prompt. Results are grouped by what the plan asks of the drawer: how many
+objects, whether they share one colour, and whether two of them sit in neighbouring cells
+(8-neighbourhood), where a drawer that binds shapes to cells loosely mixes them up.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from unigrpo_jax.rollout import eval_sampler
+from unigrpo_jax.shapes import detector, evaluate, prompts, world
+
+
+def plan_kind(layout: world.Layout) -> str:
+    """The group of a plan: ``'1 object'`` or ``'<n> objects, same|mixed colours, near|apart'``."""
+    if len(layout) == 1:
+        return '1 object'
+    colours = 'same colour' if len({color for _, color, _, _ in layout}) == 1 else 'mixed colours'
+    cells = [(row, col) for _, _, row, col in layout]
+    near = any(max(abs(a[0] - b[0]), abs(a[1] - b[1])) == 1
+               for i, a in enumerate(cells) for b in cells[i + 1:])
+    return f'{len(layout)} objects, {colours}, {"near" if near else "apart"}'
+
+
+def probe(run, tokenizer, metadata: list[dict], *, samples: int, cfg_scale: float,
+          seed: int = 0, batch_size: int = 80) -> dict[str, dict]:
+    """Draws ``samples`` random plans per prompt with a ``train.run_dir.Run`` (a thinking model).
+
+    Returns ``{plan kind: {'plans': count, 'drawn_as_planned': fraction, 'strict': fraction}}``
+    plus an ``'all'`` row.
+    """
+    if not run.think:
+        raise ValueError(f'{run.directory} was trained without thinking: it takes no plans')
+    rng = np.random.default_rng(seed)
+    items = [m for m in metadata for _ in range(samples)]
+    layouts = [prompts.sample_layout(m, rng) for m in items]
+    result = evaluate.evaluate(
+        run.params, run.model, tokenizer, items, think=True,
+        sampler=eval_sampler.sampler_config(run.eval, cfg_scale),
+        max_think_tokens=run.max_think_tokens, prompt_len=run.max_prompt_tokens,
+        image_size=run.image_size, batch_size=batch_size, seed=seed, ae_params=run.ae_params,
+        plans=layouts)
+    groups = defaultdict(list)
+    for layout, image, correct in zip(layouts, result.images, result.correct):
+        as_planned = evaluate.drawn_as_planned(detector.detect(image), layout)
+        for kind in (plan_kind(layout), 'all'):
+            groups[kind].append((as_planned, correct))
+    return {kind: {'plans': len(rows), 'drawn_as_planned': float(np.mean([r[0] for r in rows])),
+                   'strict': float(np.mean([r[1] for r in rows]))}
+            for kind, rows in sorted(groups.items())}
+
+
+def markdown_table(rows: dict[str, dict]) -> str:
+    lines = ['| plans | count | drawn as planned (%) | strict (%) |', '|---|---|---|---|']
+    lines += [f'| {kind} | {r["plans"]} | {100 * r["drawn_as_planned"]:.1f} | '
+              f'{100 * r["strict"]:.1f} |' for kind, r in rows.items()]
+    return '\n'.join(lines) + '\n'
