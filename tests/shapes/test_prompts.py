@@ -148,3 +148,13 @@ def test_shipped_eval_file_is_the_seeded_set():
         lines = f.read().splitlines()
     expected = prompts.eval_prompts(prompts.EVAL_SEED, prompts.EVAL_PER_TAG)
     assert lines == [json.dumps(m) for m in expected]
+
+
+def test_shipped_validation_file_is_the_seeded_training_set():
+    with open(os.path.join(os.path.dirname(EVAL_FILE), 'val_prompts.jsonl')) as f:
+        lines = f.read().splitlines()
+    chosen = prompts.validation_prompts()
+    assert lines == [json.dumps(m) for m in chosen]
+    assert len(chosen) == 6 * prompts.VALIDATION_PER_TAG
+    assert not any(prompts.is_held_out(m) for m in chosen)
+    assert {m['tag'] for m in chosen} == set(prompts.TAGS)

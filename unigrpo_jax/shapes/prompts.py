@@ -17,7 +17,8 @@ GenEval. The world is small, so every prompt of a tag is enumerated (``all_promp
 
 Train/eval split: training prompts (``sample_prompt``) never contain a held-out combination;
 the evaluation set (``eval_prompts``) draws from all prompts, so it measures both fitting and
-generalisation (``is_held_out`` tells them apart). Held out:
+generalisation (``is_held_out`` tells them apart); the validation set (``validation_prompts``,
+training prompts only) is for choosing settings without looking at the evaluation set. Held out:
 
 - colour-shape pairs ``HELD_OUT_COLOR_SHAPES`` (yellow triangle, blue circle): every ``colors``
   or ``color_attr`` prompt naming either (2 of 12 ``colors`` prompts, 22 of 72 ``color_attr``);
@@ -46,6 +47,9 @@ HELD_OUT_COLOR_SHAPES = frozenset({('yellow', 'triangle'), ('blue', 'circle')})
 HELD_OUT_RELATIONS = frozenset({('circle', 'above', 'square'), ('triangle', 'left of', 'circle')})
 EVAL_SEED = 0
 EVAL_PER_TAG = 40
+# The validation set: training prompts only, for choosing RL settings without the eval split.
+VALIDATION_SEED = 7
+VALIDATION_PER_TAG = 100
 MAX_PLACEMENT_TRIES = 100
 
 _COLOR_NAMES = tuple(world.COLORS)
@@ -125,16 +129,17 @@ def sample_prompt(rng: np.random.Generator) -> dict:
     return pool[rng.integers(len(pool))]
 
 
-def eval_prompts(seed: int, per_tag: int) -> list[dict]:
+def eval_prompts(seed: int, per_tag: int, pool_of=all_prompts) -> list[dict]:
     """The evaluation set: ``per_tag`` prompts per tag, tags in ``TAGS`` order.
 
     Each tag cycles through a seeded shuffle of all its prompts (held-out ones included), so a
-    tag with fewer prompts than ``per_tag`` repeats each of them evenly.
+    tag with fewer prompts than ``per_tag`` repeats each of them evenly. ``pool_of``: the prompts
+    of a tag to draw from (``train_prompts`` gives the validation set).
     """
     rng = np.random.default_rng(seed)
     chosen = []
     for tag in TAGS:
-        pool = all_prompts(tag)
+        pool = pool_of(tag)
         order = []
         while len(order) < per_tag:
             order.extend(rng.permutation(len(pool)).tolist())
@@ -185,8 +190,15 @@ def sample_layout(metadata: dict, rng: np.random.Generator) -> world.Layout:
                      f'grid found in {MAX_PLACEMENT_TRIES} tries; check its counts and relations')
 
 
+def validation_prompts() -> list[dict]:
+    """The shipped validation set: ``VALIDATION_PER_TAG`` training prompts per tag."""
+    return eval_prompts(VALIDATION_SEED, VALIDATION_PER_TAG, pool_of=train_prompts)
+
+
 if __name__ == '__main__':
-    # Writes the shipped evaluation set: python -m unigrpo_jax.shapes.prompts <path.jsonl>
-    with open(sys.argv[1], 'w') as f:
-        for metadata in eval_prompts(EVAL_SEED, EVAL_PER_TAG):
+    # Writes a shipped prompt set: python -m unigrpo_jax.shapes.prompts eval|validation <path>
+    chosen = {'eval': lambda: eval_prompts(EVAL_SEED, EVAL_PER_TAG),
+              'validation': validation_prompts}[sys.argv[1]]()
+    with open(sys.argv[2], 'w') as f:
+        for metadata in chosen:
             f.write(json.dumps(metadata) + '\n')
