@@ -3,6 +3,8 @@ r"""ShapesEval accuracy of a run: per tag and overall, a markdown table and imag
     python launch/evaluate.py --workdir=checkpoints/shapes_sft_think --think=both --cfg=1,2,4
     python launch/evaluate.py --workdir=runs/shapes_unigrpo        # an RL run's latest checkpoint
     python launch/evaluate.py --workdir=runs/sft_think --per_tag=10  # an SFT run, quick
+    python launch/evaluate.py --workdir=runs/shapes_unigrpo --step=40 \
+        --prompts=data/shapes_eval/val_prompts.jsonl   # a saved step, on the validation set
 
 ``--workdir``: an RL workdir, an SFT workdir or an exported SFT checkpoint
 (``unigrpo_jax.train.run_dir``). Sweeps thinking on/off (``--think=auto``: as the run was
@@ -30,13 +32,14 @@ _CFG = flags.DEFINE_list('cfg', None, 'Text CFG scales (1 = off); default: 1 and
                          'scale.')
 _PER_TAG = flags.DEFINE_integer('per_tag', None, 'Only the first N prompts of each tag.')
 _NUM_TIMESTEPS = flags.DEFINE_integer('num_timesteps', None, 'Override the ODE grid points.')
+_STEP = flags.DEFINE_integer('step', None, 'An RL run\'s checkpoint step (default: the latest).')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
-    run = run_dir.load(_WORKDIR.value)
+    run = run_dir.load(_WORKDIR.value, _STEP.value)
     if _NUM_TIMESTEPS.value:
         run.eval.num_timesteps = _NUM_TIMESTEPS.value
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]

@@ -48,6 +48,14 @@ def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
     assert (run.kind, run.step, run.think, run.image_size) == ('rl', 2, True, (32, 32))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(run.params)):
         np.testing.assert_array_equal(np.asarray(a), b)
+    first = run_dir.load(workdir, step=1)
+    assert first.step == 1 and any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(run.params)))
+    with pytest.raises(FileNotFoundError, match=r'no checkpoint of step 7; saved steps: \[1, 2\]'):
+        run_dir.load(workdir, step=7)
+    with pytest.raises(ValueError, match='only RL run directories'):
+        run_dir.load(SFT_THINK, step=1)
 
     # Prompts never seen (held-out colour-shape pairs, a blank line counted in the indices).
     prompts = tmp_path / 'new.jsonl'
@@ -70,6 +78,9 @@ def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
     stdout = launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
                       f'--out={tmp_path / "eval"}'])
     assert '| think=on cfg=1 |' in stdout and 'step 2' in stdout
+    stdout = launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
+                     '--step=1', f'--out={tmp_path / "eval1"}'])
+    assert '| think=on cfg=1 |' in stdout and '(step 1)' in stdout
 
 
 def test_sft_directories_and_errors(tmp_path):

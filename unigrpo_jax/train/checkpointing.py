@@ -40,18 +40,24 @@ def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] |
     return out['state'], out['meta']
 
 
-def restore_params(workdir: str) -> tuple[dict, dict]:
-    """``(params, meta)`` of the latest checkpoint under ``workdir``, as host numpy arrays.
+def restore_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
+    """``(params, meta)`` of the checkpoint at ``step`` (None: the latest) under ``workdir``, as
+    host numpy arrays.
 
     Reads only the params (not the optimizer state), whatever mesh saved them: for sampling
-    and evaluation. Raises FileNotFoundError when the run has no checkpoint yet.
+    and evaluation. Raises FileNotFoundError when the run has no checkpoint (at ``step``).
     """
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     mgr = ocp.CheckpointManager(directory, item_handlers={
         'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
-    step = mgr.latest_step() if os.path.isdir(directory) else None
-    if step is None:
+    saved = mgr.all_steps() if os.path.isdir(directory) else []
+    if not saved:
         raise FileNotFoundError(f'{workdir} has no checkpoint under {directory}')
+    if step is None:
+        step = max(saved)
+    elif step not in saved:
+        raise FileNotFoundError(f'{workdir} has no checkpoint of step {step}; saved steps: '
+                                f'{sorted(saved)}')
     tree = mgr.item_metadata(step)['state'].tree
     target = {'params': jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
                                      tree['params'])}

@@ -94,11 +94,11 @@ def _latest_sft_checkpoint(directory: str) -> str:
                             'step_<k>/ or params next to the config)')
 
 
-def _load_rl(directory: str) -> Run:
+def _load_rl(directory: str, step: int | None) -> Run:
     config = _read_json(os.path.join(directory, RL_CONFIG))
     tokens = tokenizer_lib.load_tokenizer(config.tokenizer)[1]
     model, base, ae_params = factory.build_model(config.model, seed=config.seed, tokens=tokens)
-    params, meta = checkpointing.restore_params(directory)
+    params, meta = checkpointing.restore_params(directory, step)
     spec = lora_lib.lora_spec(config.lora)
     if spec is not None:  # the checkpoint holds the adapters; the policy is base + adapters
         params = jax.jit(lambda b, a: lora_lib.merge(b, a, spec))(
@@ -113,12 +113,16 @@ def _load_rl(directory: str) -> Run:
                eval=config.eval)
 
 
-def load(directory: str) -> Run:
-    """The ``Run`` of an RL workdir, an SFT workdir or an exported SFT checkpoint."""
+def load(directory: str, step: int | None = None) -> Run:
+    """The ``Run`` of an RL workdir (its checkpoint at ``step``; None: the latest), an SFT
+    workdir or an exported SFT checkpoint (their final or latest params; no ``step``)."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f'run directory {directory!r} does not exist')
     if os.path.exists(os.path.join(directory, RL_CONFIG)):
-        return _load_rl(directory)
+        return _load_rl(directory, step)
+    if step is not None:
+        raise ValueError(f'step={step}: only RL run directories ({RL_CONFIG}) have checkpoints '
+                         f'by step; {directory} is not one')
     if os.path.exists(os.path.join(directory, SFT_CONFIG)):
         config = _read_json(os.path.join(directory, SFT_CONFIG))
         checkpoint = _latest_sft_checkpoint(directory)
