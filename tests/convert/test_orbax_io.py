@@ -53,6 +53,10 @@ def test_round_trip_bit_exact(tiny, tmp_path):
     assert all(type(x) is np.ndarray for x in jax.tree.leaves((loaded, loaded_ae)))
     _assert_bit_exact(params, loaded)
     _assert_bit_exact(ae_params, loaded_ae)
+    # The autoencoder alone (a run whose own checkpoint holds the policy).
+    ae_config, no_params, ae_only = orbax_io.load_params(directory, bagel=False)
+    assert ae_config == config and no_params is None and jax.tree.leaves(ae_only)
+    _assert_bit_exact(ae_params, ae_only)
 
 
 def test_jax_arrays_and_boxed_params(fixture_dir, tmp_path):

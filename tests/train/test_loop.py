@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
+from unigrpo_jax.model import factory
 from unigrpo_jax.model.config import ConfigError
-from unigrpo_jax.train import loop
+from unigrpo_jax.train import loop, run_dir
 from unigrpo_jax.train.validate import validate
 
 
@@ -65,6 +66,12 @@ def test_lora_loop_trains_only_the_adapters(tmp_path):
              for path, _ in jax.tree_util.tree_leaves_with_path(state.params)}
     assert paths and all(p.endswith(('/a', '/b')) for p in paths)
     assert _metrics(str(tmp_path))[0]['parity/first_minibatch_text_max_abs_logp_diff'] < 1e-5
+    # Read back for sampling: the base with the trained adapters merged in.
+    run = run_dir.load(str(tmp_path))
+    _, base, _ = factory.build_model(cfg.model, seed=cfg.seed)
+    assert jax.tree.structure(run.params) == jax.tree.structure(base)
+    assert any(not np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32))
+               for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(base)))
 
 
 def test_dead_reward_server_stops_with_the_batch_kept(tmp_path):

@@ -159,8 +159,8 @@ def _sharding_tree(shardings: Any, like: Mapping[str, Any]) -> dict[str, Any] | 
 
 
 def load_params(directory: str, *, shardings: Any = None, ae_shardings: Any = None,
-                dtype: Any = None, model_dtype: str = 'float32'
-                ) -> tuple[BagelConfig, dict, dict]:
+                dtype: Any = None, model_dtype: str = 'float32', bagel: bool = True
+                ) -> tuple[BagelConfig, dict | None, dict]:
     """Reads a directory written by ``save_params``.
 
     Args:
@@ -169,6 +169,8 @@ def load_params(directory: str, *, shardings: Any = None, ae_shardings: Any = No
       ae_shardings: the same for the autoencoder params.
       dtype: cast every param to this dtype while reading (default: keep the stored dtype).
       model_dtype: the compute dtype recorded in the returned config.
+      bagel: ``False`` reads only the autoencoder (the Bagel params are returned as ``None``):
+        for a run whose own checkpoint holds the policy.
     Returns:
       ``(config, params, ae_params)`` as nested dicts.
     Raises:
@@ -193,12 +195,22 @@ def load_params(directory: str, *, shardings: Any = None, ae_shardings: Any = No
         restore_args = {}
         for p, m in meta.items():
             key, rest = p.split('/', 1)
+            if key == 'bagel' and not bagel:
+                continue
             cast = np.dtype(dtype) if dtype is not None else m.dtype
             if by_key[key] is None:
                 restore_args[p] = ocp.RestoreArgs(restore_type=np.ndarray, dtype=cast)
             else:
                 restore_args[p] = ocp.ArrayRestoreArgs(sharding=by_key[key][rest], dtype=cast,
                                                        global_shape=tuple(m.shape))
-        tree = checkpointer.restore(
-            path, args=ocp.args.PyTreeRestore(restore_args=_with_empty_ae(unflatten(restore_args))))
-    return config, tree['bagel'], tree['ae']
+        args = _with_empty_ae(unflatten(restore_args))
+        if bagel:
+            tree = checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+            return config, tree['bagel'], tree['ae']
+        if not restore_args:  # nothing to read (the identity autoencoder has no params)
+            return config, None, {}
+        item = unflatten({p: jax.ShapeDtypeStruct(meta[p].shape, a.dtype)
+                          for p, a in restore_args.items()})
+        tree = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+            item, restore_args=args, partial_restore=True))
+    return config, None, tree['ae']

@@ -14,14 +14,16 @@ from unigrpo_jax.model import autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, ConfigError, SpecialTokens, config_from_dict
 
 
-def build_model(model_cfg, seed: int = 0,
-                tokens: SpecialTokens | None = None) -> tuple[BagelConfig, dict, dict]:
+def build_model(model_cfg, seed: int = 0, tokens: SpecialTokens | None = None,
+                with_params: bool = True) -> tuple[BagelConfig, dict | None, dict]:
     """``(config, params, ae_params)`` from a config's ``model`` section.
 
     ``model.checkpoint``: a directory written by ``launch/convert_bagel.py`` (Orbax) or a Bagel
     release directory (safetensors). Otherwise ``model.random`` (sizes, see
     ``config_from_dict``) gives random float32 params from ``seed``. ``tokens`` (from the
     tokenizer) replace a random model's special ids and must equal a checkpoint's.
+    ``with_params=False`` skips reading a converted checkpoint's Bagel params (``params`` is
+    then ``None``): for a run that brings its own.
     """
     dtype = model_cfg.dtype
     if model_cfg.checkpoint:
@@ -29,7 +31,7 @@ def build_model(model_cfg, seed: int = 0,
         if not os.path.isdir(path):
             raise ConfigError(f'model.checkpoint={path!r} is not a directory')
         if orbax_io.is_converted(path):
-            config, params, ae_params = orbax_io.load_params(path)
+            config, params, ae_params = orbax_io.load_params(path, bagel=with_params)
             config = config.replace(dtype=dtype)
         else:
             config, params, ae_params = load_bagel(path, tokens=tokens, dtype=np.float32,

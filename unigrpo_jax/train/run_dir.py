@@ -97,9 +97,11 @@ def _latest_sft_checkpoint(directory: str) -> str:
 def _load_rl(directory: str, step: int | None) -> Run:
     config = _read_json(os.path.join(directory, RL_CONFIG))
     tokens = tokenizer_lib.load_tokenizer(config.tokenizer)[1]
-    model, base, ae_params = factory.build_model(config.model, seed=config.seed, tokens=tokens)
-    params, meta = checkpointing.restore_params(directory, step)
     spec = lora_lib.lora_spec(config.lora)
+    # The run's checkpoint holds the policy (LoRA: only the adapters, so the base is read too).
+    model, base, ae_params = factory.build_model(config.model, seed=config.seed, tokens=tokens,
+                                                 with_params=spec is not None)
+    params, meta = checkpointing.restore_params(directory, step)
     if spec is not None:  # the checkpoint holds the adapters; the policy is base + adapters
         params = jax.jit(lambda b, a: lora_lib.merge(b, a, spec))(
             jax.tree.map(lambda x: jnp.asarray(x, model.dtype), base), params)
