@@ -9,8 +9,9 @@ Run directories (each accepted by ``launch/sample.py`` and ``launch/evaluate.py`
 an SFT workdir with ``--from-scratch``) and ``<out>/unigrpo`` (the RL workdir of
 ``configs/shapes_unigrpo.py``, started from it). Writes ``<out>/report.md``: strict accuracy on
 the 240 evaluation prompts before and after (without CFG, as the rollout samples, and with the
-configured text CFG), the reward curve (``reward_curve.png``) and image grids with the thinking
-text. Running it again resumes the RL run where it stopped and redoes the report.
+configured text CFG), the drawer probe (``unigrpo_jax.shapes.drawer_probe``: given plans drawn as
+planned, before and after), the reward curve (``reward_curve.png``) and image grids with the
+thinking text. Running it again resumes the RL run where it stopped and redoes the report.
 """
 
 import json
@@ -24,6 +25,7 @@ from ml_collections import config_flags
 
 from unigrpo_jax import config_files, viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.sft import train as sft_train
 from unigrpo_jax.train import loop, run_dir
@@ -60,14 +62,19 @@ def _sft_run_dir(out: str) -> str:
     return target
 
 
-def _evaluate(run, out_dir: str, scales: list[float]) -> dict:
+def _evaluate(run, out_dir: str, scales: list[float]) -> tuple[dict, dict]:
+    """Strict accuracy per CFG scale, and the drawer probe (one random plan per prompt)."""
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
     metadata = shapes_eval.load_prompts(os.path.join(config_files.ROOT, 'data', 'shapes_eval',
                                                      'eval_prompts.jsonl'))
     if _PER_TAG.value:
         metadata = shapes_eval.subset(metadata, _PER_TAG.value)
-    return shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,
-                             out_dir=out_dir, log=_say)
+    accuracy = shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,
+                                 out_dir=out_dir, log=_say)
+    drawer = drawer_probe.probe(run, tokenizer, metadata, samples=1, cfg_scale=1.0)
+    _say(f'drawer probe: {100 * drawer["all"]["drawn_as_planned"]:.1f}% of given plans drawn '
+         'as planned')
+    return accuracy, drawer
 
 
 def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
@@ -84,7 +91,19 @@ def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
             'eval reward (240 held-out prompts, ODE + CFG)': evals}
 
 
-def _report(out: str, before: dict, after: dict, step: int, minutes: dict) -> str:
+def _drawer_table(before: dict, after: dict) -> str:
+    lines = ['| plans | count | SFT: drawn as planned / strict | UniGRPO: drawn as planned / '
+             'strict |', '|---|---|---|---|']
+    for kind in sorted(set(before) | set(after)):
+        cells = [f'{100 * r[kind]["drawn_as_planned"]:.1f} / {100 * r[kind]["strict"]:.1f}'
+                 if kind in r else '' for r in (before, after)]
+        count = (before.get(kind) or after[kind])['plans']
+        lines.append(f'| {kind} | {count} | {cells[0]} | {cells[1]} |')
+    return '\n'.join(lines) + '\n'
+
+
+def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step: int,
+            minutes: dict) -> str:
     rows = {f'SFT (think), {k}': v for k, v in before.items()}
     rows.update({f'UniGRPO step {step}, {k}': v for k, v in after.items()})
     lines = [
@@ -94,6 +113,11 @@ def _report(out: str, before: dict, after: dict, step: int, minutes: dict) -> st
         'configured text CFG.', '',
         shapes_eval.markdown_table(rows), 'Change in overall accuracy (points): ' + ', '.join(
             f'{k}: {100 * (after[k]["overall"] - before[k]["overall"]):+.1f}' for k in before),
+        '', '## The drawer alone', '',
+        'One random plan per prompt (free colours and cells uniform, as in the SFT data) given '
+        'as the thinking, no CFG: % of images with exactly the planned objects / % strictly '
+        'correct (`launch/probe_drawer.py`). Prompts with two objects need the drawer to put '
+        'each shape and colour in its planned cell.', '', _drawer_table(*drawer),
         '', '## Reward', '', '![reward curve](reward_curve.png)', '',
         '## Samples after RL (prompt | thinking; green = correct)', '',
         *[f'![{k}](eval_unigrpo/grid_{k.replace("=", "_").replace(" ", "_")}.png)'
@@ -122,7 +146,7 @@ def main(argv):
     before_run = run_dir.load(sft_dir)
     scales = shapes_eval.default_cfg_scales(config.eval)
     _say(f'evaluating the SFT model ({before_run.checkpoint})')
-    before = _evaluate(before_run, os.path.join(out, 'eval_sft'), scales)
+    before, drawer_before = _evaluate(before_run, os.path.join(out, 'eval_sft'), scales)
     minutes['SFT + evaluation'] = (time.time() - start) / 60
 
     t = time.time()
@@ -136,12 +160,12 @@ def main(argv):
     t = time.time()
     after_run = run_dir.load(rl_dir)
     _say(f'evaluating the UniGRPO model (step {after_run.step})')
-    after = _evaluate(after_run, os.path.join(out, 'eval_unigrpo'), scales)
+    after, drawer_after = _evaluate(after_run, os.path.join(out, 'eval_unigrpo'), scales)
     minutes['evaluation after RL'] = (time.time() - t) / 60
     viz.plot_curves(os.path.join(out, 'reward_curve.png'), _reward_curves(rl_dir),
                     title='UniGRPO on ShapesEval', ylabel='partial-credit reward')
     minutes['total'] = (time.time() - start) / 60
-    path = _report(out, before, after, after_run.step, minutes)
+    path = _report(out, before, after, (drawer_before, drawer_after), after_run.step, minutes)
     for k in before:
         _say(f'{k}: overall {100 * before[k]["overall"]:.1f}% -> {100 * after[k]["overall"]:.1f}%')
     _say(f'report: {path} ({minutes["total"]:.1f} min)')
