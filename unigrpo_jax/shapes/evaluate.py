@@ -93,11 +93,11 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
         key = jax.random.fold_in(jax.random.key(seed), start // batch_size)
         forced = None
         if plans is not None:
-            chunk_plans = plans[start:start + batch_size]
-            chunk_plans = chunk_plans + [chunk_plans[-1]] * (batch_size - len(chunk))
+            texts_in = [plan.plan_text(p) for p in plans[start:start + batch_size]]
+            texts_in += [texts_in[-1]] * (batch_size - len(chunk))
+            segments = samples.encode_segments(tokenizer, config, texts_in)
             forced = tuple(map(jnp.asarray, samples.pad_segments(
-                samples.encode_segments(tokenizer, config, [plan.plan_text(p) for p in chunk_plans]),
-                max_think_tokens + 2, tokenizer.pad_token_id, 'think')))
+                segments, max_think_tokens + 2, tokenizer.pad_token_id, 'think')))
         imgs, tokens, mask = rollout.generate_eval(params, ae_params or {}, config, rc, sampler,
                                                    None, jnp.asarray(ids), jnp.asarray(lengths),
                                                    key, forced_think=forced)
