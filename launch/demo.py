@@ -25,6 +25,7 @@ from ml_collections import config_flags
 
 from unigrpo_jax import config_files, viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.sft import train as sft_train
@@ -65,8 +66,7 @@ def _sft_run_dir(out: str) -> str:
 def _evaluate(run, out_dir: str, scales: list[float]) -> tuple[dict, dict]:
     """Strict accuracy per CFG scale, and the drawer probe (one random plan per prompt)."""
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
-    metadata = shapes_eval.load_prompts(os.path.join(config_files.ROOT, 'data', 'shapes_eval',
-                                                     'eval_prompts.jsonl'))
+    metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
     if _PER_TAG.value:
         metadata = shapes_eval.subset(metadata, _PER_TAG.value)
     accuracy = shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,
@@ -91,17 +91,6 @@ def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
             'eval reward (240 held-out prompts, ODE + CFG)': evals}
 
 
-def _drawer_table(before: dict, after: dict) -> str:
-    lines = ['| plans | count | SFT: drawn as planned / strict | UniGRPO: drawn as planned / '
-             'strict |', '|---|---|---|---|']
-    for kind in sorted(set(before) | set(after)):
-        cells = [f'{100 * r[kind]["drawn_as_planned"]:.1f} / {100 * r[kind]["strict"]:.1f}'
-                 if kind in r else '' for r in (before, after)]
-        count = (before.get(kind) or after[kind])['plans']
-        lines.append(f'| {kind} | {count} | {cells[0]} | {cells[1]} |')
-    return '\n'.join(lines) + '\n'
-
-
 def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step: int,
             minutes: dict) -> str:
     rows = {f'SFT (think), {k}': v for k, v in before.items()}
@@ -117,7 +106,8 @@ def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step
         'One random plan per prompt (free colours and cells uniform, as in the SFT data) given '
         'as the thinking, no CFG: % of images with exactly the planned objects / % strictly '
         'correct (`launch/probe_drawer.py`). Prompts with two objects need the drawer to put '
-        'each shape and colour in its planned cell.', '', _drawer_table(*drawer),
+        'each shape and colour in its planned cell.', '',
+        drawer_probe.markdown_table({'SFT': drawer[0], f'UniGRPO step {step}': drawer[1]}),
         '', '## Reward', '', '![reward curve](reward_curve.png)', '',
         '## Samples after RL (prompt | thinking; green = correct)', '',
         *[f'![{k}](eval_unigrpo/grid_{k.replace("=", "_").replace(" ", "_")}.png)'

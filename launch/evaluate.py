@@ -17,16 +17,15 @@ import os
 
 from absl import app, flags
 
-from unigrpo_jax import config_files
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.train import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory (RL, SFT or an exported SFT '
                                'checkpoint).', required=True)
 _PROMPTS = flags.DEFINE_string(
-    'prompts', os.path.join(config_files.ROOT, 'data', 'shapes_eval', 'eval_prompts.jsonl'),
-    'ShapesEval prompts (GenEval format).')
+    'prompts', data_lib.SHAPES_EVAL_FILE, 'ShapesEval prompts (GenEval format).')
 _THINK = flags.DEFINE_enum('think', 'auto', ['auto', 'on', 'off', 'both'], 'Thinking.')
 _CFG = flags.DEFINE_list('cfg', None, 'Text CFG scales (1 = off); default: 1 and the run\'s '
                          'scale.')

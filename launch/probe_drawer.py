@@ -8,12 +8,11 @@ teacher-forced thinking; prints, per kind of plan (object count, shared colour, 
 cells), how many images show exactly the plan and how many are strictly correct.
 """
 
-import os
 
 from absl import app, flags
 
-from unigrpo_jax import config_files
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.train import run_dir
@@ -21,8 +20,7 @@ from unigrpo_jax.train import run_dir
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory of a thinking model.',
                                required=True)
 _PROMPTS = flags.DEFINE_string(
-    'prompts', os.path.join(config_files.ROOT, 'data', 'shapes_eval', 'eval_prompts.jsonl'),
-    'ShapesEval prompts (GenEval format).')
+    'prompts', data_lib.SHAPES_EVAL_FILE, 'ShapesEval prompts (GenEval format).')
 _SAMPLES = flags.DEFINE_integer('samples', 4, 'Random plans per prompt.', lower_bound=1)
 _CFG = flags.DEFINE_float('cfg', 1.0, 'Text CFG scale (1 = off).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the plans and the noise.')
@@ -37,7 +35,7 @@ def main(argv):
     rows = drawer_probe.probe(run, tokenizer, metadata, samples=_SAMPLES.value,
                               cfg_scale=_CFG.value, seed=_SEED.value)
     print(f'{run.checkpoint}: {len(metadata)} prompts x {_SAMPLES.value} plans, cfg {_CFG.value:g}')
-    print(drawer_probe.markdown_table(rows))
+    print(drawer_probe.markdown_table({run.checkpoint: rows}))
 
 
 if __name__ == '__main__':

@@ -23,6 +23,7 @@ from absl import app, flags
 
 from unigrpo_jax import config_files, viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.shapes import prompts as shapes_prompts
 from unigrpo_jax.train import loop, run_dir
@@ -70,8 +71,7 @@ def _evaluate(directory: str, seed: int, out_dir: str) -> dict:
             return json.load(f)
     run = run_dir.load(directory)
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
-    metadata = shapes_eval.load_prompts(os.path.join(config_files.ROOT, 'data', 'shapes_eval',
-                                                     'eval_prompts.jsonl'))
+    metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
     return shapes_eval.sweep(run, tokenizer, metadata, thinks=[run.think],
                              cfg_scales=[float(c) for c in _CFG.value], out_dir=out_dir,
                              seed=seed, log=_say)

@@ -58,8 +58,18 @@ def probe(run, tokenizer, metadata: list[dict], *, samples: int, cfg_scale: floa
             for kind, rows in sorted(groups.items())}
 
 
-def markdown_table(rows: dict[str, dict]) -> str:
-    lines = ['| plans | count | drawn as planned (%) | strict (%) |', '|---|---|---|---|']
-    lines += [f'| {kind} | {r["plans"]} | {100 * r["drawn_as_planned"]:.1f} | '
-              f'{100 * r["strict"]:.1f} |' for kind, r in rows.items()]
+def markdown_table(results: dict[str, dict[str, dict]]) -> str:
+    """``{model name: probe() rows}`` (same prompts and seed) -> one table: a row per plan kind,
+    a column per model with "% drawn as planned / % strict"."""
+    names = list(results)
+    kinds = sorted({kind for rows in results.values() for kind in rows})
+    lines = ['| plans | count | ' + ' | '.join(f'{n}: drawn as planned / strict (%)'
+                                               for n in names) + ' |',
+             '|---|---|' + '---|' * len(names)]
+    for kind in kinds:
+        counts = {rows[kind]['plans'] for rows in results.values() if kind in rows}
+        cells = [f'{100 * rows[kind]["drawn_as_planned"]:.1f} / {100 * rows[kind]["strict"]:.1f}'
+                 if kind in rows else '' for rows in results.values()]
+        lines.append(f'| {kind} | {"/".join(map(str, sorted(counts)))} | ' + ' | '.join(cells)
+                     + ' |')
     return '\n'.join(lines) + '\n'
