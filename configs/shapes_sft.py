@@ -71,6 +71,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # points (checkpoints/shapes_sft_{think,nothink}) use this budget; 3500 steps reach 97.5%
     # (checkpoints/shapes_sft_think_long), which leaves RL nothing to measure.
     config.steps = 1000
+    # End at this step of the `steps`-long schedule (an intermediate model, the learning rate not
+    # yet decayed); 0: train all `steps`. The shipped RL starting points use it (checkpoints/).
+    config.stop_after = 0
     config.log_every = 50
     config.checkpoint_every = 500  # params-only checkpoints workdir/step_{k}/
     config.eval_every = 500        # quick eval (eval.quick_per_tag prompts per tag), 0 = off

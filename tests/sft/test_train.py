@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 import flax.linen as nn
 
 from configs import shapes_sft
@@ -54,3 +55,22 @@ def test_launchers_train_checkpoint_evaluate(tmp_path, launch):
                    '--per_tag=1', f'--out={tmp_path / "sweep"}'])
     assert '| think=on cfg=2 |' in stdout
     assert os.path.exists(tmp_path / 'sweep' / 'grid_think_on_cfg_2.png')
+
+
+def test_stop_after_ends_early_on_the_long_schedule(tmp_path, launch):
+    workdir, export = str(tmp_path / 'run'), str(tmp_path / 'export')
+    stdout = launch(['launch/train_sft.py', '--config=configs/shapes_sft.py:nothink,test',
+                     f'--workdir={workdir}', f'--export_dir={export}', '--config.steps=8',
+                     '--config.stop_after=3', '--config.log_every=1', '--config.checkpoint_every=0',
+                     '--config.eval.final_per_tag=1', '--config.eval.cfg_text_scale=1'])
+    assert '8 steps (stopping after 3)' in stdout and 'step 3/3' in stdout
+    assert 'step 4/' not in stdout
+    manifest = json.load(open(os.path.join(export, 'MANIFEST.json')))
+    assert (manifest['steps'], manifest['schedule_steps']) == (3, 8)
+
+
+def test_stop_after_outside_the_schedule_is_an_error():
+    cfg = shapes_sft.get_config('think,test')
+    cfg.stop_after = cfg.steps + 1
+    with pytest.raises(ValueError, match='stop_after'):
+        train.end_step(cfg)

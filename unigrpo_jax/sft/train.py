@@ -72,6 +72,16 @@ def git_commit() -> str:
     return head + ('+dirty' if dirty and dirty != 'unknown' else '')
 
 
+def end_step(config: ml_collections.ConfigDict) -> int:
+    """The step SFT ends at: ``config.stop_after`` if set (the learning-rate schedule still spans
+    ``config.steps``, so this is an intermediate model of that run), else ``config.steps``."""
+    stop_after = int(config.stop_after)
+    if not 0 <= stop_after <= config.steps:
+        raise ValueError(f'stop_after={stop_after} must lie in [0, steps={config.steps}] '
+                         '(0: train all the steps)')
+    return stop_after or int(config.steps)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | None = None,
           command: str = '', log=print) -> dict:
     """Runs SFT, checkpoints, evaluates at the end; returns the final evaluation rows."""
@@ -91,6 +101,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     else:
         params = nn.unbox(bagel.init_params(model, jax.random.key(config.seed)))
     n_params = sum(x.size for x in jax.tree.leaves(params))
+    last = end_step(config)
     optimizer = sft_step.make_optimizer(config.optimizer, config.steps)
     state = sft_step.init_state(params, optimizer)
     train_step = sft_step.make_train_step(model, lay, config.loss, optimizer, config.seed)
@@ -100,8 +111,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
         examples = sft_samples.load(config.data.num_examples, config.seed,
                                     config.data.data_dir or os.path.join(workdir, 'tfds'))
         log(f'SFT data: {config.data.num_examples} fixed samples (tensorflow-datasets)')
+    stop = f' (stopping after {last})' if last < config.steps else ''
     log(f'SFT think={config.think}: {n_params / 1e6:.2f}M params, layout {lay}, '
-        f'batch {config.data.batch_size}, {config.steps} steps -> {workdir}')
+        f'batch {config.data.batch_size}, {config.steps} steps{stop} -> {workdir}')
 
     def save(name: str):
         checkpoint.save(os.path.join(workdir, name), model, jax.device_get(state.params),
@@ -125,7 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     start = time.time()
     window_start, window_steps = time.time(), 0
     sums: dict[str, float] = {}
-    for k in range(1, config.steps + 1):
+    for k in range(1, last + 1):
         if examples is None:
             batch = samples.sample_batch(rng, tokenizer, model, lay, config.data.batch_size,
                                          config.data.text_dropout)
@@ -137,28 +149,28 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
         window_steps += 1
         for name, value in metrics.items():  # device scalars; summed lazily
             sums[name] = sums.get(name, 0.0) + value
-        if k % config.log_every == 0 or k == config.steps:
+        if k % config.log_every == 0 or k == last:
             means = {name: float(v) / window_steps for name, v in sums.items()}
             if not np.isfinite(means['loss']):
                 raise FloatingPointError(f'non-finite loss at step {k}: {means}')
             now = time.time()
             rate = window_steps / (now - window_start)
-            eta = (config.steps - k) / rate
-            log(f'step {k}/{config.steps} ' + ' '.join(f'{n}={v:.4f}' for n, v in means.items())
+            eta = (last - k) / rate
+            log(f'step {k}/{last} ' + ' '.join(f'{n}={v:.4f}' for n, v in means.items())
                 + f' | {rate:.2f} steps/s, {now - start:.0f}s elapsed, ETA {eta / 60:.1f} min')
             _log(workdir, dict(step=k, time=now - start, steps_per_s=rate, **means))
             window_start, window_steps, sums = now, 0, {}
-        if config.checkpoint_every and k % config.checkpoint_every == 0 and k < config.steps:
+        if config.checkpoint_every and k % config.checkpoint_every == 0 and k < last:
             save(f'step_{k}')
-        if config.eval_every and k % config.eval_every == 0 and k < config.steps:
+        if config.eval_every and k % config.eval_every == 0 and k < last:
             quick_eval(k)
     train_time = time.time() - start
     save(FINAL)
-    log(f'trained {config.steps} steps in {train_time / 60:.1f} min; final evaluation')
+    log(f'trained {last} steps in {train_time / 60:.1f} min; final evaluation')
     rows = evaluate(config.eval.final_per_tag or None, shapes_eval.default_cfg_scales(config.eval),
                     os.path.join(workdir, 'eval'))
     for name, row in rows.items():
-        _log(workdir, dict(step=config.steps, eval=name, per_tag=None, **row))
+        _log(workdir, dict(step=last, eval=name, per_tag=None, **row))
     if export_dir:
         export(workdir, export_dir, config, command=command, train_time=train_time, rows=rows,
                commit=commit)
@@ -177,7 +189,8 @@ def export(workdir: str, export_dir: str, config, *, command: str, train_time: f
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         curve = [r for r in map(json.loads, f) if 'eval' in r]
     manifest = dict(command=command, git_commit=commit, think=bool(config.think),
-                    steps=int(config.steps), batch_size=int(config.data.batch_size),
+                    steps=end_step(config), schedule_steps=int(config.steps),
+                    batch_size=int(config.data.batch_size),
                     train_wall_time_s=round(train_time, 1), accuracy=rows,
                     learning_curve=curve, workdir=os.path.abspath(workdir))
     with open(os.path.join(export_dir, 'MANIFEST.json'), 'w') as f:
