@@ -36,10 +36,10 @@ def _model(hidden: int, layers: int, heads: int, kv_heads: int, mlp: int) -> dic
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = set((arg or 'think').split(','))
-    unknown = args - {'think', 'nothink', 'test'}
-    if unknown or {'think', 'nothink'} <= args:
+    unknown = args - {'think', 'nothink', 'test', 'stage1', 'stage2'}
+    if unknown or {'think', 'nothink'} <= args or {'stage1', 'stage2'} <= args:
         raise ValueError(f'unknown config argument {arg!r}; expected think | nothink, '
-                         'optionally with ,test (or test alone)')
+                         'optionally with ,stage1 | ,stage2 and ,test (or test alone)')
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.think = 'nothink' not in args
@@ -63,8 +63,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     config.loss = ml_collections.ConfigDict(dict(ce_weight=1.0, mse_weight=1.0))
     config.optimizer = ml_collections.ConfigDict(dict(
-        lr=1e-3, warmup_steps=100, final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8,
-        weight_decay=1e-4, grad_clip=1.0))
+        lr=1e-3, warmup_steps=50 if 'stage2' in args else 100, final_lr_fraction=0.1, b1=0.9,
+        b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip=1.0))
 
     config.init_from = ''  # a checkpoint directory to start from (fresh optimizer), or ''
     # Batch 64 takes 0.56 s/step on 2 idle cores: 1000 steps ~10 min. Both shipped RL starting
@@ -72,8 +72,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (checkpoints/shapes_sft_think_long), which leaves RL nothing to measure.
     config.steps = 1000
     # End at this step of the `steps`-long schedule (an intermediate model, the learning rate not
-    # yet decayed); 0: train all `steps`. The shipped RL starting points use it (checkpoints/).
+    # yet decayed); 0: train all `steps`.
     config.stop_after = 0
+    # The shipped RL starting points (checkpoints/README.md) are 2000 SFT steps in two stages:
+    # `stage1` = 500 steps of a 3500-step schedule; `stage2` = 1500 steps of a 3000-step
+    # continuation from it (fresh optimizer, pass --config.init_from=<stage 1>/final). Run to
+    # its end, the same 2000-step budget solves the world (98.8%) and leaves RL nothing to do.
+    if 'stage1' in args:
+        config.steps, config.stop_after = 3500, 500
+    if 'stage2' in args:
+        config.steps, config.stop_after = 3000, 1500
     config.log_every = 50
     config.checkpoint_every = 500  # params-only checkpoints workdir/step_{k}/
     config.eval_every = 500        # quick eval (eval.quick_per_tag prompts per tag), 0 = off
@@ -98,6 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.data.batch_size = 8
         config.optimizer.update(lr=3e-3, warmup_steps=2)
         config.steps = 20
+        config.stop_after = 10 if config.stop_after else 0
         config.log_every = 5
         config.checkpoint_every = 10
         config.eval_every = 0

@@ -1,7 +1,7 @@
 r"""The ShapesEval demo: UniGRPO from the shipped SFT model, evaluated before and after.
 
     make demo                                  # = python launch/demo.py (after the install)
-    python launch/demo.py --from-scratch       # redo the SFT (about 10-20 min more) first
+    python launch/demo.py --from-scratch       # redo the SFT first (two stages, ~25 min more)
     python launch/demo.py --config.total_steps=10 --out=/tmp/demo   # shorter
 
 Run directories (each accepted by ``launch/sample.py`` and ``launch/evaluate.py``):
@@ -38,6 +38,8 @@ _OUT = flags.DEFINE_string('out', os.path.join('runs', 'shapes_demo'), 'Output d
 _FROM_SCRATCH = flags.DEFINE_bool('from-scratch', False, 'Train the SFT model first '
                                   '(configs/shapes_sft.py:think) instead of copying the shipped '
                                   'one.')
+_SFT_TEST = flags.DEFINE_enum('sft_scale', '', ['', ',test'], 'With --from-scratch: \',test\' '
+                               'trains the tiny SFT config of the tests instead.')
 _PER_TAG = flags.DEFINE_integer('eval_per_tag', None, 'Evaluate only the first N prompts of '
                                 'each tag (default: all 40).')
 _SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
@@ -51,12 +53,18 @@ def _sft_run_dir(out: str) -> str:
     target = os.path.join(out, 'sft_think')
     if _FROM_SCRATCH.value and os.path.isdir(os.path.join(target, run_dir.SFT_FINAL)):
         _say(f'reusing the SFT model trained earlier in {target} (delete it to retrain)')
-    elif _FROM_SCRATCH.value:
-        config = config_files.load(os.path.join(config_files.CONFIGS, 'shapes_sft.py'), 'think')
-        config.tokenizer = os.path.join(config_files.ROOT, config.tokenizer)
-        config.eval_prompts = os.path.join(config_files.ROOT, config.eval_prompts)
-        _say(f'SFT with thinking from scratch ({config.steps} steps) -> {target}')
-        sft_train.train(config, target, command=' '.join(['python', *sys.argv]), log=_say)
+    elif _FROM_SCRATCH.value:  # the shipped model's two stages (configs/shapes_sft.py)
+        init_from = ''
+        for stage, workdir in (('stage1', target + '_stage1'), ('stage2', target)):
+            config = config_files.load(os.path.join(config_files.CONFIGS, 'shapes_sft.py'),
+                                       f'think,{stage}' + _SFT_TEST.value)
+            config.tokenizer = os.path.join(config_files.ROOT, config.tokenizer)
+            config.eval_prompts = os.path.join(config_files.ROOT, config.eval_prompts)
+            config.init_from = init_from
+            _say(f'SFT with thinking from scratch, {stage} ({config.stop_after} of '
+                 f'{config.steps} steps) -> {workdir}')
+            sft_train.train(config, workdir, command=' '.join(['python', *sys.argv]), log=_say)
+            init_from = os.path.join(workdir, run_dir.SFT_FINAL)
     elif not os.path.isdir(target):
         _say(f'copying the shipped SFT model {_SHIPPED} -> {target}')
         shutil.copytree(_SHIPPED, target)

@@ -26,3 +26,15 @@ def test_demo_writes_runs_and_report(tmp_path, launch):
         launch(['launch/sample.py', f'--workdir={out / run}', f'--prompts={prompts}',
                 f'--out={tmp_path / run}'])
         assert (tmp_path / run / '2_0.png').exists()
+
+
+def test_demo_from_scratch_trains_both_sft_stages(tmp_path, launch):
+    out = tmp_path / 'demo'
+    stdout = launch(['launch/demo.py', '--config=configs/shapes_unigrpo.py:test',
+                     '--config.parallelism.num_devices=1', f'--out={out}', '--eval_per_tag=1',
+                     '--from-scratch', '--sft_scale=,test', '--config.total_steps=1'],
+                    timeout=600)
+    assert 'stage1 (10 of 20 steps)' in stdout and 'stage2 (10 of 20 steps)' in stdout
+    assert 'initialised from' in stdout and 'report:' in stdout
+    for path in ('sft_think_stage1/final', 'sft_think/final', 'unigrpo/rl_config.json'):
+        assert (out / path).exists(), path
