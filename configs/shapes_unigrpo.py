@@ -7,7 +7,8 @@ r"""UniGRPO on ShapesEval (shapes_eval.md): think, then draw, from the shipped S
 The paper's recipe (algorithm.md §7: temperature 1, 25 training timesteps, shift 3, noise 0.8,
 SDE window of 3 steps, flow clip 1e-6, 2 PPO epochs, CFG-free rollout) on the tiny pixel-space
 Bagel of ``configs/shapes_sft.py``, scaled to a 2-core CPU (8 prompts x group 8 per step,
-120 steps: about 15 min). Three deviations, each measured (docs/results.md, "Tuning"):
+40 steps: about 5 min; the validation probes of docs/results.md chose 40 over 80 and 120). Three
+deviations, each measured (docs/results.md, "Tuning"):
 
 * learning rates 1e-5 (understanding) / 1e-4 (generation) for a 2.2M-parameter model (the
   paper's 1e-6 / 3e-5 are for 7B; 3e-5 / 3e-4 collapsed the reward);
@@ -38,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = 'float32'  # bf16 matmuls are slower than f32 on CPUs
     config.tokenizer = os.path.join(root, sft.tokenizer)
     config.system_prompt = ''  # the SFT layout has no system segment
-    config.total_steps = 120
+    config.total_steps = 40
     config.batch_size = 8
     config.data.update(train='shapes_train', eval='shapes_eval',
                        max_prompt_tokens=sft.data.max_prompt_tokens)
