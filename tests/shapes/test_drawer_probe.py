@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.rollout import eval_sampler
@@ -58,3 +59,26 @@ def test_probe_launcher(tmp_path, launch):
             if line.startswith('| ') and 'count' not in line}
     assert rows['all'].split('|')[2].strip() == '6'
     assert rows['1 object'].split('|')[2].strip() == '3'
+
+
+def test_cross_launcher_draws_another_models_plans(tmp_path, launch):
+    """The SFT model's plans drawn by itself score what its own evaluation scores when the
+    image noise is the same (greedy plans, same seed, one batch)."""
+    prompts = tmp_path / 'p.jsonl'
+    meta = evaluate.subset(evaluate.load_prompts(
+        os.path.join(REPO, 'data', 'shapes_eval', 'eval_prompts.jsonl')), 2)  # 2 of each tag
+    prompts.write_text(''.join(json.dumps(m) + '\n' for m in meta))
+    stdout = launch(['launch/probe_drawer.py', f'--workdir={SFT_THINK}', f'--prompts={prompts}',
+                     f'--planners={SFT_THINK}'])
+    assert '12 prompts, cfg 1, strict accuracy (%)' in stdout
+    row = [line for line in stdout.splitlines() if line.startswith('| plans of ')]
+    assert len(row) == 1 and row[0].split('|')[-2].strip() == '100.0'  # plan_parsed
+    run = run_dir.load(SFT_THINK)
+    tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
+    own = evaluate.evaluate(run.params, run.model, tokenizer, meta, think=True,
+                            sampler=eval_sampler.sampler_config(run.eval, 1.0),
+                            max_think_tokens=run.max_think_tokens,
+                            prompt_len=run.max_prompt_tokens, batch_size=80)
+    crossed = drawer_probe.cross(run, run, tokenizer, meta, cfg_scale=1.0)
+    assert 0 < own.accuracy['overall'] < 1, own.accuracy  # not trivially all right or wrong
+    assert crossed == pytest.approx({**own.accuracy, 'plan_parsed': 1.0})

@@ -7,6 +7,9 @@ exactly as planned (the detector finds the plan's objects and nothing else) and 
 correct for its prompt. Results are grouped by what the plan asks of the drawer: how many
 objects, whether they share one colour, and whether two of them sit in neighbouring cells
 (8-neighbourhood), where a drawer that binds shapes to cells loosely mixes them up.
+
+``cross`` separates planning from drawing between two models: one model's greedy plans drawn by
+the other (e.g. the SFT model's plans drawn by the RL model: what RL changed in the drawing).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from collections import defaultdict
 
 import numpy as np
 
+from unigrpo_jax.rewards import geneval
 from unigrpo_jax.rollout import eval_sampler
-from unigrpo_jax.shapes import detector, evaluate, prompts, world
+from unigrpo_jax.shapes import detector, evaluate, plan, prompts, world
 
 
 def plan_kind(layout: world.Layout) -> str:
@@ -73,3 +77,34 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
         lines.append(f'| {kind} | {"/".join(map(str, sorted(counts)))} | ' + ' | '.join(cells)
                      + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def cross(planner, drawer, tokenizer, metadata: list[dict], *, cfg_scale: float, seed: int = 0,
+          batch_size: int = 80) -> dict[str, float]:
+    """Strict accuracy per tag (and ``'overall'``) of ``drawer`` drawing ``planner``'s plans.
+
+    Both are ``train.run_dir.Run`` of thinking models with the same tokenizer. The planner's
+    greedy plans (as its evaluation makes them, same seed) are teacher-forced into the drawer;
+    a prompt whose plan does not parse counts as wrong. Also returns ``'plan_parsed'``.
+    """
+    for run in (planner, drawer):
+        if not run.think:
+            raise ValueError(f'{run.directory} was trained without thinking: no plans')
+
+    def run_eval(run, items, plans=None):
+        return evaluate.evaluate(
+            run.params, run.model, tokenizer, items, think=True,
+            sampler=eval_sampler.sampler_config(run.eval, cfg_scale),
+            max_think_tokens=run.max_think_tokens, prompt_len=run.max_prompt_tokens,
+            image_size=run.image_size, batch_size=batch_size, seed=seed,
+            ae_params=run.ae_params, plans=plans)
+
+    layouts = [plan.parse_plan(text) for text in run_eval(planner, metadata).think_texts]
+    parsed = [i for i, layout in enumerate(layouts) if layout is not None]
+    correct = [False] * len(metadata)
+    if parsed:
+        drawn = run_eval(drawer, [metadata[i] for i in parsed], [layouts[i] for i in parsed])
+        for i, ok in zip(parsed, drawn.correct):
+            correct[i] = ok
+    accuracy = geneval.tag_accuracy([(m['tag'], c) for m, c in zip(metadata, correct)])
+    return {**accuracy, 'plan_parsed': len(parsed) / len(metadata)}
