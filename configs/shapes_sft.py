@@ -67,9 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip=1.0))
 
     config.init_from = ''  # a checkpoint directory to start from (fresh optimizer), or ''
-    # Batch 64 takes 0.56 s/step on 2 idle cores: 1000 steps ~10 min. Both shipped RL starting
-    # points (checkpoints/shapes_sft_{think,nothink}) use this budget; 3500 steps reach 97.5%
-    # (checkpoints/shapes_sft_think_long), which leaves RL nothing to measure.
+    # Batch 64 takes 0.56 s/step on 2 idle cores: 1000 steps ~10 min (59% with thinking: a
+    # drawer that cannot yet put two colours where planned, which RL does not teach); 3500
+    # steps reach 97.5% (checkpoints/shapes_sft_think_long), which leaves RL nothing to measure.
     config.steps = 1000
     # End at this step of the `steps`-long schedule (an intermediate model, the learning rate not
     # yet decayed); 0: train all `steps`.

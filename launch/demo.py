@@ -35,10 +35,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(config_files.CONFIGS, 'shapes_unigrpo.py'), 'RL config.',
     lock_config=False)
 _OUT = flags.DEFINE_string('out', os.path.join('runs', 'shapes_demo'), 'Output directory.')
-_FROM_SCRATCH = flags.DEFINE_bool('from-scratch', False, 'Train the SFT model first '
-                                  '(configs/shapes_sft.py:think) instead of copying the shipped '
-                                  'one.')
-_SFT_TEST = flags.DEFINE_enum('sft_scale', '', ['', ',test'], 'With --from-scratch: \',test\' '
+_FROM_SCRATCH = flags.DEFINE_bool('from-scratch', False, 'Train the SFT model first, as the '
+                                  'shipped one was (configs/shapes_sft.py:think,stage1 then '
+                                  ':think,stage2), instead of copying it.')
+_SFT_SCALE = flags.DEFINE_enum('sft_scale', '', ['', ',test'], 'With --from-scratch: \',test\' '
                                'trains the tiny SFT config of the tests instead.')
 _PER_TAG = flags.DEFINE_integer('eval_per_tag', None, 'Evaluate only the first N prompts of '
                                 'each tag (default: all 40).')
@@ -57,7 +57,7 @@ def _sft_run_dir(out: str) -> str:
         init_from = ''
         for stage, workdir in (('stage1', target + '_stage1'), ('stage2', target)):
             config = config_files.load(os.path.join(config_files.CONFIGS, 'shapes_sft.py'),
-                                       f'think,{stage}' + _SFT_TEST.value)
+                                       f'think,{stage}' + _SFT_SCALE.value)
             config.tokenizer = os.path.join(config_files.ROOT, config.tokenizer)
             config.eval_prompts = os.path.join(config_files.ROOT, config.eval_prompts)
             config.init_from = init_from
