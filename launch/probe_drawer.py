@@ -14,7 +14,6 @@ model show what RL changed in the drawing, the RL model's plans drawn by the SFT
 changed in the planning.
 """
 
-
 from absl import app, flags
 
 from unigrpo_jax.convert import tokenizer as tokenizer_lib

@@ -19,7 +19,6 @@ from collections import defaultdict
 import numpy as np
 
 from unigrpo_jax.rewards import geneval
-from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.shapes import detector, evaluate, plan, prompts, world
 
 
@@ -46,12 +45,8 @@ def probe(run, tokenizer, metadata: list[dict], *, samples: int, cfg_scale: floa
     rng = np.random.default_rng(seed)
     items = [m for m in metadata for _ in range(samples)]
     layouts = [prompts.sample_layout(m, rng) for m in items]
-    result = evaluate.evaluate(
-        run.params, run.model, tokenizer, items, think=True,
-        sampler=eval_sampler.sampler_config(run.eval, cfg_scale),
-        max_think_tokens=run.max_think_tokens, prompt_len=run.max_prompt_tokens,
-        image_size=run.image_size, batch_size=batch_size, seed=seed, ae_params=run.ae_params,
-        plans=layouts)
+    result = evaluate.evaluate_run(run, tokenizer, items, think=True, cfg_scale=cfg_scale,
+                                   seed=seed, batch_size=batch_size, plans=layouts)
     groups = defaultdict(list)
     for layout, image, correct in zip(layouts, result.images, result.correct):
         as_planned = evaluate.drawn_as_planned(detector.detect(image), layout)
@@ -90,20 +85,14 @@ def cross(planner, drawer, tokenizer, metadata: list[dict], *, cfg_scale: float,
     for run in (planner, drawer):
         if not run.think:
             raise ValueError(f'{run.directory} was trained without thinking: no plans')
-
-    def run_eval(run, items, plans=None):
-        return evaluate.evaluate(
-            run.params, run.model, tokenizer, items, think=True,
-            sampler=eval_sampler.sampler_config(run.eval, cfg_scale),
-            max_think_tokens=run.max_think_tokens, prompt_len=run.max_prompt_tokens,
-            image_size=run.image_size, batch_size=batch_size, seed=seed,
-            ae_params=run.ae_params, plans=plans)
-
-    layouts = [plan.parse_plan(text) for text in run_eval(planner, metadata).think_texts]
+    settings = dict(think=True, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+    planned = evaluate.evaluate_run(planner, tokenizer, metadata, **settings)
+    layouts = [plan.parse_plan(text) for text in planned.think_texts]
     parsed = [i for i, layout in enumerate(layouts) if layout is not None]
     correct = [False] * len(metadata)
     if parsed:
-        drawn = run_eval(drawer, [metadata[i] for i in parsed], [layouts[i] for i in parsed])
+        drawn = evaluate.evaluate_run(drawer, tokenizer, [metadata[i] for i in parsed],
+                                      plans=[layouts[i] for i in parsed], **settings)
         for i, ok in zip(parsed, drawn.correct):
             correct[i] = ok
     accuracy = geneval.tag_accuracy([(m['tag'], c) for m, c in zip(metadata, correct)])

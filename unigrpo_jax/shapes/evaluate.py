@@ -128,6 +128,17 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
                       accuracy=accuracy, plan_stats=stats)
 
 
+def evaluate_run(run, tokenizer, metadata: list[dict], *, think: bool, cfg_scale: float,
+                 seed: int = 0, batch_size: int = 80, plans: list | None = None) -> EvalResult:
+    """``evaluate`` with a ``train.run_dir.Run``: its params, model, autoencoder, sequence sizes
+    and evaluation sampler at text-CFG scale ``cfg_scale``."""
+    return evaluate(run.params, run.model, tokenizer, metadata, think=think,
+                    sampler=eval_sampler.sampler_config(run.eval, cfg_scale),
+                    max_think_tokens=run.max_think_tokens, prompt_len=run.max_prompt_tokens,
+                    image_size=run.image_size, batch_size=batch_size, seed=seed,
+                    ae_params=run.ae_params, plans=plans)
+
+
 def markdown_table(rows: dict[str, dict]) -> str:
     """Rows ``{name: accuracy dict (+ plan stats)}`` -> a markdown table, accuracies in %."""
     columns = [*prompts.TAGS, 'overall']
@@ -197,11 +208,8 @@ def sweep(run, tokenizer, metadata: list[dict], *, thinks: list[bool], cfg_scale
         for scale in cfg_scales:
             name = f'think={"on" if think else "off"} cfg={scale:g}'
             start = time.time()
-            result = evaluate(run.params, run.model, tokenizer, metadata, think=think,
-                              sampler=eval_sampler.sampler_config(run.eval, scale),
-                              max_think_tokens=run.max_think_tokens,
-                              prompt_len=run.max_prompt_tokens, image_size=run.image_size,
-                              batch_size=batch_size, seed=seed, ae_params=run.ae_params)
+            result = evaluate_run(run, tokenizer, metadata, think=think, cfg_scale=scale,
+                                  seed=seed, batch_size=batch_size)
             rows[name] = {**result.accuracy, **result.plan_stats}
             log(f'eval {name}: overall {100 * result.accuracy["overall"]:.1f}% '
                 f'({len(metadata)} prompts, {time.time() - start:.0f}s) {rows[name]}')
