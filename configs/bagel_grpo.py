@@ -47,10 +47,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.distributed = 'auto'  # jax.distributed.initialize(): auto (launcher env) | on | off
 
     # Rollout (training data): temperature 1, 25 steps, shift 3, SDE window of 3 starting in
-    # {0, 1, 2} (range [0, 5]), noise level 0.8, 1024 px, group size 24.
+    # {0, 1, 2} (range [0, 5]), noise level 0.8, 1024 px, group size 24. Whether the policy
+    # thinks and whether there is a window follow from objective.mode (train/settings.py):
+    # flowgrpo draws without reasoning, textgrpo draws by the ODE alone (no window).
     config.rollout = ml_collections.ConfigDict(dict(
         group_size=24,
-        think=True,
         max_think_tokens=1024,
         temperature=1.0,
         top_k=0,
@@ -86,6 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.num_minibatches = 1  # per rollout batch and epoch
     config.optimizer = ml_collections.ConfigDict(dict(
         lr_und=1e-6, lr_gen=3e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+        warmup_steps=0,  # linear warm-up updates (0: none)
         final_lr_fraction=1.0))  # 1: constant rates (the paper); < 1: cosine decay to it
 
     # LoRA on both experts' projections (the reference is then the base: adapters off).

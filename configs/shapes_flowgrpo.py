@@ -13,6 +13,5 @@ from unigrpo_jax import config_files
 def get_config(arg: str | None = None):
     config = config_files.load(config_files.sibling(__file__, 'shapes_unigrpo.py'), arg)
     config.model.checkpoint = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_nothink')
-    config.objective.mode = 'flowgrpo'
-    config.rollout.think = False
+    config.objective.mode = 'flowgrpo'  # no reasoning: the no-think SFT model's layout
     return config

@@ -62,9 +62,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         data_dir='',             # where that dataset is prepared ('': <workdir>/tfds)
     ))
     config.loss = ml_collections.ConfigDict(dict(ce_weight=1.0, mse_weight=1.0))
+    # The RL optimizer (train/optimizer.py) with one rate for both experts.
     config.optimizer = ml_collections.ConfigDict(dict(
-        lr=1e-3, warmup_steps=50 if 'stage2' in args else 100, final_lr_fraction=0.1, b1=0.9,
-        b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip=1.0))
+        lr_und=1e-3, lr_gen=1e-3, warmup_steps=50 if 'stage2' in args else 100,
+        final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip=1.0))
+
+    # The RL train step's mesh and strategies (configs/bagel_grpo.py); one device by default
+    # (the shipped models were trained on one; -1: all devices, batch split over them).
+    config.parallelism = ml_collections.ConfigDict(dict(
+        mesh=(-1, 1, 1), strategy='dp', num_devices=1, rules=ml_collections.ConfigDict()))
 
     config.init_from = ''  # a checkpoint directory to start from (fresh optimizer), or ''
     # Batch 64 takes 0.56 s/step on 2 idle cores: 1000 steps ~10 min (59% with thinking: a
@@ -104,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if 'test' in args:
         config.model.random = _model(hidden=32, layers=2, heads=2, kv_heads=1, mlp=64)
         config.data.batch_size = 8
-        config.optimizer.update(lr=3e-3, warmup_steps=2)
+        config.optimizer.update(lr_und=3e-3, lr_gen=3e-3, warmup_steps=2)
         config.steps = 20
         config.stop_after = 10 if config.stop_after else 0
         config.log_every = 5

@@ -10,6 +10,5 @@ from unigrpo_jax import config_files
 
 def get_config(arg: str | None = None):
     config = config_files.load(config_files.sibling(__file__, 'shapes_unigrpo.py'), arg)
-    config.objective.mode = 'textgrpo'
-    config.rollout.update(window_size=0, window_max_start=0)
+    config.objective.mode = 'textgrpo'  # no SDE window: images by the ODE
     return config

@@ -15,7 +15,7 @@ Measures, after a warm-up (compiling) call, the median of ``--repeats`` timed ca
 
 and counts XLA compilations of the first and of a second call with new inputs (the second must
 compile nothing). On a GPU it adds the fraction of the HBM-bandwidth roofline reached by a
-decode step and of the peak bf16 FLOP/s reached by a denoising step (``unigrpo_jax.perf``).
+decode step and of the peak bf16 FLOP/s reached by a denoising step (``unigrpo_jax.bench.perf``).
 ``--shapes=7b`` (accelerator only) replaces the config's model by random bf16 weights of
 Bagel-7B's sizes; ``docs/performance.md`` has the results and the analytic expectations.
 """
@@ -28,8 +28,9 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from unigrpo_jax import perf
-from unigrpo_jax.model import autoencoder, context, factory, latents
+from unigrpo_jax.bench import perf
+from unigrpo_jax.convert import factory
+from unigrpo_jax.model import autoencoder, context, latents
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rollout import rollout
 
@@ -228,7 +229,7 @@ def main(argv):
     header = _header(config, rc, device, peak)
     if jax.default_backend() == 'gpu' and peak is None:
         header['note'] = (f'no peak numbers for device_kind {device.device_kind!r}: add it to '
-                          'unigrpo_jax.perf.PEAKS for the roofline rows')
+                          'unigrpo_jax.bench.perf.PEAKS for the roofline rows')
     _print_table(header, rows)
     if _OUT.value:
         with open(_OUT.value, 'w') as f:

@@ -13,7 +13,7 @@ rollout section. Rows that do not fit (``--memory_limit_gb``, default the device
 fail are reported, not fatal. On a CPU only the tiny model runs (on meshes the CPU runtime
 executes safely), everything else is compiled only. Writes ``bench.csv``, ``bench.md`` and
 ``bench.png`` to ``--out``; the conventions of every column are in
-``unigrpo_jax/parallel/bench.py``.
+``unigrpo_jax/bench/sweep.py``.
 """
 
 import sys
@@ -22,7 +22,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from unigrpo_jax.parallel import bench, sharding
+from unigrpo_jax.bench import programs, report, sweep
+from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rl.objective import objective_config
 from unigrpo_jax.train.optimizer import make_optimizer
 
@@ -30,12 +31,12 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.
                                           lock_config=True)
 _OUT = flags.DEFINE_string('out', None, 'Directory for bench.csv, bench.md and bench.png.',
                            required=True)
-_SIZES = flags.DEFINE_list('sizes', ['tiny'], f'Model sizes, of {bench.SIZES}.')
+_SIZES = flags.DEFINE_list('sizes', ['tiny'], f'Model sizes, of {programs.SIZES}.')
 _STRATEGIES = flags.DEFINE_list('strategies', None, 'Strategies (default: all of '
                                 'sharding.STRATEGIES and config.parallelism.rules).')
 _MESHES = flags.DEFINE_string('meshes', None, "Mesh shapes (data,fsdp,tensor) separated by ';', "
-                              "e.g. '8,1,1;1,4,2' (default: bench.default_meshes).")
-_PROGRAMS = flags.DEFINE_list('programs', list(bench.PROGRAMS), f'Of {bench.PROGRAMS}.')
+                              "e.g. '8,1,1;1,4,2' (default: sweep.default_meshes).")
+_PROGRAMS = flags.DEFINE_list('programs', list(programs.PROGRAMS), f'Of {programs.PROGRAMS}.')
 _BATCH = flags.DEFINE_integer('batch', 8, 'Chains (train, decode) or images (denoise) per call.')
 _SYSTEM_LEN = flags.DEFINE_integer('system_len', 32, 'Tokens of the system segment.')
 _PROMPT_LEN = flags.DEFINE_integer('prompt_len', 32, 'Tokens of the prompt segment.')
@@ -53,23 +54,23 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
     cfg = _CONFIG.value
     strategies = _STRATEGIES.value or [*sharding.STRATEGIES, *cfg.parallelism.rules.keys()]
-    meshes = (bench.parse_meshes(_MESHES.value) if _MESHES.value
-              else bench.default_meshes(jax.device_count()))
+    meshes = (sweep.parse_meshes(_MESHES.value) if _MESHES.value
+              else sweep.default_meshes(jax.device_count()))
     limit = (_MEMORY_LIMIT.value * 2**30 if _MEMORY_LIMIT.value is not None
-             else bench.device_memory_limit())
+             else sweep.device_memory_limit())
     print(f'backend={jax.default_backend()} devices={jax.device_count()} '
           f'device_kind={jax.devices()[0].device_kind} jax={jax.__version__} '
           f'memory_limit={limit}')
     rows = []
-    for row in bench.sweep(cfg, objective_config(cfg), make_optimizer(cfg.optimizer),
+    for row in sweep.sweep(cfg, objective_config(cfg), make_optimizer(cfg.optimizer),
                            sizes=_SIZES.value, strategies=strategies, meshes=meshes,
                            programs=_PROGRAMS.value, batch=_BATCH.value,
                            system_len=_SYSTEM_LEN.value, prompt_len=_PROMPT_LEN.value,
                            layers=_LAYERS.value, repeats=_REPEATS.value, memory_limit=limit,
                            execute=_EXECUTE.value):
         rows.append(row)
-        print(bench.markdown([row]).splitlines()[-1], flush=True)
-    for path in bench.write_outputs(rows, _OUT.value):
+        print(report.markdown([row]).splitlines()[-1], flush=True)
+    for path in report.write_outputs(rows, _OUT.value):
         print('wrote', path)
     return 0
 

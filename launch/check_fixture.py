@@ -17,7 +17,7 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 
 from absl import app  # noqa: E402
 
-from unigrpo_jax import parity  # noqa: E402
+from unigrpo_jax.bench import parity  # noqa: E402
 
 
 def main(argv):

@@ -25,7 +25,7 @@ from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.rollout import rollout as rollout_lib
-from unigrpo_jax.train import loop, run_dir
+from unigrpo_jax.train import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory.', required=True)
 _PROMPTS = flags.DEFINE_string('prompts', None, 'GenEval-format JSONL prompt file.',
@@ -62,8 +62,8 @@ def main(argv):
         for start in range(0, len(prompts), batch):
             chunk = prompts[start:start + batch]
             padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
-            ids, lengths = loop.encode_prompts(tokenizer, tokens, [m for _, m in padded],
-                                               run.max_prompt_tokens)
+            ids, lengths = tokenizer_lib.encode_segments(
+                tokenizer, tokens, [m['prompt'] for _, m in padded], run.max_prompt_tokens)
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(_SEED.value), k), start)
             images, think, mask = rollout_lib.generate_eval(
                 params, ae_params, run.model, rc, sampler, system_ids, jnp.asarray(ids),

@@ -3,12 +3,14 @@
 import json
 import os
 
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from unigrpo_jax.convert import tokenizer as tok
-from unigrpo_jax.model.config import SpecialTokens
+from unigrpo_jax.model.config import ConfigError, SpecialTokens
+from unigrpo_jax.shapes import tokenizer as shapes_tokenizer
 
 _QWEN_SPECIALS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>',
                   '<|vision_end|>']
@@ -86,6 +88,44 @@ def test_encode_segment(tmp_path):
     assert len(body) > 1
     assert tok.encode_segment(tokenizer, tokens, 'the cat ate') == [1, *body, 2]
     assert tok.encode_segment(tokenizer, tokens, '') == [1, 2]
+
+
+def test_encode_segments_pads_with_eos_to_a_static_shape(tmp_path):
+    directory = str(tmp_path / 'qwen')
+    _save(directory, _QWEN_SPECIALS, _QWEN_SPECIALS[1:], eos_token='<|im_end|>')
+    tokenizer, tokens, _ = tok.load_tokenizer(directory)
+    texts = ['the cat ate', '', 'a dog']
+    ids, lengths = tok.encode_segments(tokenizer, tokens, texts, 12)
+    assert ids.shape == (3, 12) and ids.dtype == np.int32 and lengths.dtype == np.int32
+    for row, length, text in zip(ids, lengths, texts):
+        segment = tok.encode_segment(tokenizer, tokens, text)
+        assert length == len(segment) and list(row[:length]) == segment
+        assert (row[length:] == tokens.eos).all()
+    assert lengths[1] == 2  # '' is [bos, eos]
+    empty_ids, empty_lengths = tok.encode_segments(tokenizer, tokens, [], 4)
+    assert empty_ids.shape == (0, 4) and empty_lengths.shape == (0,)
+
+
+def test_encode_segments_names_the_text_and_the_config_field_when_it_does_not_fit(tmp_path):
+    directory = str(tmp_path / 'qwen')
+    _save(directory, _QWEN_SPECIALS, _QWEN_SPECIALS[1:], eos_token='<|im_end|>')
+    tokenizer, tokens, _ = tok.load_tokenizer(directory)
+    n = len(tok.encode_segment(tokenizer, tokens, 'the dog ate the cat food'))
+    tok.encode_segments(tokenizer, tokens, ['the dog ate the cat food'], n)  # fits exactly
+    with pytest.raises(ConfigError, match=rf"prompt 'the dog ate the cat food' has {n} tokens"
+                                          r".*config\.data\.max_prompt_tokens"):
+        tok.encode_segments(tokenizer, tokens, ['a cat', 'the dog ate the cat food'], n - 1)
+    with pytest.raises(ValueError, match=r"think 'a cat'.*data\.max_think_tokens"):
+        tok.encode_segments(tokenizer, tokens, ['a cat'], 2, what='think')
+
+
+def test_encode_segments_refuses_words_outside_the_vocabulary():
+    tokenizer, tokens = shapes_tokenizer.load()  # a word-level vocabulary with an unk token
+    ids, _ = tok.encode_segments(tokenizer, tokens, ['a photo of a red square'], 16)
+    assert tokenizer.unk_token_id not in ids
+    with pytest.raises(tok.TokenizerError, match=r"prompt 'a photo of a purple dog' has words "
+                                                 r"outside the tokenizer's vocabulary"):
+        tok.encode_segments(tokenizer, tokens, ['a photo of a purple dog'], 16)
 
 
 def test_missing_directory_or_files(tmp_path):

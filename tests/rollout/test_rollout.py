@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.model import context, factory
+from unigrpo_jax.convert import factory
+from unigrpo_jax.model import context
 from unigrpo_jax.model.kv_cache import init_cache
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rollout import rollout as R

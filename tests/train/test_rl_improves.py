@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import shapes_unigrpo
+from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
-from unigrpo_jax.model import factory
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.rewards import registry
 from unigrpo_jax.rollout import rollout as rollout_lib
@@ -56,7 +56,8 @@ def _config(prompt_file: str):
 def _mean_reward(params, config, model, items, tokenizer, tokens):
     rc = rollout_lib.rollout_config(config.rollout)
     mesh = mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
-    ids, lengths = loop.encode_prompts(tokenizer, tokens, items, config.data.max_prompt_tokens)
+    ids, lengths = tokenizer_lib.encode_segments(tokenizer, tokens, [m['prompt'] for m in items],
+                                                 config.data.max_prompt_tokens)
     out = rollout_lib.make_rollout_fn(model, rc, mesh)(
         params, {}, None, jnp.asarray(ids), jnp.asarray(lengths), jax.random.key(123))
     metadata = [m for m in items for _ in range(rc.group_size)]

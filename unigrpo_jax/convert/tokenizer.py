@@ -18,9 +18,12 @@ transformers 4) and reports the number of rows the vocabulary grew by.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
-from unigrpo_jax.model.config import SpecialTokens
+import numpy as np
+
+from unigrpo_jax.model.config import ConfigError, SpecialTokens
 
 BOS = '<|im_start|>'
 EOS = '<|im_end|>'
@@ -34,7 +37,7 @@ TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'vocab.json', 'mer
 
 
 class TokenizerError(ValueError):
-    """A tokenizer directory is missing or cannot be loaded."""
+    """A tokenizer directory is missing or cannot be loaded, or a text has unknown words."""
 
 
 def has_tokenizer(directory: str) -> bool:
@@ -95,3 +98,33 @@ def load_tokenizer(directory: str) -> tuple[Any, SpecialTokens, int]:
 def encode_segment(tokenizer: Any, tokens: SpecialTokens, text: str) -> list[int]:
     """Bagel's text segment: ``[bos] + encode(text) + [eos]`` (no other special tokens)."""
     return [tokens.bos, *tokenizer.encode(text, add_special_tokens=False), tokens.eos]
+
+
+def encode_segments(tokenizer: Any, tokens: SpecialTokens, texts: Sequence[str], length: int,
+                    what: str = 'prompt') -> tuple[np.ndarray, np.ndarray]:
+    """Bagel's text segments of ``texts`` (``encode_segment``) as a static-shape batch.
+
+    Returns ``(ids [B, length] int32, lengths [B] int32)``: each ``[bos] text [eos]``
+    right-padded with ``tokens.eos`` (the padding is never attended: every consumer masks
+    positions past ``lengths``). ``what`` names the segment (``prompt``, ``think``) in errors.
+
+    Raises:
+      ConfigError (a ValueError) naming the text and ``data.max_{what}_tokens`` when a segment
+        is longer than ``length``.
+      TokenizerError (a ValueError) when a text encodes to the tokenizer's unk id (it has
+        words outside the vocabulary; tokenizers without an unk token never raise this).
+    """
+    unk = getattr(tokenizer, 'unk_token_id', None)
+    ids = np.full((len(texts), length), tokens.eos, np.int32)
+    lengths = np.zeros((len(texts),), np.int32)
+    for i, text in enumerate(texts):
+        segment = encode_segment(tokenizer, tokens, text)
+        if unk is not None and unk in segment[1:-1]:
+            raise TokenizerError(f'{what} {text!r} has words outside the tokenizer\'s '
+                                 f'vocabulary (they encode to its unk token, id {unk})')
+        if len(segment) > length:
+            raise ConfigError(f'{what} {text!r} has {len(segment)} tokens with its bos and eos, '
+                              f'more than its padded segment of {length}: raise '
+                              f'config.data.max_{what}_tokens')
+        ids[i, :len(segment)], lengths[i] = segment, len(segment)
+    return ids, lengths

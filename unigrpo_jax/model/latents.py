@@ -41,7 +41,11 @@ def token_grid(height: int, width: int, downsample: int) -> tuple[int, int]:
     return height // downsample, width // downsample
 
 
-def timesteps(num_timesteps: int, shift: float) -> jnp.ndarray:
-    """Bagel's flow grid: ``linspace(1, 0, N)`` then ``s t / (1 + (s - 1) t)``; ``[N]`` float32."""
-    t = jnp.linspace(1.0, 0.0, num_timesteps, dtype=jnp.float32)
+def shift_time(t, shift: float):
+    """Bagel's timestep shift ``s t / (1 + (s - 1) t)`` (1 = noise stays 1, 0 stays 0)."""
     return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def timesteps(num_timesteps: int, shift: float) -> jnp.ndarray:
+    """Bagel's flow grid: ``shift_time(linspace(1, 0, N))``; ``[N]`` float32."""
+    return shift_time(jnp.linspace(1.0, 0.0, num_timesteps, dtype=jnp.float32), shift)

@@ -10,13 +10,21 @@ dict) and returns the reward::
 
     reward = registry.make_reward('remote', {'url': 'http://host:18085'})
 
-The modules in ``REWARD_MODULES`` are imported on the first look-up, so every built-in reward is
-registered without its module having been imported by the caller.
+Registration is all a reward needs. On the first look-up the registry imports every module of
+the installed ``unigrpo_jax`` package at a conventional place: ``unigrpo_jax.rewards.<name>``
+(general rewards) and ``unigrpo_jax.<package>.reward`` (a package's own reward, e.g.
+``unigrpo_jax.shapes.reward`` registers ``shapes``); nothing lists them. A reward of one's own
+module is named ``some.module:name``: the look-up imports ``some.module`` (which registers
+``name`` with ``@register('name')``) and returns ``name``::
+
+    reward = registry.make_reward('my_rewards:brightness', {})   # my_rewards.py on sys.path
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import pkgutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -25,9 +33,16 @@ import numpy as np
 Reward = Callable[[np.ndarray, list[dict]], np.ndarray]
 RewardFactory = Callable[[Mapping[str, Any]], Reward]
 
-REWARD_MODULES = ('unigrpo_jax.rewards.remote', 'unigrpo_jax.rewards.shapes')
+PACKAGE = 'unigrpo_jax'
+REWARDS_PACKAGE = 'rewards'   # every module of unigrpo_jax.rewards is imported
+REWARD_MODULE = 'reward'      # and the module unigrpo_jax.<package>.reward of every package
 
 _factories: dict[str, RewardFactory] = {}
+_discovered = False
+
+
+class UnknownRewardError(ValueError):
+    """No reward is registered under a name (or its ``module:`` cannot be imported)."""
 
 
 def _qualified_name(factory: RewardFactory) -> str:
@@ -36,6 +51,8 @@ def _qualified_name(factory: RewardFactory) -> str:
 
 def register(name: str) -> Callable[[RewardFactory], RewardFactory]:
     """Decorator registering a reward factory under ``name``; returns the factory unchanged."""
+    if not name or ':' in name:
+        raise ValueError(f'a reward name must be non-empty and without ":", got {name!r}')
 
     def add(factory: RewardFactory) -> RewardFactory:
         known = _factories.get(name)
@@ -49,20 +66,80 @@ def register(name: str) -> Callable[[RewardFactory], RewardFactory]:
     return add
 
 
-def _import_reward_modules() -> None:
-    for module in REWARD_MODULES:
+def reward_modules() -> list[str]:
+    """The modules of the installed package that may register rewards, sorted:
+    ``unigrpo_jax.rewards.<name>`` and ``unigrpo_jax.<package>.reward`` (found on disk through
+    ``pkgutil``, without importing the other packages)."""
+    found = set()
+    for root in importlib.import_module(PACKAGE).__path__:
+        for package in pkgutil.iter_modules([root]):
+            if not package.ispkg:
+                continue
+            directory = os.path.join(package.module_finder.path, package.name)
+            for module in pkgutil.iter_modules([directory]):
+                if module.ispkg or module.name.startswith('_'):
+                    continue
+                if package.name == REWARDS_PACKAGE or module.name == REWARD_MODULE:
+                    found.add(f'{PACKAGE}.{package.name}.{module.name}')
+    return sorted(found)
+
+
+def _discover() -> None:
+    """Imports ``reward_modules()`` once (their ``@register`` decorators fill the registry)."""
+    global _discovered
+    if _discovered:
+        return
+    for module in reward_modules():
         importlib.import_module(module)
+    _discovered = True
+
+
+def _import_user_module(spec: str, module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + '.')):
+            raise  # the module exists; something it imports does not
+        raise UnknownRewardError(f'reward {spec!r}: cannot import module {module!r} ({e}); '
+                                 f'registered rewards: {", ".join(sorted(_factories))}') from e
+
+
+def lookup(name: str) -> RewardFactory:
+    """The factory registered as ``name``, or, for ``'some.module:name'``, the factory that
+    importing ``some.module`` registers as ``name``. Raises ``UnknownRewardError`` (a
+    ValueError) naming the registered rewards."""
+    _discover()
+    module, colon, short = name.rpartition(':')
+    if colon:
+        if not module or not short:
+            raise UnknownRewardError(f'reward {name!r}: expected "name" or "module:name"')
+        _import_user_module(name, module)
+        if short not in _factories:
+            raise UnknownRewardError(f'module {module!r} registers no reward {short!r}; '
+                                     f'registered rewards: {", ".join(names())}')
+        return _factories[short]
+    if name not in _factories:
+        raise UnknownRewardError(f'unknown reward {name!r}; registered rewards: '
+                                 f'{", ".join(names())}')
+    return _factories[name]
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``lookup(name)`` finds a reward (``'module:name'`` imports the module)."""
+    try:
+        lookup(name)
+    except UnknownRewardError:
+        return False
+    return True
 
 
 def names() -> list[str]:
-    """The registered reward names, sorted."""
-    _import_reward_modules()
+    """The registered reward names, sorted (the built-in ones and any registered so far)."""
+    _discover()
     return sorted(_factories)
 
 
 def make_reward(name: str, options: Mapping[str, Any] | None = None) -> Reward:
-    """Builds the reward registered as ``name`` from ``options`` (a ConfigDict or dict)."""
-    _import_reward_modules()
-    if name not in _factories:
-        raise ValueError(f'unknown reward {name!r}; registered rewards: {", ".join(names())}')
-    return _factories[name]({} if options is None else options)
+    """Builds the reward registered as ``name`` (or ``'module:name'``, see ``lookup``) from
+    ``options`` (a ConfigDict or dict)."""
+    return lookup(name)({} if options is None else options)

@@ -1,9 +1,10 @@
-"""Group-relative advantages (algorithm.md §2)."""
+"""Group-relative advantages (algorithm.md §2) and which chains enter the loss."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 STD_MODES = ('group', 'global')
 
@@ -28,3 +29,41 @@ def group_advantages(rewards: jax.Array, group_size: int, *, std: str = 'group',
     informative = jnp.broadcast_to(jnp.ptp(r, axis=1, keepdims=True) > 0, r.shape)
     adv = jnp.where(informative, adv, 0.0)
     return adv.reshape(-1), informative.reshape(-1)
+
+
+TRUNCATED_THINK = ('keep', 'zero', 'drop')
+
+
+def chain_rewards(scores: np.ndarray, closed: np.ndarray, truncated_think: str) -> np.ndarray:
+    """The reward of each chain: its score, or 0 for a truncated reasoning chain under
+    ``truncated_think='zero'``. ``closed [B]``: the chain closed its reasoning (all True
+    without thinking)."""
+    if truncated_think == 'zero':
+        return np.where(closed, scores, 0.0)
+    return scores
+
+
+def chain_advantages(rewards: np.ndarray, closed: np.ndarray, group_size: int, *,
+                     truncated_think: str, skip_zero_variance_groups: bool, std: str,
+                     eps: float, clip: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(advantages [B], sample_weight [B])`` float32 of a rollout batch's rewards.
+
+    Under ``truncated_think='drop'`` a truncated chain gets its group's mean reward over the
+    closed chains (so it does not shape the group's statistics) and weight 0; with
+    ``skip_zero_variance_groups`` the chains of a group whose rewards are all equal get
+    weight 0.
+    """
+    if truncated_think == 'drop':
+        groups = rewards.reshape(-1, group_size)
+        keep = closed.reshape(groups.shape)
+        means = (groups * keep).sum(1, keepdims=True) / np.maximum(keep.sum(1, keepdims=True), 1)
+        rewards = np.where(keep, groups, means).reshape(-1)
+    adv, informative = group_advantages(jnp.asarray(rewards), group_size, std=std, eps=eps,
+                                        clip=clip)
+    adv, informative = np.asarray(adv), np.asarray(informative)
+    weight = np.ones_like(informative, np.float32)
+    if skip_zero_variance_groups:
+        weight *= informative
+    if truncated_think == 'drop':
+        weight *= closed
+    return adv, weight

@@ -3,12 +3,12 @@
 The context is rebuilt exactly as the rollout built it (system, prompt and reasoning segments
 prefilled into a KV cache); the reasoning segment's hidden states give the text logits of every
 sampled token, and the W window steps are one packed forward of W image blocks that attend to
-the context but not to each other (``context.image_velocities``).
+the context but not to each other (``context.image_velocities``). ``think_logprobs`` and
+``window_logp`` are the one computation of the replayed log-probs (the loss and the tests call
+them).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -17,78 +17,80 @@ from flax import struct
 from unigrpo_jax.model import context, latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
-from unigrpo_jax.rollout.rollout import Rollout, think_segment
+from unigrpo_jax.rollout import sde
+from unigrpo_jax.rollout.rollout import think_segment
+from unigrpo_jax.rollout.sampling import TokenSampler, token_logprobs
+from unigrpo_jax.rollout.schedule import Schedule
+from unigrpo_jax.rollout.trajectory import Rollout, Trajectory, shared_field
 
 
 @struct.dataclass
 class TrainBatch:
-    """What the loss needs of a rollout (a minibatch of chains), plus advantages.
+    """What the loss needs of ``B`` chains: their trajectory, advantages and weights.
 
-    Shapes as ``Rollout``: ``[B, ...]`` per chain; ``system_ids [S]``, ``t``/``t_next`` ``[W]``.
+    ``system_ids [S]`` is shared by all chains (``[0]`` without a system segment); the rest is
+    per chain (``trajectory.select_chains`` takes a minibatch).
     """
 
-    system_ids: jax.Array
-    prompt_ids: jax.Array
-    prompt_lengths: jax.Array
-    think_tokens: jax.Array
-    think_logprobs: jax.Array
-    think_mask: jax.Array
-    think_closed: jax.Array
-    t: jax.Array
-    t_next: jax.Array
-    x_t: jax.Array
-    x_next: jax.Array
-    logp: jax.Array
-    mean: jax.Array
-    advantages: jax.Array
-    sample_weight: jax.Array
+    trajectory: Trajectory
+    advantages: jax.Array       # [B] float32
+    sample_weight: jax.Array    # [B] float32, 0: the chain is not in the loss
+    system_ids: jax.Array = shared_field()
 
 
 def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
                 sample_weight: jax.Array) -> TrainBatch:
-    return TrainBatch(
-        system_ids=system_ids, prompt_ids=rollout.prompt_ids,
-        prompt_lengths=rollout.prompt_lengths, think_tokens=rollout.think_tokens,
-        think_logprobs=rollout.think_logprobs, think_mask=rollout.think_mask,
-        think_closed=rollout.think_closed, t=rollout.t, t_next=rollout.t_next,
-        x_t=rollout.x_t, x_next=rollout.x_next, logp=rollout.logp, mean=rollout.mean,
-        advantages=advantages, sample_weight=sample_weight)
-
-
-def select_chains(batch: TrainBatch, idx: jax.Array) -> TrainBatch:
-    """The minibatch of chains ``idx [M]`` (shared fields: system ids and the window times)."""
-    shared = {'system_ids', 't', 't_next'}
-    return batch.replace(**{f.name: getattr(batch, f.name)[idx]
-                            for f in dataclasses.fields(batch) if f.name not in shared})
+    return TrainBatch(trajectory=rollout.trajectory, system_ids=system_ids,
+                      advantages=advantages, sample_weight=sample_weight)
 
 
 def rebuild_context(params, config: BagelConfig, batch: TrainBatch,
                     think: bool) -> tuple[KVCache, jax.Array | None]:
     """The rollout's context cache; with ``think`` also the reasoning segment's hidden states
     ``[B, T + 2, embed]`` (row k predicts reasoning token k + 1 for k < T)."""
-    b, t_max = batch.think_tokens.shape
+    traj = batch.trajectory
+    b, t_max = traj.think_tokens.shape
     s = batch.system_ids.shape[0] if think else 0
-    cache = init_cache(config.llm, b, s + batch.prompt_ids.shape[1] + (t_max + 2 if think else 0))
+    cache = init_cache(config.llm, b, s + traj.prompt_ids.shape[1] + (t_max + 2 if think else 0))
     if think and s:
         cache, _ = context.prefill_text(params, config, cache,
                                         jnp.broadcast_to(batch.system_ids, (b, s)))
-    cache, _ = context.prefill_text(params, config, cache, batch.prompt_ids, batch.prompt_lengths)
+    cache, _ = context.prefill_text(params, config, cache, traj.prompt_ids, traj.prompt_lengths)
     if not think:
         return cache, None
-    ids, lengths = think_segment(batch.think_tokens, batch.think_mask, batch.think_closed,
+    ids, lengths = think_segment(traj.think_tokens, traj.think_mask, traj.think_closed,
                                  config.tokens.bos, config.tokens.eos)
     return context.prefill_text(params, config, cache, ids, lengths)
 
 
-def window_velocities(params, config: BagelConfig, cache: KVCache, batch: TrainBatch,
-                      image_size: tuple[int, int]) -> jax.Array:
+def think_logprobs(params, config: BagelConfig, think_hidden: jax.Array, traj: Trajectory,
+                   sampler: TokenSampler) -> tuple[jax.Array, jax.Array]:
+    """``(logits [B, T, vocab], logp [B, T])`` of each sampled reasoning token, under the
+    rollout's sampling distribution."""
+    logits = context.text_logits(params, config, think_hidden[:, :traj.think_tokens.shape[1]])
+    return logits, token_logprobs(logits, traj.think_tokens, sampler)
+
+
+def window_velocities(params, config: BagelConfig, cache: KVCache, traj: Trajectory,
+                      schedule: Schedule) -> jax.Array:
     """Velocities ``[B, W, N, F]`` of the stored window states, one packed forward."""
-    h, w = latents.token_grid(*image_size, config.latent_downsample)
+    h, w = schedule.token_grid(config)
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
-    t = jnp.broadcast_to(batch.t, batch.x_t.shape[:2])
-    return context.image_velocities(params, config, cache, batch.x_t, t, pos)[0]
+    t = jnp.broadcast_to(traj.t, traj.x_t.shape[:2])
+    return context.image_velocities(params, config, cache, traj.x_t, t, pos)[0]
 
 
-def text_logits(params, config: BagelConfig, think_hidden: jax.Array, t_max: int) -> jax.Array:
-    """Logits ``[B, T, vocab]`` predicting each sampled reasoning token."""
-    return context.text_logits(params, config, think_hidden[:, :t_max])
+def window_std(traj: Trajectory, schedule: Schedule) -> tuple[jax.Array, jax.Array]:
+    """``(std_t [W], s [W])`` of the window steps (``sde.sde_std``)."""
+    return sde.sde_std(traj.t, traj.t_next, schedule.timesteps()[1], schedule.noise_level)
+
+
+def window_logp(traj: Trajectory, v: jax.Array, schedule: Schedule
+                ) -> tuple[jax.Array, jax.Array]:
+    """``(logp [B, W], mean [B, W, N, F])``: the Gaussian log-prob (element mean) of each stored
+    ``x_next`` under the SDE step that velocities ``v [B, W, N, F]`` give."""
+    std_t, s = window_std(traj, schedule)
+    per_step = lambda x: x[None, :, None, None]  # noqa: E731  [W] -> [1, W, 1, 1]
+    mean = sde.sde_mean(traj.x_t, v, per_step(traj.t), per_step(traj.t_next), per_step(std_t))
+    logp = jax.vmap(sde.gaussian_logp, in_axes=(1, 1, 0), out_axes=1)(traj.x_next, mean, s)
+    return logp, mean

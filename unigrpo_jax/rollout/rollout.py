@@ -1,4 +1,4 @@
-"""UniGRPO's think-then-draw rollout (training data) and the evaluation generator.
+"""UniGRPO's think-then-draw rollout: the training data (``generate.py`` draws for evaluation).
 
 One rollout per chain (algorithm.md §1, §4; bagel.md §4.4):
 
@@ -11,7 +11,7 @@ One rollout per chain (algorithm.md §1, §4; bagel.md §4.4):
    ``bos, y_1, ...`` at consecutive positions, so feeding the closing ``eos`` completes exactly
    the segment Bagel re-prefills (Bagel re-tokenizes the decoded string; we keep the sampled
    ids, which is the same segment whenever the sampled ids are the tokenizer's own encoding);
-4. image phase: ``N - 1`` steps on ``t = shift(linspace(1, 0, N))``; a window of W consecutive
+4. image phase: ``N - 1`` steps of the ``schedule.Schedule``; a window of W consecutive
    steps (start drawn per rollout batch) is stochastic (FlowGRPO SDE, noise level a) and stores
    ``x_t, t, x_next, logp, mean``; the other steps are Euler ODE steps; one conditional forward
    per step (CFG-free);
@@ -25,83 +25,41 @@ rollout does not depend on how its batch is split over devices.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import struct
 from jax.sharding import Mesh, PartitionSpec as P
 
-from unigrpo_jax.model import autoencoder, context, latents
+from unigrpo_jax.model import autoencoder, bagel, context, latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
-from unigrpo_jax.rollout import eval_sampler, sde
+from unigrpo_jax.rollout import sde
+from unigrpo_jax.rollout import trajectory as trajectory_lib
 from unigrpo_jax.rollout.sampling import TokenSampler, sample_tokens
+from unigrpo_jax.rollout.schedule import Schedule
+from unigrpo_jax.rollout.trajectory import Rollout, Trajectory
 
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
-    """Static settings of a rollout (all hashable; see ``configs/bagel_grpo.py``)."""
+    """Static settings of a rollout (hashable), built and checked by ``train.settings``.
 
-    group_size: int = 24
-    think: bool = True
-    max_think_tokens: int = 512
-    sampler: TokenSampler = TokenSampler()
-    num_timesteps: int = 25
-    shift: float = 3.0
-    noise_level: float = 0.8
-    window_size: int = 3
-    window_max_start: int = 2  # start drawn uniformly from {0, ..., window_max_start}
-    image_size: tuple[int, int] = (1024, 1024)
-    decode_images: bool = True
+    ``think`` and whether ``schedule`` has an SDE window follow from the objective's mode;
+    ``schedule`` is the same object the objective replays with.
+    """
 
-    def __post_init__(self):
-        steps = self.num_timesteps - 1
-        if self.group_size < 1:
-            raise ValueError(f'group_size={self.group_size} must be >= 1')
-        if self.think and self.max_think_tokens < 1:
-            raise ValueError(f'max_think_tokens={self.max_think_tokens} must be >= 1')
-        if self.window_size < 0 or self.window_max_start < 0:
-            raise ValueError('window_size and window_max_start must be >= 0')
-        if self.window_max_start + self.window_size > steps:
-            raise ValueError(
-                f'SDE window (start <= {self.window_max_start}, size {self.window_size}) does not '
-                f'fit the {steps} steps of num_timesteps={self.num_timesteps}')
-        if self.noise_level < 0:
-            raise ValueError(f'noise_level={self.noise_level} must be >= 0')
+    group_size: int
+    think: bool
+    max_think_tokens: int
+    schedule: Schedule
+    decode_images: bool
 
 
-@struct.dataclass
-class Rollout:
-    """One rollout batch of ``B = prompts x group_size`` chains (chain i belongs to prompt
-    ``i // group_size``). Shapes: T = max_think_tokens, W = window_size, N = latent tokens,
-    F = latent_token_dim."""
-
-    prompt_ids: jax.Array       # [B, P] the prompt segment [bos] prompt [eos], right-padded
-    prompt_lengths: jax.Array   # [B]
-    think_tokens: jax.Array     # [B, T] sampled reasoning tokens (eos included when sampled)
-    think_logprobs: jax.Array   # [B, T] float32, log-prob under the sampling distribution
-    think_mask: jax.Array       # [B, T] bool, True for sampled tokens
-    think_closed: jax.Array     # [B] bool, the chain sampled <|im_end|> (not truncated)
-    window_start: jax.Array     # [] int32
-    t: jax.Array                # [W] float32 time of each window step
-    t_next: jax.Array           # [W] float32
-    x_t: jax.Array              # [B, W, N, F] float32 state before each window step
-    x_next: jax.Array           # [B, W, N, F] float32 sampled next state
-    logp: jax.Array             # [B, W] float32 Gaussian log-prob of x_next (element mean)
-    mean: jax.Array             # [B, W, N, F] float32 mean of the Gaussian step
-    final_latents: jax.Array    # [B, N, F] float32
-    images: jax.Array           # [B, H, W, 3] uint8 (empty [B, 0, 0, 3] if not decoded)
-
-    @property
-    def think_lengths(self) -> jax.Array:
-        return jnp.sum(self.think_mask, axis=-1)
-
-
-def cache_size(rc: RolloutConfig, system_len: int, prompt_len: int) -> int:
-    """Rows a chain's cache needs: system + prompt + ``[bos] think [eos]``."""
-    think = rc.max_think_tokens + 2 if rc.think else 0
-    return system_len + prompt_len + think
+def cache_size(system_len: int, prompt_len: int, think_tokens: int) -> int:
+    """Rows a chain's cache needs: system + prompt + ``[bos] think [eos]`` (``think_tokens``
+    sampled reasoning tokens; 0: no reasoning segment)."""
+    return system_len + prompt_len + (think_tokens + 2 if think_tokens else 0)
 
 
 def build_context(params, config: BagelConfig, system_ids: jax.Array | None,
@@ -200,14 +158,15 @@ def think_segment(tokens: jax.Array, mask: jax.Array, closed: jax.Array,
     return ids, lengths.astype(jnp.int32)
 
 
-def denoise_sde_window(params, config: BagelConfig, rc: RolloutConfig, cache: KVCache,
+def denoise_sde_window(params, config: BagelConfig, schedule: Schedule, cache: KVCache,
                        keys: jax.Array, window_start: jax.Array, position_ids: jax.Array):
     """The image phase: ODE steps with a stochastic window; records the window steps.
 
     Returns ``(final [B, N, F], t [W], t_next [W], x_t, x_next, mean [B, W, N, F], logp [B, W])``.
     """
-    b, n, f, w = cache.batch, position_ids.shape[0], config.latent_token_dim, rc.window_size
-    grid = latents.timesteps(rc.num_timesteps, rc.shift)
+    b, n, f = cache.batch, position_ids.shape[0], config.latent_token_dim
+    w = schedule.window_size
+    grid = schedule.timesteps()
     init_keys, step_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
     noise = jax.vmap(lambda k: jax.random.normal(k, (n, f), jnp.float32))(init_keys)
     empty = jnp.zeros((b, w, n, f), jnp.float32)
@@ -220,7 +179,8 @@ def denoise_sde_window(params, config: BagelConfig, rc: RolloutConfig, cache: KV
             return (sde.ode_step(x, v, t, t_next), xs, x_nexts, means, logps), None
         xi = jax.vmap(lambda key: jax.random.normal(key, (n, f), jnp.float32))(
             jax.vmap(jax.random.fold_in, (0, None))(step_keys, k))
-        x_sde, mean, logp, _ = sde.sde_step(x, v, t, t_next, grid[1], rc.noise_level, xi)
+        x_sde, mean, logp, _ = sde.sde_step(x, v, t, t_next, grid[1], schedule.noise_level,
+                                           xi)
         in_window = (k >= window_start) & (k < window_start + w)
         x_next = jnp.where(in_window, x_sde, sde.ode_step(x, v, t, t_next))
         j = jnp.clip(k - window_start, 0, max(w - 1, 0))
@@ -230,7 +190,7 @@ def denoise_sde_window(params, config: BagelConfig, rc: RolloutConfig, cache: KV
 
     init = (noise, empty, empty, empty, jnp.zeros((b, w), jnp.float32))
     (final, xs, x_nexts, means, logps), _ = jax.lax.scan(
-        step, init, jnp.arange(rc.num_timesteps - 1))
+        step, init, jnp.arange(schedule.num_timesteps - 1))
     idx = window_start + jnp.arange(w)
     return final, grid[idx], grid[idx + 1], xs, x_nexts, means, logps
 
@@ -243,42 +203,47 @@ def decode_latents(ae_params, config: BagelConfig, tokens: jax.Array,
     return autoencoder.to_uint8(autoencoder.decode(ae_params, config.ae, latent))
 
 
-def _global_index(batch: int, axes) -> jax.Array:
-    """Global sample index of each local row inside ``shard_map`` over ``axes``."""
-    return jax.lax.axis_index(axes) * batch + jnp.arange(batch)
+def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
+                   system_ids: jax.Array | None, prompt_ids: jax.Array,
+                   prompt_lengths: jax.Array, key: jax.Array, chain_offset: jax.Array) -> Rollout:
+    """The rollout of ``prompts x group_size`` chains on one device (unjitted).
 
-
-def _rollout_local(params, ae_params, config, rc, axes, system_ids, prompt_ids, prompt_lengths,
-                   key):
+    Args:
+      system_ids: ``[S]`` the system segment (used only with ``rc.think``) or None.
+      prompt_ids, prompt_lengths: ``[prompts, P]``, ``[prompts]``.
+      chain_offset: ``[]`` the global index of this batch's first chain (a chain's random
+        numbers are ``fold_in(key, global chain index)``, whatever the split over devices).
+    """
     g = rc.group_size
     prompts = prompt_ids.shape[0]
-    size = cache_size(rc, 0 if system_ids is None else system_ids.shape[0], prompt_ids.shape[1])
-    _, cache = build_context(params, config, system_ids if rc.think else None, prompt_ids,
-                             prompt_lengths, size)
+    system = system_ids if rc.think else None
+    t_max = rc.max_think_tokens if rc.think else 0
+    size = cache_size(0 if system is None else system.shape[0], prompt_ids.shape[1], t_max)
+    _, cache = build_context(params, config, system, prompt_ids, prompt_lengths, size)
     cache = repeat_chains(cache, g)
     b = prompts * g
     window_key, chains_key = jax.random.split(key)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(chains_key, _global_index(b, axes))
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(chains_key, chain_offset + jnp.arange(b))
     text_keys, image_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
-    t_max = rc.max_think_tokens if rc.think else 0
     if rc.think:
         cache, tokens, logps, mask, closed = generate_think(params, config, cache, text_keys,
-                                                            rc.sampler, t_max)
+                                                            rc.schedule.tokens, t_max)
     else:
         tokens = jnp.zeros((b, 0), jnp.int32)
         logps, mask, closed = jnp.zeros((b, 0)), jnp.zeros((b, 0), bool), jnp.zeros((b,), bool)
-    window_start = jax.random.randint(window_key, (), 0, rc.window_max_start + 1)
-    h, w = latents.token_grid(*rc.image_size, config.latent_downsample)
+    window_start = jax.random.randint(window_key, (), 0, rc.schedule.window_max_start + 1)
+    h, w = rc.schedule.token_grid(config)
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
     final, t, t_next, xs, x_nexts, means, logp = denoise_sde_window(
-        params, config, rc, cache, image_keys, window_start, pos)
-    images = (decode_latents(ae_params, config, final, rc.image_size) if rc.decode_images
-              else jnp.zeros((b, 0, 0, 3), jnp.uint8))
-    return Rollout(prompt_ids=jnp.repeat(prompt_ids, g, 0),
-                   prompt_lengths=jnp.repeat(prompt_lengths, g, 0), think_tokens=tokens,
-                   think_logprobs=logps, think_mask=mask, think_closed=closed,
-                   window_start=window_start, t=t, t_next=t_next, x_t=xs, x_next=x_nexts,
-                   logp=logp, mean=means, final_latents=final, images=images)
+        params, config, rc.schedule, cache, image_keys, window_start, pos)
+    images = (decode_latents(ae_params, config, final, rc.schedule.image_size)
+              if rc.decode_images else jnp.zeros((b, 0, 0, 3), jnp.uint8))
+    trajectory = Trajectory(
+        prompt_ids=jnp.repeat(prompt_ids, g, 0), prompt_lengths=jnp.repeat(prompt_lengths, g, 0),
+        think_tokens=tokens, think_logprobs=logps, think_mask=mask, think_closed=closed,
+        t=t, t_next=t_next, x_t=xs, x_next=x_nexts, logp=logp, mean=means)
+    return Rollout(trajectory=trajectory, window_start=window_start, final_latents=final,
+                   images=images)
 
 
 def data_axes(mesh: Mesh) -> tuple[str, ...]:
@@ -297,67 +262,37 @@ def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh):
     axes = data_axes(mesh)
     batch = P(axes)
 
+    def local(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
+        offset = jax.lax.axis_index(axes) * (prompt_ids.shape[0] * rc.group_size)
+        return rollout_chains(params, ae_params, config, rc, system_ids, prompt_ids,
+                              prompt_lengths, key, offset)
+
     def fn(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
         if prompt_ids.shape[0] % mesh.size:
             raise ValueError(f'{prompt_ids.shape[0]} prompts cannot be split over {mesh.size} '
                              'devices: use a multiple of the device count')
-        local = functools.partial(_rollout_local, config=config, rc=rc, axes=axes)
-        out_specs = Rollout(**{f.name: batch for f in dataclasses.fields(Rollout)}).replace(
-            window_start=P(), t=P(), t_next=P())
-        mapped = jax.shard_map(
-            lambda p, ae, s, ids, lens, k: local(p, ae, system_ids=s, prompt_ids=ids,
-                                                 prompt_lengths=lens, key=k),
-            mesh=mesh, in_specs=(P(), P(), P(), batch, batch, P()), out_specs=out_specs,
-            check_vma=False)
+        abstract = jax.eval_shape(
+            lambda p, ae, s, ids, lens, k: rollout_chains(p, ae, config, rc, s, ids, lens, k,
+                                                          jnp.int32(0)),
+            params, ae_params, system_ids, prompt_ids, prompt_lengths, key)
+        mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch, batch, P()),
+                               out_specs=trajectory_lib.chain_specs(abstract, batch, P()),
+                               check_vma=False)
         return mapped(params, ae_params, system_ids, prompt_ids, prompt_lengths, key)
 
     return jax.jit(fn)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'rc', 'sampler_config', 'greedy'))
-def generate_eval(params, ae_params, config: BagelConfig, rc: RolloutConfig,
-                  sampler_config: eval_sampler.SamplerConfig, system_ids, prompt_ids,
-                  prompt_lengths, key, greedy: bool = True, forced_think=None):
-    """Evaluation images: (greedy) thinking, then Bagel's ODE with classifier-free guidance.
-
-    Contexts as Bagel's inferencer (bagel.md §4.4): with think, cond = system + prompt + think,
-    text-uncond = system only, img-uncond = system + prompt; without, cond = prompt,
-    text-uncond = empty, img-uncond = prompt. One image per prompt.
-
-    ``forced_think``: ``(ids [B, <= T + 2], lengths [B])``, given reasoning segments
-    ``[bos] y [eos]`` to draw from instead of generating them (think only; the returned tokens
-    are then empty): how well the image phase renders a plan, apart from the planning.
-    Returns ``(images [B, H, W, 3] uint8, think_tokens [B, T], think_mask [B, T])``.
-    """
-    b = prompt_ids.shape[0]
-    size = cache_size(rc, 0 if system_ids is None else system_ids.shape[0], prompt_ids.shape[1])
-    text_uncond, img_uncond = build_context(params, config, system_ids if rc.think else None,
-                                            prompt_ids, prompt_lengths, size)
-    keys = jax.random.split(key, b)
-    cond = img_uncond
-    tokens, mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
-    if forced_think is not None:
-        if not rc.think:
-            raise ValueError('forced_think needs a thinking RolloutConfig (rc.think=True)')
-        cond, _ = context.prefill_text(params, config, img_uncond, *forced_think)
-    elif rc.think:
-        sampler = TokenSampler(temperature=0.0) if greedy else rc.sampler
-        cond, tokens, _, mask, _ = generate_think(params, config, img_uncond, keys, sampler,
-                                                  rc.max_think_tokens)
-    h, w = latents.token_grid(*rc.image_size, config.latent_downsample)
-    pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
-    noise = jax.vmap(lambda k: jax.random.normal(k, (h * w, config.latent_token_dim)))(
-        jax.vmap(lambda k: jax.random.split(k)[1])(keys))
-    traj = eval_sampler.sample_ode(params, config, sampler_config, noise, pos, cond,
-                                   text_uncond, img_uncond)
-    return decode_latents(ae_params, config, traj.final, rc.image_size), tokens, mask
-
-
-def rollout_config(c) -> RolloutConfig:
-    """A ``RolloutConfig`` from a config's ``rollout`` section."""
-    return RolloutConfig(
-        group_size=c.group_size, think=c.think, max_think_tokens=c.max_think_tokens,
-        sampler=TokenSampler(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p),
-        num_timesteps=c.num_timesteps, shift=c.shift, noise_level=c.noise_level,
-        window_size=c.window_size, window_max_start=c.window_max_start,
-        image_size=tuple(c.image_size))
+def rollout_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, prompt_len: int,
+                   prompts: int) -> Rollout:
+    """The ``Rollout`` of ``prompts`` prompts as ``ShapeDtypeStruct``s: ``jax.eval_shape`` of
+    ``rollout_chains`` itself, so no shape is written twice."""
+    params = nn.unbox(bagel.abstract_params(config))
+    ae_params = jax.eval_shape(lambda k: autoencoder.init_params(config.ae, k), jax.random.key(0))
+    sds = jax.ShapeDtypeStruct
+    system = sds((system_len,), jnp.int32) if system_len else None
+    return jax.eval_shape(
+        lambda p, ae, s, ids, lens, k: rollout_chains(p, ae, config, rc, s, ids, lens, k,
+                                                      jnp.int32(0)),
+        params, ae_params, system, sds((prompts, prompt_len), jnp.int32),
+        sds((prompts,), jnp.int32), jax.random.key(0))

@@ -25,8 +25,9 @@ For classifier-free guidance, with probability ``text_dropout`` a sample keeps n
 text-unconditional branch (think: system only = nothing; no think: empty).
 
 Batches have a static shape: the prompt and think segments are right-padded to
-``max_prompt_tokens`` and ``max_think_tokens + 1`` (the rollout's T sampled tokens + its bos);
-padding keys are masked (``layout_mask``), so positions stay consecutive over the valid tokens.
+``max_prompt_tokens`` and ``max_think_tokens + 1`` (the rollout's T sampled tokens + its bos)
+with eos (``convert.tokenizer.encode_segments``, as the RL loop pads its prompts); padding keys
+are masked (``layout_mask``), so positions stay consecutive over the valid tokens.
 The packed order is ``[prompt | think | soi, eoi]`` (understanding expert, ``n_und`` tokens) then
 the latent tokens (generation expert), as the rollout's ``_image_blocks`` packs them.
 """
@@ -38,6 +39,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model import latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.shapes import plan, prompts, world
@@ -76,7 +78,7 @@ def layout(config: BagelConfig, data_cfg, think: bool) -> Layout:
 class Batch:
     """Host arrays of one SFT batch of B samples (F = latent_token_dim)."""
 
-    prompt_ids: np.ndarray      # [B, P] int32, [bos] prompt [eos], right-padded with pad
+    prompt_ids: np.ndarray      # [B, P] int32, [bos] prompt [eos], right-padded with eos
     prompt_lengths: np.ndarray  # [B] int32 (0: text dropped)
     think_ids: np.ndarray       # [B, Q] int32, [bos] plan [eos], right-padded
     think_lengths: np.ndarray   # [B] int32 (0: text dropped or no thinking)
@@ -106,38 +108,6 @@ def latent_tokens(config: BagelConfig, images: np.ndarray) -> np.ndarray:
     return np.asarray(latents.patchify(z, config.latent_patch_size), np.float32)
 
 
-def pad_segments(segments: list[list[int]], length: int, pad: int,
-                 what: str) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pads token lists to ``[B, length]``; returns ``(ids, lengths)``."""
-    ids = np.full((len(segments), length), pad, np.int32)
-    lengths = np.zeros((len(segments),), np.int32)
-    for i, seg in enumerate(segments):
-        if len(seg) > length:
-            raise ValueError(f'a {what} segment of {len(seg)} tokens does not fit the padded '
-                             f'length {length}; raise the config\'s data.max_{what}_tokens')
-        ids[i, :len(seg)] = seg
-        lengths[i] = len(seg)
-    return ids, lengths
-
-
-def encode_segments(tokenizer, config: BagelConfig, texts: list[str]) -> list[list[int]]:
-    """Bagel's text segments ``[bos] + encode(text) + [eos]`` (``convert.tokenizer.encode_segment``)."""
-    t = config.tokens
-    encoded = tokenizer(texts, add_special_tokens=False)['input_ids']
-    unk = tokenizer.unk_token_id
-    for text, ids in zip(texts, encoded):
-        if unk in ids:
-            raise ValueError(f'{text!r} has words outside the ShapesEval vocabulary')
-    return [[t.bos, *ids, t.eos] for ids in encoded]
-
-
-def prompt_batch(tokenizer, config: BagelConfig, metadata: list[dict],
-                 length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The prompt segments of ``metadata``: ``(ids [B, length], lengths [B])``."""
-    segments = encode_segments(tokenizer, config, [m['prompt'] for m in metadata])
-    return pad_segments(segments, length, tokenizer.pad_token_id, 'prompt')
-
-
 def make_batch(rng: np.random.Generator, tokenizer, config: BagelConfig, lay: Layout,
                metadata: list[dict], layouts: list, images: np.ndarray,
                text_dropout: float) -> Batch:
@@ -145,11 +115,12 @@ def make_batch(rng: np.random.Generator, tokenizer, config: BagelConfig, lay: La
     ``layouts``); all text of a sample dropped with prob ``text_dropout``."""
     batch_size = len(metadata)
     dropped = rng.random(batch_size) < text_dropout
-    prompt_ids, prompt_lengths = prompt_batch(tokenizer, config, metadata, lay.prompt_len)
+    prompt_ids, prompt_lengths = tokenizer_lib.encode_segments(
+        tokenizer, config.tokens, [m['prompt'] for m in metadata], lay.prompt_len)
     if lay.think_len:
-        plans = encode_segments(tokenizer, config, [plan.plan_text(lo) for lo in layouts])
-        think_ids, think_lengths = pad_segments(plans, lay.think_len, tokenizer.pad_token_id,
-                                                'think')
+        think_ids, think_lengths = tokenizer_lib.encode_segments(
+            tokenizer, config.tokens, [plan.plan_text(lo) for lo in layouts], lay.think_len,
+            what='think')
     else:
         think_ids = np.zeros((batch_size, 0), np.int32)
         think_lengths = np.zeros((batch_size,), np.int32)

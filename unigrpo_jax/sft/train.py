@@ -4,7 +4,7 @@ Workdir layout::
 
     sft_config.json          the training config (``evaluate`` reads think / eval settings)
     metrics.jsonl            one line per log step, and one per quick evaluation
-    step_{k}/                params-only checkpoints (``sft.checkpoint.save``, with tokenizer/)
+    step_{k}/                params-only checkpoints (``train.checkpointing.save_params_dir``, with tokenizer/)
     final/                   the last params
     eval/results.md, eval/*.png, eval/results.json   the final evaluation sweep
 
@@ -28,10 +28,14 @@ import numpy as np
 from unigrpo_jax.data import sft_samples
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
-from unigrpo_jax.sft import checkpoint, samples, step as sft_step
+from unigrpo_jax.parallel import mesh as mesh_lib
+from unigrpo_jax.parallel import sharding
+from unigrpo_jax.sft import objective, samples
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.shapes import tokenizer as shapes_tokenizer
-from unigrpo_jax.train import run_dir
+from unigrpo_jax.train import checkpointing, run_dir, settings
+from unigrpo_jax.train import optimizer as opt_lib
+from unigrpo_jax.train import step as step_lib
 
 FINAL = run_dir.SFT_FINAL
 CONFIG_FILE = run_dir.SFT_CONFIG
@@ -92,8 +96,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     model = model_config(config)
     tokenizer = load_tokenizer(config, model)
     lay = samples.layout(model, config.data, config.think)
+    settings.check_optimizer(config.optimizer)
+    p = config.parallelism
+    devices = jax.devices()[:p.num_devices] if p.num_devices > 0 else jax.devices()
+    mesh = mesh_lib.make_mesh(settings.check_parallelism(p, len(devices)), devices)
     if config.init_from:
-        loaded, params, _ = checkpoint.load(config.init_from)
+        loaded, params, _ = checkpointing.load_params_dir(config.init_from)
         if loaded.llm != model.llm or loaded.tokens != model.tokens:
             raise ValueError(f'init_from={config.init_from} has llm {loaded.llm} / '
                              f'{loaded.tokens}, the config asks for {model.llm} / {model.tokens}')
@@ -102,9 +110,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
         params = nn.unbox(bagel.init_params(model, jax.random.key(config.seed)))
     n_params = sum(x.size for x in jax.tree.leaves(params))
     last = end_step(config)
-    optimizer = sft_step.make_optimizer(config.optimizer, config.steps)
-    state = sft_step.init_state(params, optimizer)
-    train_step = sft_step.make_train_step(model, lay, config.loss, optimizer, config.seed)
+    optimizer = opt_lib.make_optimizer(config.optimizer, config.steps)
+    example = samples.sample_batch(np.random.default_rng(0), tokenizer, model, lay,
+                                   config.data.batch_size, 0.0).arrays()
+    rules = sharding.strategy_rules(p.strategy, p.rules.to_dict())
+    place = step_lib.placement(model, optimizer, mesh, rules, example, frozen=False)
+    state = step_lib.init_state(params, optimizer, place)
+    train_step = step_lib.make_train_step(
+        objective.sft_loss(model, lay, config.loss, config.seed), optimizer, place)
     rng = np.random.default_rng(config.seed)
     examples = None
     if config.data.num_examples:  # a fixed TFDS dataset instead of fresh samples every step
@@ -116,8 +129,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
         f'batch {config.data.batch_size}, {config.steps} steps{stop} -> {workdir}')
 
     def save(name: str):
-        checkpoint.save(os.path.join(workdir, name), model, jax.device_get(state.params),
-                        config.tokenizer)
+        checkpointing.save_params_dir(os.path.join(workdir, name), model,
+                                      jax.device_get(state.params), config.tokenizer)
 
     eval_prompts = shapes_eval.load_prompts(config.eval_prompts)
 
@@ -145,7 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
             batch = samples.make_batch(rng, tokenizer, model, lay,
                                        *examples.batch(config.seed, k - 1, config.data.batch_size),
                                        config.data.text_dropout)
-        state, metrics = train_step(state, batch.arrays())
+        state, metrics = train_step(state, None, batch.arrays())
         window_steps += 1
         for name, value in metrics.items():  # device scalars; summed lazily
             sums[name] = sums.get(name, 0.0) + value

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.rewards import geneval
 from unigrpo_jax.rollout import eval_sampler, rollout
-from unigrpo_jax.sft import samples
 from unigrpo_jax.shapes import detector, plan, prompts, world
 
 
@@ -89,15 +89,15 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
     for start in range(0, len(metadata), batch_size):
         chunk = metadata[start:start + batch_size]
         padded = chunk + [chunk[-1]] * (batch_size - len(chunk))  # one compiled shape
-        ids, lengths = samples.prompt_batch(tokenizer, config, padded, prompt_len)
+        ids, lengths = tokenizer_lib.encode_segments(tokenizer, config.tokens,
+                                                     [m['prompt'] for m in padded], prompt_len)
         key = jax.random.fold_in(jax.random.key(seed), start // batch_size)
         forced = None
         if plans is not None:
             texts_in = [plan.plan_text(p) for p in plans[start:start + batch_size]]
             texts_in += [texts_in[-1]] * (batch_size - len(chunk))
-            segments = samples.encode_segments(tokenizer, config, texts_in)
-            forced = tuple(map(jnp.asarray, samples.pad_segments(
-                segments, max_think_tokens + 2, tokenizer.pad_token_id, 'think')))
+            forced = tuple(map(jnp.asarray, tokenizer_lib.encode_segments(
+                tokenizer, config.tokens, texts_in, max_think_tokens + 2, what='think')))
         imgs, tokens, mask = rollout.generate_eval(params, ae_params or {}, config, rc, sampler,
                                                    None, jnp.asarray(ids), jnp.asarray(lengths),
                                                    key, forced_think=forced)

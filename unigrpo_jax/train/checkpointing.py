@@ -1,13 +1,19 @@
-"""Orbax ``CheckpointManager`` for the RL train state: async saves, a preservation policy,
-and exact resume (params, optimizer state, step, data position and RNG seed)."""
+"""Checkpoints of training runs: the Orbax ``CheckpointManager`` of a run's train state
+(async saves, a preservation policy, exact resume of params, optimizer state, step, data
+position and RNG seed), reading a run's params alone, and params-only checkpoint
+directories with their tokenizer (SFT)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.convert.pipeline import TOKENIZER_DIR
 
 
 def manager(workdir: str, *, max_to_keep: int, keep_period: int | None) -> ocp.CheckpointManager:
@@ -67,3 +73,22 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
         meta=ocp.args.JsonRestore()))
     mgr.close()
     return out['state']['params'], out['meta']
+
+
+def save_params_dir(directory: str, config, params, tokenizer_dir: str | None = None, *,
+                    overwrite: bool = True) -> None:
+    """A params-only checkpoint (SFT ``step_<k>/``, ``final/``, the shipped models):
+    ``convert.orbax_io.save_params`` (configs and params; no autoencoder params, the
+    ShapesEval model's identity autoencoder has none) plus a copy of the tokenizer under
+    ``TOKENIZER_DIR``. ``load_params_dir`` reads it back."""
+    orbax_io.save_params(directory, config, params, {}, overwrite=overwrite)
+    if tokenizer_dir is not None:
+        target = os.path.join(directory, TOKENIZER_DIR)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(tokenizer_dir, target)
+
+
+def load_params_dir(directory: str):
+    """``(config, params, ae_params)`` of a directory written by ``save_params_dir`` (host
+    numpy)."""
+    return orbax_io.load_params(directory)

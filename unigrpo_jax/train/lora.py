@@ -19,7 +19,9 @@ Use::
     place = lora_placement(config, spec, optimizer, mesh, rules, batch)
     state = step.init_state(init_lora(params, spec, rng), optimizer, place)
     base = step.reference_params(params, place)          # frozen, bfloat16
-    state, metrics = make_lora_train_step(config, obj, spec, optimizer, place)(state, base, batch)
+    train_step = step.make_train_step(adapter_loss(step.rl_loss(config, obj), spec),
+                                      optimizer, place)
+    state, metrics = train_step(state, base, batch)
 
 and roll out with ``merge(base, state.params, spec)``.
 """
@@ -38,8 +40,6 @@ from unigrpo_jax.convert.checkpoint import flatten, unflatten
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.rl.objective import ObjectiveConfig, loss_fn
-from unigrpo_jax.rl.replay import TrainBatch
 from unigrpo_jax.train import step as step_lib
 
 TARGETS = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
@@ -50,36 +50,18 @@ _IN_AXES = {'o_proj': 2}
 
 @dataclasses.dataclass(frozen=True)
 class LoraSpec:
-    """Which kernels get adapters and their size. ``A ~ normal(1 / rank)`` (PEFT's gaussian
-    init), ``B = 0``; the update is scaled by ``alpha / rank``."""
+    """Which kernels get adapters and their size (``train.settings.lora_spec`` builds and
+    checks it from a config). ``A ~ normal(1 / rank)`` (PEFT's gaussian init), ``B = 0``; the
+    update is scaled by ``alpha / rank``."""
 
-    rank: int = 64
-    alpha: float = 128.0
-    targets: tuple[str, ...] = TARGETS
-    experts: tuple[str, ...] = EXPERTS
-
-    def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f'lora.rank={self.rank}; expected a positive integer')
-        for name, got, allowed in (('targets', self.targets, TARGETS),
-                                   ('experts', self.experts, EXPERTS)):
-            unknown = sorted(set(got) - set(allowed))
-            if unknown or not got:
-                raise ValueError(f'lora.{name}={tuple(got)!r}: expected a non-empty subset of '
-                                 f'{allowed}, found unknown {unknown}')
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]   # a subset of TARGETS
+    experts: tuple[str, ...]   # a subset of EXPERTS
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
-
-
-def lora_spec(c) -> LoraSpec | None:
-    """From a config's ``lora`` section (``enabled``, ``rank``, ``alpha``, ``targets``,
-    ``experts``): the spec, or None when LoRA is off (train the full model)."""
-    if not c.enabled:
-        return None
-    return LoraSpec(rank=c.rank, alpha=float(c.alpha), targets=tuple(c.targets),
-                    experts=tuple(c.experts))
 
 
 def _kernel_paths(spec: LoraSpec) -> list[str]:
@@ -147,7 +129,7 @@ def merge(params, lora, spec: LoraSpec):
 
 
 def lora_placement(config: BagelConfig, spec: LoraSpec, optimizer, mesh, rules,
-                   batch_example: TrainBatch) -> step_lib.Placement:
+                   batch_example) -> step_lib.Placement:
     """A ``step.Placement`` whose state is the adapters' (``params``: adapter shardings from
     their logical names) and whose ``ref_params`` place the frozen base like the full model."""
     # The full model's placement gives the base and batch shardings; its optimizer state is
@@ -161,12 +143,10 @@ def lora_placement(config: BagelConfig, spec: LoraSpec, optimizer, mesh, rules,
     return dataclasses.replace(full, params=lora_sh, state=state)
 
 
-def make_lora_train_step(config: BagelConfig, obj: ObjectiveConfig, spec: LoraSpec, optimizer,
-                         place: step_lib.Placement):
-    """``step(state, base, batch) -> (state, metrics)``: ``state.params`` are the adapters
-    (donated with the optimizer state); ``base`` is the frozen model, used both under the
-    adapters (the policy) and alone (the reference): no second copy of the weights."""
-    def loss(lora, base, batch, config, obj):
-        return loss_fn(merge(base, lora, spec), base, batch, config, obj)
-
-    return step_lib.make_train_step(config, obj, optimizer, place, loss=loss)
+def adapter_loss(loss: step_lib.Loss, spec: LoraSpec) -> step_lib.Loss:
+    """``loss`` of the adapted model as a loss of the adapters: ``state.params`` are the
+    adapters and the frozen argument is the base, used both under the adapters (the policy)
+    and alone (the reference): no second copy of the weights."""
+    def adapted(lora, base, batch, step):
+        return loss(merge(base, lora, spec), base, batch, step)
+    return adapted

@@ -31,21 +31,33 @@ def expert_labels(params):
     return unflatten({p: expert_of(p) for p in flatten(params)})
 
 
-def make_optimizer(c, total_updates: int = 0) -> optax.GradientTransformation:
-    """From a config's ``optimizer`` section: ``lr_und``, ``lr_gen``, ``b1``, ``b2``, ``eps``,
-    ``weight_decay``, ``grad_clip`` (global norm; 0 = off) and ``final_lr_fraction``: 1 keeps
-    both rates constant (the paper); below 1 both decay along a cosine to that fraction over
-    ``total_updates`` optimizer updates (RL steps x PPO epochs x minibatches)."""
-    if not 0.0 < c.final_lr_fraction <= 1.0:
-        raise ValueError(f'optimizer.final_lr_fraction={c.final_lr_fraction}; expected (0, 1]')
-    if c.final_lr_fraction < 1.0 and total_updates < 1:
-        raise ValueError('a decaying learning rate (optimizer.final_lr_fraction < 1) needs the '
-                         f'number of updates; got total_updates={total_updates}')
+def learning_rate(c, lr: float, total_updates: int):
+    """The schedule of one expert's rate ``lr``: a linear warm-up from 0 over
+    ``c.warmup_steps`` updates (0: none) into a cosine decay to ``lr * c.final_lr_fraction`` at
+    ``total_updates``; without warm-up, ``final_lr_fraction = 1`` keeps ``lr`` constant."""
+    if c.warmup_steps > 0:
+        warmup = max(1, min(c.warmup_steps, total_updates - 1))
+        return optax.warmup_cosine_decay_schedule(
+            0.0, lr, warmup, max(total_updates, warmup + 1), end_value=lr * c.final_lr_fraction)
+    if c.final_lr_fraction < 1.0:
+        return optax.cosine_decay_schedule(lr, total_updates, alpha=c.final_lr_fraction)
+    return lr
+
+
+def make_optimizer(c, total_updates: int) -> optax.GradientTransformation:
+    """From a config's ``optimizer`` section (checked by ``train.settings.check_optimizer``):
+    AdamW (``b1``, ``b2``, ``eps``, ``weight_decay``) with the rates ``lr_und`` / ``lr_gen``
+    of the two expert groups on the schedule of ``learning_rate``, after a global-norm clip
+    (``grad_clip``; 0 = off). ``total_updates``: the optimizer updates of the run (RL steps x
+    PPO epochs x minibatches; SFT steps)."""
+    if (c.final_lr_fraction < 1.0 or c.warmup_steps > 0) and total_updates < 1:
+        raise ValueError('a learning-rate schedule (optimizer.final_lr_fraction < 1 or '
+                         'warmup_steps > 0) needs the number of updates; got '
+                         f'total_updates={total_updates}')
 
     def adamw(lr):
-        if c.final_lr_fraction < 1.0:
-            lr = optax.cosine_decay_schedule(lr, total_updates, alpha=c.final_lr_fraction)
-        return optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
+        return optax.adamw(learning_rate(c, lr, total_updates), b1=c.b1, b2=c.b2, eps=c.eps,
+                           weight_decay=c.weight_decay)
     per_expert = optax.multi_transform({'und': adamw(c.lr_und), 'gen': adamw(c.lr_gen)},
                                        expert_labels)
     if c.grad_clip > 0:

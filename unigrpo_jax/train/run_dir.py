@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
-from unigrpo_jax.model import factory
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.train import checkpointing
 from unigrpo_jax.train import lora as lora_lib

@@ -1,14 +1,16 @@
-"""The sharded UniGRPO train step: ``jax.jit`` with explicit in/out shardings over a mesh.
+"""The sharded train step of every objective: ``jax.jit`` with explicit in/out shardings.
 
-Params (float32 master copy), optimizer state and the frozen reference params (bfloat16, no
-optimizer state) are placed by the strategy's rule table; the minibatch is split over the
-data-parallel axes; the train state is donated. One call = one optimizer step on one
-minibatch.
+Params (float32 master copy), optimizer state and frozen params (the RL reference, or a LoRA
+base; none for SFT) are placed by the strategy's rule table; the batch's per-chain fields are
+split over the data-parallel axes (``rollout.trajectory`` marks which fields are per chain);
+the train state is donated. One call = one optimizer step on one minibatch. What differs
+between RL, LoRA and SFT is only the injected ``loss``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -21,9 +23,13 @@ from jax.sharding import Mesh
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.rl.objective import ObjectiveConfig, loss_fn
-from unigrpo_jax.rl.replay import TrainBatch
+from unigrpo_jax.rl import objective
+from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train.optimizer import grad_norms
+
+# ``loss(trainable, frozen, batch, step) -> (scalar loss, metrics)``; ``step`` is the train
+# state's step counter (e.g. for per-step noise).
+Loss = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict]]
 
 
 @struct.dataclass
@@ -72,19 +78,20 @@ def opt_state_shardings(optimizer, params_abstract, param_sh, mesh: Mesh):
                                                                   params_abstract))
 
 
-def placement(config: BagelConfig, optimizer, mesh: Mesh, rules, batch_example: TrainBatch,
-              ) -> Placement:
-    """Shardings for the state, the reference params and a ``TrainBatch`` like the example."""
+def placement(config: BagelConfig, optimizer, mesh: Mesh, rules, batch_example,
+              frozen: bool = True) -> Placement:
+    """Shardings for the state, the frozen params (``frozen=False``: there are none) and a
+    batch like ``batch_example`` (arrays or ``ShapeDtypeStruct``s; a ``TrainBatch`` or a dict
+    of per-chain arrays)."""
     boxed = bagel.abstract_params(config)
     param_sh = sharding.param_shardings(boxed, mesh, rules)
     opt_sh = opt_state_shardings(optimizer, nn.unbox(boxed), param_sh, mesh)
     rep = sharding.replicated(mesh)
     state_sh = TrainState(step=rep, params=param_sh, opt_state=opt_sh)
-    per_chain = sharding.batch_sharding(mesh, batch_example.prompt_ids.shape[0])
-    batch_sh = jax.tree.map(lambda _: per_chain, batch_example).replace(
-        system_ids=rep, t=rep, t_next=rep)
-    return Placement(mesh=mesh, params=param_sh, ref_params=param_sh, state=state_sh,
-                     batch=batch_sh)
+    per_chain = sharding.batch_sharding(mesh, trajectory.num_chains(batch_example))
+    batch_sh = trajectory.chain_specs(batch_example, per_chain, rep)
+    return Placement(mesh=mesh, params=param_sh, ref_params=param_sh if frozen else None,
+                     state=state_sh, batch=batch_sh)
 
 
 def init_state(params, optimizer, place: Placement) -> TrainState:
@@ -103,18 +110,24 @@ def reference_params(params, place: Placement, dtype=jnp.bfloat16):
                    out_shardings=place.ref_params)(params)
 
 
-def make_train_step(config: BagelConfig, obj: ObjectiveConfig, optimizer, place: Placement,
-                    loss=loss_fn):
+def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig) -> Loss:
+    """The full fine-tuning RL loss (trainable = params, frozen = the reference params)."""
+    def loss(params, ref_params, batch, step):
+        del step
+        return objective.loss_fn(params, ref_params, batch, config, obj)
+    return loss
+
+
+def make_train_step(loss: Loss, optimizer, place: Placement):
     """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state.
 
-    ``loss(trainable, frozen, batch, config, obj)`` defaults to the full fine-tuning loss
-    (trainable = params, frozen = reference params); LoRA passes its own. A non-finite loss or
-    gradient leaves params and optimizer state unchanged (the step counter still advances) and
-    reports ``skipped = 1``.
+    ``loss`` (``rl_loss``, ``lora.adapter_loss``, ``sft.objective.sft_loss``) is differentiated
+    in its first argument. A non-finite loss or gradient leaves params and optimizer state
+    unchanged (the step counter still advances) and reports ``skipped = 1``.
     """
-    def step(state: TrainState, ref_params, batch: TrainBatch):
+    def step(state: TrainState, frozen, batch):
         (loss_value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
-            state.params, ref_params, batch, config, obj)
+            state.params, frozen, batch, state.step)
         norms = grad_norms(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from unigrpo_jax import parity
+from unigrpo_jax.bench import parity
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,4 @@
-"""Analytic params, bytes and FLOPs of unigrpo_jax.perf against hand counts (no timing)."""
+"""Analytic params, bytes and FLOPs of unigrpo_jax.bench.perf against hand counts (no timing)."""
 
 import math
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax import perf
+from unigrpo_jax.bench import perf
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import config_from_dict
 

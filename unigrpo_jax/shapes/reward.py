@@ -1,4 +1,8 @@
-"""The built-in ShapesEval reward: detector + FlowGRPO's partial credit (algorithm.md §10)."""
+"""The ShapesEval reward ``shapes``: detector + FlowGRPO's partial credit (algorithm.md §10).
+
+Registered under ``'shapes'`` (``rewards.registry`` finds it by its place,
+``unigrpo_jax.<package>.reward``): ``reward.name='shapes'`` in a config.
+"""
 
 from __future__ import annotations
 

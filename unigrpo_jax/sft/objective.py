@@ -1,4 +1,4 @@
-"""The SFT objective of Bagel (bagel.md §5.9) on a fixed-layout batch, and the jitted train step.
+"""The SFT objective of Bagel (bagel.md §5.9) on a fixed-layout batch.
 
 Per sample (layout in ``sft/samples.py``):
 
@@ -8,19 +8,17 @@ Per sample (layout in ``sft/samples.py``):
 - CE on the think segment: logits at ``bos, y_1 .. y_n`` predict ``y_1 .. y_n, eos``, averaged
   over the batch's valid target tokens; the prompt has no loss.
 
-``loss = mse_weight * mse + ce_weight * ce``; AdamW (warm-up, cosine decay) with global-norm
-clipping.
+``loss = mse_weight * mse + ce_weight * ce``. ``sft_loss`` plugs it into the shared train step
+(``train.step.make_train_step``: sharding, the non-finite skip) with the optimizer of
+``train.optimizer``.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import optax
-from flax import struct
 
 from unigrpo_jax.model import latents
 from unigrpo_jax.model.bagel import Bagel
@@ -28,29 +26,10 @@ from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.sft import samples
 
 
-@struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
-
-
-def make_optimizer(c, total_steps: int) -> optax.GradientTransformation:
-    """AdamW from a config's ``optimizer`` section: linear warm-up to ``lr`` over
-    ``warmup_steps``, cosine decay to ``lr * final_lr_fraction`` at ``total_steps``."""
-    warmup = max(1, min(c.warmup_steps, total_steps - 1))
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, c.lr, warmup, max(total_steps, warmup + 1), end_value=c.lr * c.final_lr_fraction)
-    adamw = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay)
-    if c.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(c.grad_clip), adamw)
-    return adamw
-
-
 def flow_times(key: jax.Array, batch: int, shift: float) -> jax.Array:
     """``[batch]`` logit-normal flow times ``shift(sigmoid(n))`` (1 = noise)."""
-    t = jax.nn.sigmoid(jax.random.normal(key, (batch,), jnp.float32))
-    return shift * t / (1.0 + (shift - 1.0) * t)
+    return latents.shift_time(jax.nn.sigmoid(jax.random.normal(key, (batch,), jnp.float32)),
+                              shift)
 
 
 def forward(params, config: BagelConfig, lay: samples.Layout, inputs: dict, x_t: jax.Array,
@@ -116,25 +95,13 @@ def loss_fn(params, config: BagelConfig, lay: samples.Layout, loss_cfg, inputs: 
     return loss, metrics
 
 
-def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
-
-
-def make_train_step(config: BagelConfig, lay: samples.Layout, loss_cfg,
-                    optimizer: optax.GradientTransformation, seed: int):
-    """``step(state, inputs) -> (state, metrics)``, jitted, the state donated. The noise and
-    times of step k come from ``fold_in(key(seed), k)``."""
+def sft_loss(config: BagelConfig, lay: samples.Layout, loss_cfg, seed: int):
+    """``loss(params, frozen, inputs, step)`` for ``train.step.make_train_step`` (``frozen``
+    is None: SFT has no reference). The noise and times of step k come from
+    ``fold_in(key(seed), k)``."""
     base = jax.random.key(seed)
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def step(state: TrainState, inputs: dict):
-        key = jax.random.fold_in(base, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (_, metrics), grads = grad_fn(state.params, config, lay, loss_cfg, inputs, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics['grad_norm'] = optax.tree.norm(grads)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-    return step
+    def loss(params, frozen, inputs: dict, step: jax.Array):
+        del frozen
+        return loss_fn(params, config, lay, loss_cfg, inputs, jax.random.fold_in(base, step))
+    return loss

@@ -1,0 +1,50 @@
+"""The ShapesEval reward ``shapes``: the detector graded by GenEval's rules, built by name."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from unigrpo_jax.rewards import registry
+from unigrpo_jax.shapes import prompts, reward, world
+
+TWO_RED_SQUARES = {'tag': 'counting', 'prompt': 'a photo of two red squares',
+                   'include': [{'class': 'square', 'count': 2, 'color': 'red'}]}
+
+
+def images_of(*layouts):
+    return np.stack([world.render(layout) for layout in layouts])
+
+
+def test_partial_credit_and_strict_scores_of_rendered_layouts():
+    images = images_of([('square', 'red', 0, 0), ('square', 'red', 2, 3)],  # right
+                       [('square', 'red', 0, 0)],                             # one short
+                       [])                                                    # nothing
+    metadata = [TWO_RED_SQUARES] * 3
+    partial = reward.shapes_scores(images, metadata)
+    strict = reward.shapes_scores(images, metadata, strict=True)
+    assert partial.dtype == np.float32 and partial.shape == (3,)
+    np.testing.assert_array_equal(strict, [1.0, 0.0, 0.0])
+    assert partial[0] == 1.0 and 0.0 < partial[1] < 1.0 and partial[2] < partial[1]
+
+
+def test_every_eval_prompt_scores_one_on_a_layout_drawn_for_it():
+    rng = np.random.default_rng(0)
+    metadata = prompts.eval_prompts(seed=0, per_tag=3)
+    images = images_of(*(prompts.sample_layout(m, rng) for m in metadata))
+    np.testing.assert_array_equal(reward.shapes_scores(images, metadata, strict=True),
+                                  np.ones(len(metadata), np.float32))
+
+
+@pytest.mark.parametrize('options', [None, {}, {'strict': True},
+                                     ml_collections.ConfigDict({'strict': False})])
+def test_registered_as_shapes(options):
+    images = images_of([('square', 'red', 0, 0)])
+    strict = bool((options or {}).get('strict', False))
+    np.testing.assert_array_equal(
+        registry.make_reward('shapes', options)(images, [TWO_RED_SQUARES]),
+        reward.shapes_scores(images, [TWO_RED_SQUARES], strict=strict))
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match=r"unknown options \['threshold'\].*has: strict"):
+        registry.make_reward('shapes', {'threshold': 2.0})

@@ -1,0 +1,1 @@
+"""Benchmarks and checks: the top layer, imports any layer below, nothing imports it."""

@@ -1,0 +1,65 @@
+"""The RL run's periodic evaluation: held-out reward with the evaluation sampler (greedy or
+sampled thinking, then Bagel's ODE with CFG) and a sample grid with the thinking text."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unigrpo_jax import viz
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.rollout import generate
+from unigrpo_jax.train.settings import Settings
+
+GRID_IMAGES = 16
+
+
+def make_evaluator(config, s: Settings, model: BagelConfig, tokenizer, tokens,
+                   system_ids: np.ndarray | None, items: list[dict], reward_fn, writer,
+                   workdir: str) -> Callable:
+    """``evaluate(params, ae_params, step) -> scores [len(items)]``: generates one image per
+    held-out prompt (chunks of ``config.batch_size``), scores it with ``reward_fn`` and writes
+    ``eval/reward_mean`` and a grid (``workdir/samples/step_<k>.png``, TensorBoard, and a
+    ``metrics.jsonl`` line)."""
+    rc = s.rollout
+    think_tokens = rc.max_think_tokens if rc.think else 0
+
+    def draw(params, ae_params, chunk):
+        ids, lengths = tokenizer_lib.encode_segments(
+            tokenizer, tokens, [it['prompt'] for it in chunk], config.data.max_prompt_tokens)
+        return generate.generate_eval(
+            params, ae_params, model, s.eval_sampler, system_ids, jnp.asarray(ids),
+            jnp.asarray(lengths), jax.random.key(config.seed + 1), think_tokens=think_tokens,
+            token_sampler=s.eval_tokens, image_size=rc.schedule.image_size)
+
+    def evaluate(params, ae_params, step: int) -> np.ndarray:
+        scores, images_all, texts = [], [], []
+        for i in range(0, len(items), config.batch_size):
+            chunk = items[i:i + config.batch_size]
+            images, think, mask = draw(params, ae_params, chunk)
+            images = np.asarray(images)
+            scores.append(np.asarray(reward_fn(images, chunk), np.float32))
+            images_all.append(images)
+            texts += [tokenizer.decode(np.asarray(t)[np.asarray(m)], skip_special_tokens=False)
+                      for t, m in zip(think, mask)]
+        scores = np.concatenate(scores)
+        writer.write_scalars(step, {'eval/reward_mean': float(scores.mean())})
+        grid_n = min(GRID_IMAGES, len(texts))
+        captions = [f'{it["prompt"]} | {tx}' for it, tx in zip(items[:grid_n], texts[:grid_n])]
+        grid = viz.image_grid(np.concatenate(images_all)[:grid_n], captions)
+        writer.write_images(step, {'eval/samples': grid[None]})
+        if jax.process_index() == 0:
+            os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)
+            viz.save_png(grid, os.path.join(workdir, 'samples', f'step_{step:06d}.png'))
+            with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+                f.write(json.dumps({'step': step, 'eval/reward_mean': float(scores.mean())})
+                        + '\n')
+        return scores
+
+    return evaluate

@@ -1,0 +1,137 @@
+"""One UniGRPO iteration as a function: rollout -> score -> advantages -> PPO updates.
+
+``build_programs`` compiles what an RL run executes (the rollout, the train step, minibatch
+selection, the policy the rollout samples from) with the placements of ``train.step``;
+``rl_step`` runs one iteration on a batch of prompts and returns the new train state and its
+metrics. It writes nothing (no checkpoints, logs or files): ``train.loop`` drives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.rl import advantages, replay
+from unigrpo_jax.rollout import rollout as rollout_lib
+from unigrpo_jax.rollout import trajectory
+from unigrpo_jax.train import lora as lora_lib
+from unigrpo_jax.train import step as step_lib
+from unigrpo_jax.train.settings import Settings
+
+
+class RewardError(RuntimeError):
+    """The reward function failed or returned something other than finite scores."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The jitted functions of an RL run and the placements they were compiled for."""
+
+    place: step_lib.Placement
+    rollout: Callable    # (policy params, ae_params, system_ids, ids, lengths, key) -> Rollout
+    train_step: Callable  # (state, frozen, TrainBatch) -> (state, metrics)
+    select: Callable     # (TrainBatch, idx [M]) -> the minibatch, placed for train_step
+    policy: Callable     # (state.params, frozen) -> the params the rollout samples from
+
+
+def train_batch_shapes(model: BagelConfig, s: Settings, system_len: int, prompt_len: int,
+                       prompts: int) -> replay.TrainBatch:
+    """A minibatch's ``TrainBatch`` as ``ShapeDtypeStruct``s, from ``jax.eval_shape`` of the
+    builders the loop calls (rollout, ``replay.train_batch``, ``trajectory.select_chains``)."""
+    out = rollout_lib.rollout_shapes(model, s.rollout, system_len, prompt_len, prompts)
+    chains = trajectory.num_chains(out.trajectory)
+    sds = jax.ShapeDtypeStruct
+    batch = jax.eval_shape(replay.train_batch, out, sds((system_len,), jnp.int32),
+                           sds((chains,), jnp.float32), sds((chains,), jnp.float32))
+    return jax.eval_shape(trajectory.select_chains, batch, sds((s.minibatch,), jnp.int32))
+
+
+def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules,
+                   batch_example) -> Programs:
+    """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then
+    holds only the adapters; the frozen params are the base)."""
+    loss = step_lib.rl_loss(model, s.objective)
+    if s.lora is None:
+        place = step_lib.placement(model, optimizer, mesh, rules, batch_example)
+        policy = lambda trainable, frozen: trainable  # noqa: E731
+    else:
+        place = lora_lib.lora_placement(model, s.lora, optimizer, mesh, rules, batch_example)
+        loss = lora_lib.adapter_loss(loss, s.lora)
+        spec = s.lora
+        policy = jax.jit(lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec))
+    return Programs(
+        place=place, rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh),
+        train_step=step_lib.make_train_step(loss, optimizer, place),
+        select=jax.jit(trajectory.select_chains, out_shardings=place.batch), policy=policy)
+
+
+def score(reward_fn, images, items: list[dict], group_size: int) -> np.ndarray:
+    """``[prompts * group_size]`` float32 rewards of a rollout's images (a prompt's chains
+    contiguous); raises ``RewardError`` when the reward fails or returns bad scores."""
+    metadata = [item for item in items for _ in range(group_size)]
+    try:
+        scores = np.asarray(reward_fn(np.asarray(images), metadata), np.float32)
+    except Exception as e:  # the reward is user code (or a remote server): say where it broke
+        raise RewardError(str(e)) from e
+    if scores.shape != (len(metadata),) or not np.isfinite(scores).all():
+        raise RewardError(f'the reward returned {scores!r} for {len(metadata)} images')
+    return scores
+
+
+def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState, frozen: Any,
+            ae_params, system_ids: np.ndarray | None, prompt_ids: np.ndarray,
+            prompt_lengths: np.ndarray, items: list[dict], reward_fn, key: jax.Array,
+            step: int) -> tuple[step_lib.TrainState, dict[str, float]]:
+    """One RL iteration on ``prompts`` prompts (``prompt_ids [prompts, P]``, their metadata
+    ``items``); ``key`` draws the rollout's random numbers and ``step`` orders the minibatches.
+
+    Returns the new state and the iteration's scalars: the train steps' metrics averaged over
+    minibatches and epochs, rewards, parity of the first minibatch and the time split.
+    """
+    t0 = time.time()
+    out = programs.rollout(programs.policy(state.params, frozen), ae_params, system_ids,
+                           prompt_ids, prompt_lengths, key)
+    chains = s.chains
+    closed = (np.asarray(out.trajectory.think_closed) if s.rollout.think
+              else np.ones(chains, bool))
+    t_rollout = time.time()
+    o = config.objective
+    scores = advantages.chain_rewards(score(reward_fn, out.images, items, s.rollout.group_size),
+                                      closed, config.truncated_think)
+    t_reward = time.time()
+    adv, weight = advantages.chain_advantages(
+        scores, closed, s.rollout.group_size, truncated_think=config.truncated_think,
+        skip_zero_variance_groups=o.skip_zero_variance_groups, std=o.advantage_std,
+        eps=o.advantage_eps, clip=o.advantage_clip)
+    system = system_ids if system_ids is not None else np.zeros((0,), np.int32)
+    batch = replay.train_batch(out, jnp.asarray(system), jnp.asarray(adv), jnp.asarray(weight))
+    metrics = []
+    for epoch in range(config.ppo_epochs):
+        order = np.random.default_rng([config.seed, step, epoch]).permutation(chains)
+        for mb in np.split(order, config.num_minibatches):
+            state, m = programs.train_step(state, frozen, programs.select(batch, jnp.asarray(mb)))
+            metrics.append(m)
+    metrics = jax.device_get(metrics)
+    t_done = time.time()
+    scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+    scalars.update({
+        'reward/mean': float(scores.mean()), 'reward/std': float(scores.std()),
+        'think/closed_fraction': float(closed.mean()),
+        'skipped_updates': sum(float(m['skipped']) for m in metrics),
+        'parity/first_minibatch_text_max_abs_logp_diff':
+            float(metrics[0].get('parity/text_max_abs_logp_diff', 0.0)),
+        'parity/first_minibatch_image_max_abs_logp_diff':
+            float(metrics[0].get('parity/image_max_abs_logp_diff', 0.0)),
+        'time/step_s': t_done - t0,
+        'time/rollout_s': t_rollout - t0,  # until the rollout's outputs are on the host
+        'time/reward_s': t_reward - t_rollout,
+        'time/update_s': t_done - t_reward,
+    })
+    return state, scalars

@@ -1,0 +1,208 @@
+"""An RL config checked and turned into the frozen objects the programs are built from.
+
+``settings(config, num_devices)`` is the one place a config is validated: it runs before any
+model is built or compiled, and every error names the field, its value and what is allowed
+(``ConfigError``). What one setting implies is derived here once:
+
+- ``objective.mode`` decides whether the policy thinks (``objective.thinks``) and whether the
+  rollout has an SDE window (``objective.has_window``; TextGRPO's images are drawn by the ODE);
+- one ``Schedule`` (token sampler, timesteps, shift, noise level, window, image size) is held by
+  both the ``RolloutConfig`` and the ``ObjectiveConfig``;
+- the chains per rollout batch and per minibatch, and the number of optimizer updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.parallel import mesh as mesh_lib
+from unigrpo_jax.parallel import sharding
+from unigrpo_jax.rewards import registry
+from unigrpo_jax.rl import advantages, losses, objective
+from unigrpo_jax.rollout import eval_sampler, generate
+from unigrpo_jax.rollout.rollout import RolloutConfig
+from unigrpo_jax.rollout.sampling import TokenSampler
+from unigrpo_jax.rollout.schedule import Schedule
+from unigrpo_jax.train.lora import EXPERTS, TARGETS, LoraSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the RL programs are built from, derived from one config."""
+
+    mesh_shape: tuple[int, ...]
+    rollout: RolloutConfig
+    objective: objective.ObjectiveConfig
+    eval_sampler: eval_sampler.SamplerConfig
+    eval_tokens: TokenSampler     # how evaluation samples reasoning (greedy or the rollout's)
+    lora: LoraSpec | None
+    chains: int                   # per rollout batch: batch_size * group_size
+    minibatch: int                # chains per optimizer update
+    total_updates: int            # optimizer updates of the whole run
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.rollout.schedule
+
+
+def _need(ok: bool, field: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f'config.{field}={value!r}: {allowed}')
+
+
+def _one_of(field: str, value, allowed) -> None:
+    _need(value in allowed, field, value, f'expected one of {tuple(allowed)}')
+
+
+def token_sampler(r) -> TokenSampler:
+    """The rollout's token sampler (config ``rollout`` section), checked."""
+    _need(r.temperature >= 0, 'rollout.temperature', r.temperature, 'must be >= 0 (0 = greedy)')
+    _need(r.top_k >= 0, 'rollout.top_k', r.top_k, 'must be >= 0 (0 = off)')
+    _need(0.0 < r.top_p <= 1.0, 'rollout.top_p', r.top_p, 'must be in (0, 1] (1 = off)')
+    return TokenSampler(temperature=float(r.temperature), top_k=int(r.top_k),
+                        top_p=float(r.top_p))
+
+
+def schedule(config) -> Schedule:
+    """The training chains' ``Schedule``: the rollout section, with no window when the mode
+    does not train the image."""
+    r = config.rollout
+    window = objective.has_window(config.objective.mode)
+    _need(r.num_timesteps >= 2, 'rollout.num_timesteps', r.num_timesteps,
+          'must be >= 2 (N points give N - 1 steps)')
+    _need(r.noise_level > 0 or not window, 'rollout.noise_level', r.noise_level,
+          'the SDE window needs a noise level > 0')
+    steps = r.num_timesteps - 1
+    if window:
+        _need(r.window_size >= 1, 'rollout.window_size', r.window_size,
+              f'objective.mode={config.objective.mode!r} trains the image: needs >= 1')
+        _need(r.window_max_start >= 0, 'rollout.window_max_start', r.window_max_start,
+              'must be >= 0')
+        _need(r.window_max_start + r.window_size <= steps, 'rollout.window_max_start',
+              r.window_max_start, f'the window (size {r.window_size}) must end within the '
+              f'{steps} steps of rollout.num_timesteps={r.num_timesteps}')
+    return Schedule(tokens=token_sampler(r), num_timesteps=int(r.num_timesteps),
+                    shift=float(r.shift), noise_level=float(r.noise_level),
+                    window_size=int(r.window_size) if window else 0,
+                    window_max_start=int(r.window_max_start) if window else 0,
+                    image_size=tuple(int(x) for x in r.image_size))
+
+
+def rollout_config(config, decode_images: bool = True) -> RolloutConfig:
+    """The ``RolloutConfig`` of a config (``decode_images=False``: latents only)."""
+    r, mode = config.rollout, config.objective.mode
+    _one_of('objective.mode', mode, objective.MODES)
+    think = objective.thinks(mode)
+    _need(r.group_size >= 2, 'rollout.group_size', r.group_size,
+          'GRPO needs >= 2 chains per prompt')
+    if think:
+        _need(r.max_think_tokens >= 1, 'rollout.max_think_tokens', r.max_think_tokens,
+              'must be >= 1')
+    return RolloutConfig(group_size=int(r.group_size), think=think,
+                         max_think_tokens=int(r.max_think_tokens), schedule=schedule(config),
+                         decode_images=decode_images)
+
+
+def objective_config(config, sched: Schedule) -> objective.ObjectiveConfig:
+    """The ``ObjectiveConfig`` of a config, replaying with the rollout's ``sched``."""
+    o = config.objective
+    _one_of('objective.mode', o.mode, objective.MODES)
+    _one_of('objective.regularizer', o.regularizer, objective.REGULARIZERS)
+    _one_of('objective.text_aggregation', o.text_aggregation, losses.TEXT_AGGREGATIONS)
+    _one_of('objective.advantage_std', o.advantage_std, advantages.STD_MODES)
+    if o.regularizer == 'latent_kl':
+        _need(o.latent_kl_weight > 0, 'objective.latent_kl_weight', o.latent_kl_weight,
+              'objective.regularizer=latent_kl needs a weight > 0')
+    if o.regularizer == 'velocity_mse':
+        _need(o.velocity_mse_weight >= 0, 'objective.velocity_mse_weight',
+              o.velocity_mse_weight, 'must be >= 0')
+    _need(o.text_clip > 0 and o.flow_clip > 0, 'objective.text_clip', o.text_clip,
+          f'the clip ranges must be > 0 (objective.flow_clip={o.flow_clip})')
+    return objective.ObjectiveConfig(
+        mode=o.mode, text_clip=float(o.text_clip), flow_clip=float(o.flow_clip),
+        text_aggregation=o.text_aggregation, flow_weight=float(o.flow_weight),
+        regularizer=o.regularizer, velocity_mse_weight=float(o.velocity_mse_weight),
+        latent_kl_weight=float(o.latent_kl_weight), text_kl_weight=float(o.text_kl_weight),
+        dt_reweight=bool(o.dt_reweight), image_grad_to_context=bool(o.image_grad_to_context),
+        schedule=sched)
+
+
+def lora_spec(c) -> LoraSpec | None:
+    """From a config's ``lora`` section: the spec, or None when LoRA is off (full model)."""
+    if not c.enabled:
+        return None
+    _need(c.rank >= 1, 'lora.rank', c.rank, 'expected a positive integer')
+    for name, allowed in (('targets', TARGETS), ('experts', EXPERTS)):
+        got = tuple(c[name])
+        unknown = sorted(set(got) - set(allowed))
+        _need(bool(got) and not unknown, f'lora.{name}', got,
+              f'expected a non-empty subset of {allowed}, found unknown {unknown}')
+    return LoraSpec(rank=int(c.rank), alpha=float(c.alpha), targets=tuple(c.targets),
+                    experts=tuple(c.experts))
+
+
+def eval_tokens(config, rc: RolloutConfig) -> TokenSampler:
+    """Evaluation's reasoning sampler: greedy (``eval.greedy_think``) or the rollout's."""
+    return generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens
+
+
+def check_optimizer(c) -> None:
+    """A config's ``optimizer`` section (``train.optimizer.make_optimizer`` builds it)."""
+    _need(0.0 < c.final_lr_fraction <= 1.0, 'optimizer.final_lr_fraction',
+          c.final_lr_fraction, '1 = constant rates, < 1 = cosine decay to it; > 0')
+    _need(c.warmup_steps >= 0, 'optimizer.warmup_steps', c.warmup_steps, 'must be >= 0')
+    for name in ('lr_und', 'lr_gen'):
+        _need(c[name] >= 0, f'optimizer.{name}', c[name], 'must be >= 0')
+
+
+def check_parallelism(p, num_devices: int) -> tuple[int, ...]:
+    """A config's ``parallelism`` section on ``num_devices``: the resolved mesh shape."""
+    try:
+        shape = mesh_lib.resolve_shape(p.mesh, num_devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    rules = p.rules.to_dict() if p.rules else {}
+    _one_of('parallelism.strategy', p.strategy, sorted({**sharding.STRATEGIES, **rules}))
+    return shape
+
+
+def settings(config, num_devices: int) -> Settings:
+    """Checks an RL config (raises ``ConfigError`` on the first bad field) and derives the
+    frozen settings of its programs."""
+    _need(config.total_steps >= 0, 'total_steps', config.total_steps, 'must be >= 0')
+    _one_of('truncated_think', config.truncated_think, advantages.TRUNCATED_THINK)
+    _need(config.ppo_epochs >= 1, 'ppo_epochs', config.ppo_epochs, 'must be >= 1')
+    _need(config.num_minibatches >= 1, 'num_minibatches', config.num_minibatches,
+          'must be >= 1')
+    check_optimizer(config.optimizer)
+    shape = check_parallelism(config.parallelism, num_devices)
+    rc = rollout_config(config)
+    obj = objective_config(config, rc.schedule)
+    _need(config.batch_size >= 1 and config.batch_size % num_devices == 0, 'batch_size',
+          config.batch_size,
+          f'the rollout runs data-parallel on all {num_devices} devices: use a multiple of it')
+    chains = config.batch_size * rc.group_size
+    _need(chains % config.num_minibatches == 0, 'num_minibatches', config.num_minibatches,
+          f'must divide batch_size * group_size = {chains}')
+    dp = shape[0] * shape[1]
+    minibatch = chains // config.num_minibatches
+    _need(minibatch % dp == 0, 'num_minibatches', config.num_minibatches,
+          f'a minibatch of {minibatch} chains must split over the data-parallel size {dp} '
+          f'(mesh {shape})')
+    for field in ('reward', 'eval_reward'):
+        _one_of(f'{field}.name', config[field].name, registry.names())
+    _need(config.checkpoint_every >= 1, 'checkpoint_every', config.checkpoint_every,
+          'must be >= 1')
+    _need(config.eval_every >= 0, 'eval_every', config.eval_every, 'must be >= 0 (0 = off)')
+    _need(config.max_skipped_updates >= 1, 'max_skipped_updates', config.max_skipped_updates,
+          'must be >= 1')
+    try:
+        sampler = eval_sampler.sampler_config(config.eval)
+    except ValueError as e:
+        raise ConfigError(f'config.eval: {e}') from e
+    return Settings(
+        mesh_shape=shape, rollout=rc, objective=obj, eval_sampler=sampler,
+        eval_tokens=eval_tokens(config, rc), lora=lora_spec(config.lora), chains=chains,
+        minibatch=minibatch,
+        total_updates=config.total_steps * config.ppo_epochs * config.num_minibatches)
