@@ -1,5 +1,7 @@
 """The think-then-draw rollout on a random tiny Bagel (configs/bagel_grpo.py:tiny)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,13 +15,14 @@ from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rollout import rollout as R
 from unigrpo_jax.rollout import sde
 from unigrpo_jax.rollout.sampling import TokenSampler
+from unigrpo_jax.train import settings
 
 
 @pytest.fixture(scope='module')
 def tiny():
     cfg = bagel_grpo.get_config('tiny')
     config, params, ae = factory.build_model(cfg.model)
-    rc = R.rollout_config(cfg.rollout)
+    rc = settings.rollout_config(cfg)
     rng = np.random.default_rng(0)
     t = config.tokens
     system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
@@ -39,18 +42,19 @@ def one_device_rollout(tiny):
 
 def test_shapes_and_masks(tiny, one_device_rollout):
     config, _, _, rc, *_ = tiny
-    _, out = one_device_rollout
+    _, rollout = one_device_rollout
+    out, w = rollout.trajectory, rc.schedule.window_size
     b = 8 * rc.group_size
     assert out.think_tokens.shape == (b, rc.max_think_tokens)
-    assert out.x_t.shape[:2] == (b, rc.window_size) and out.logp.shape == (b, rc.window_size)
-    assert out.images.shape == (b, 32, 32, 3) and out.images.dtype == jnp.uint8
+    assert out.x_t.shape[:2] == (b, w) and out.logp.shape == (b, w)
+    assert rollout.images.shape == (b, 32, 32, 3) and rollout.images.dtype == jnp.uint8
     lengths = np.asarray(out.think_lengths)
     mask = np.asarray(out.think_mask)
     assert (mask == (np.arange(rc.max_think_tokens) < lengths[:, None])).all()  # a prefix
     closed = np.asarray(out.think_closed)
     last = np.asarray(out.think_tokens)[np.arange(b), lengths - 1]
     assert (last[closed] == config.tokens.eos).all() and (lengths[~closed] == rc.max_think_tokens).all()
-    assert 0 <= int(out.window_start) <= rc.window_max_start
+    assert 0 <= int(rollout.window_start) <= rc.schedule.window_max_start
 
 
 def _full_forward_logprobs(config, params, ids):
@@ -61,7 +65,7 @@ def _full_forward_logprobs(config, params, ids):
 
 def test_text_logprobs_equal_a_fresh_full_forward(tiny, one_device_rollout):
     config, params, _, rc, system, prompts, lengths = tiny
-    _, out = one_device_rollout
+    out = one_device_rollout[1].trajectory
     for chain in (0, 5, 6, 13):
         p = chain // rc.group_size
         n = int(out.think_lengths[chain])
@@ -83,7 +87,7 @@ def test_greedy_through_the_cache_equals_greedy_by_full_forwards(tiny):
     cache = init_cache(config.llm, 1, len(ctx) + steps + 2)
     cache, _ = context.prefill_text(params, config, cache, jnp.asarray(ctx[:-1])[None])
     _, tokens, _, mask, _ = R.generate_think(params, config, cache, jax.random.split(
-        jax.random.key(0), 1), TokenSampler(temperature=0.0), steps)
+        jax.random.key(0), 1), TokenSampler(0.0, 0, 1.0), steps)
     n = int(mask.sum())
     assert n >= 1
     np.testing.assert_array_equal(tokens[0, :n], seq[len(ctx):len(ctx) + n])
@@ -91,9 +95,8 @@ def test_greedy_through_the_cache_equals_greedy_by_full_forwards(tiny):
 
 def test_stopped_chains_do_not_advance(tiny):
     """A chain that samples eos first closes its segment [bos, eos]; its cache stops there."""
-    import dataclasses
     config, params, *_ = tiny
-    greedy, keys = TokenSampler(temperature=0.0), jax.random.split(jax.random.key(0), 2)
+    greedy, keys = TokenSampler(0.0, 0, 1.0), jax.random.split(jax.random.key(0), 2)
     cache = init_cache(config.llm, 2, 16)
     _, first, *_ = R.generate_think(params, config, cache, keys, greedy, 1)
     # Call the greedy first token "eos": both chains must stop at once.
@@ -112,7 +115,7 @@ def test_truncated_chain_segment_is_bos_tokens_eos(tiny):
     cache = init_cache(config.llm, 2, 16)
     keys = jax.random.split(jax.random.key(3), 2)
     full, tokens, _, mask, closed = R.generate_think(params, config, cache, keys,
-                                                     TokenSampler(), 4)
+                                                     TokenSampler(1.0, 0, 1.0), 4)
     ids, lengths = R.think_segment(tokens, mask, closed, config.tokens.bos, config.tokens.eos)
     for i in range(2):
         n = int(lengths[i])
@@ -127,13 +130,12 @@ def test_truncated_chain_segment_is_bos_tokens_eos(tiny):
 
 def test_window_records_are_consistent(tiny, one_device_rollout):
     _, _, _, rc, *_ = tiny
-    _, out = one_device_rollout
+    out, sched = one_device_rollout[1].trajectory, rc.schedule
     np.testing.assert_array_equal(out.x_next[:, :-1], out.x_t[:, 1:])  # consecutive steps
     np.testing.assert_array_equal(out.t[1:], out.t_next[:-1])
-    from unigrpo_jax.model import latents
-    grid = latents.timesteps(rc.num_timesteps, rc.shift)
-    for j in range(rc.window_size):
-        _, s = sde.sde_std(out.t[j], out.t_next[j], grid[1], rc.noise_level)
+    grid = sched.timesteps()
+    for j in range(sched.window_size):
+        _, s = sde.sde_std(out.t[j], out.t_next[j], grid[1], sched.noise_level)
         np.testing.assert_allclose(sde.gaussian_logp(out.x_next[:, j], out.mean[:, j], s),
                                    out.logp[:, j], rtol=1e-5)
 
@@ -150,36 +152,40 @@ def test_same_seed_same_rollout_on_one_and_eight_devices(tiny, one_device_rollou
     _, one = one_device_rollout
     fn8 = R.make_rollout_fn(config, rc, make_mesh((8, 1, 1)))
     eight = fn8(params, ae, system, prompts, lengths, jax.random.key(0))
-    assert len(eight.think_tokens.sharding.device_set) == 8
-    for name in ('think_tokens', 'think_mask', 'think_closed', 'window_start'):
-        np.testing.assert_array_equal(getattr(one, name), getattr(eight, name), err_msg=name)
-    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean', 'final_latents'):
-        np.testing.assert_allclose(getattr(one, name), getattr(eight, name), atol=1e-5,
-                                   err_msg=name)
+    assert len(eight.trajectory.think_tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(one.window_start, eight.window_start)
+    for name in ('think_tokens', 'think_mask', 'think_closed'):
+        np.testing.assert_array_equal(getattr(one.trajectory, name),
+                                      getattr(eight.trajectory, name), err_msg=name)
+    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean'):
+        np.testing.assert_allclose(getattr(one.trajectory, name), getattr(eight.trajectory, name),
+                                   atol=1e-5, err_msg=name)
+    np.testing.assert_allclose(one.final_latents, eight.final_latents, atol=1e-5)
     diff = np.abs(np.asarray(one.images, int) - np.asarray(eight.images, int))
     assert diff.max() <= 1  # uint8 rounding boundaries
 
 
 def test_no_think_variant(tiny):
     config, params, ae, rc, system, prompts, lengths = tiny
-    rc = R.RolloutConfig(**{**rc.__dict__, 'think': False})
+    rc = dataclasses.replace(rc, think=False)
     out = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
         params, ae, system, prompts, lengths, jax.random.key(0))
-    assert out.think_tokens.shape == (32, 0) and out.images.shape == (32, 32, 32, 3)
+    assert out.trajectory.think_tokens.shape == (32, 0) and out.images.shape == (32, 32, 32, 3)
 
 
-def test_eval_generation_runs_with_and_without_think(tiny):
-    from configs import bagel_grpo
-    from unigrpo_jax.rollout import eval_sampler
-    config, params, ae, rc, system, prompts, lengths = tiny
-    sc = eval_sampler.sampler_config(bagel_grpo.get_config('tiny').eval)
-    for think in (True, False):
-        rc2 = R.RolloutConfig(**{**rc.__dict__, 'think': think})
-        images, tokens, mask = R.generate_eval(params, ae, config, rc2, sc, system, prompts,
-                                               lengths, jax.random.key(0))
-        assert images.shape == (8, 32, 32, 3) and tokens.shape[1] == mask.shape[1]
-
-
-def test_bad_window_is_refused():
-    with pytest.raises(ValueError, match='does not fit'):
-        R.RolloutConfig(num_timesteps=6, window_size=3, window_max_start=3)
+def test_rollout_shapes_are_the_rollouts(tiny, one_device_rollout):
+    """``rollout_shapes`` (eval_shape of the rollout itself) gives every field's shape and
+    dtype, and the schema marks exactly the window times and start as shared by all chains."""
+    from unigrpo_jax.rollout import trajectory
+    config, *_, rc, system, prompts, _ = tiny
+    _, out = one_device_rollout
+    shapes = R.rollout_shapes(config, rc, system.shape[0], prompts.shape[1], prompts.shape[0])
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), out)
+    marks = trajectory.chain_specs(out, 'chain', 'shared')
+    assert (marks.window_start, marks.trajectory.t, marks.trajectory.t_next) == ('shared',) * 3
+    assert {m for m in jax.tree.leaves(marks.trajectory)} == {'chain', 'shared'}
+    assert trajectory.num_chains(out) == 8 * rc.group_size
+    picked = trajectory.select_chains(out, jnp.array([3, 0]))
+    np.testing.assert_array_equal(picked.trajectory.x_t, out.trajectory.x_t[jnp.array([3, 0])])
+    np.testing.assert_array_equal(picked.trajectory.t, out.trajectory.t)

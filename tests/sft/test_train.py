@@ -10,8 +10,12 @@ import flax.linen as nn
 
 from configs import shapes_sft
 from unigrpo_jax.model import bagel
-from unigrpo_jax.sft import checkpoint, samples, step, train
-
+from unigrpo_jax.parallel import sharding
+from unigrpo_jax.parallel.mesh import make_mesh
+from unigrpo_jax.sft import objective, samples, train
+from unigrpo_jax.train import checkpointing
+from unigrpo_jax.train import optimizer as opt_lib
+from unigrpo_jax.train import step as step_lib
 
 
 def test_short_sft_lowers_loss():
@@ -19,20 +23,27 @@ def test_short_sft_lowers_loss():
     model = train.model_config(cfg)
     tokenizer = train.load_tokenizer(cfg, model)
     lay = samples.layout(model, cfg.data, think=True)
-    optimizer = step.make_optimizer(cfg.optimizer, cfg.steps)
-    state = step.init_state(nn.unbox(bagel.init_params(model, jax.random.key(0))), optimizer)
-    train_step = step.make_train_step(model, lay, cfg.loss, optimizer, seed=0)
+    optimizer = opt_lib.make_optimizer(cfg.optimizer, cfg.steps)
     rng = np.random.default_rng(0)
+    example = samples.sample_batch(rng, tokenizer, model, lay, cfg.data.batch_size, 0.1)
+    # The shared train step, its batch split over 2 devices.
+    place = step_lib.placement(model, optimizer, make_mesh((2, 1, 1), jax.devices()[:2]),
+                               sharding.strategy_rules('dp'), example.arrays(), frozen=False)
+    state = step_lib.init_state(nn.unbox(bagel.init_params(model, jax.random.key(0))),
+                                optimizer, place)
+    train_step = step_lib.make_train_step(objective.sft_loss(model, lay, cfg.loss, 0),
+                                          optimizer, place)
     losses = []
     for _ in range(cfg.steps):
         batch = samples.sample_batch(rng, tokenizer, model, lay, cfg.data.batch_size, 0.1)
-        state, metrics = train_step(state, batch.arrays())
+        state, metrics = train_step(state, None, batch.arrays())
         losses.append({k: float(v) for k, v in metrics.items()})
     first, last = losses[:5], losses[-5:]
     mean = lambda rows, k: np.mean([r[k] for r in rows])  # noqa: E731
     assert mean(last, 'loss') < mean(first, 'loss') - 0.3
     assert mean(last, 'ce') < mean(first, 'ce') and mean(last, 'mse') < mean(first, 'mse')
-    assert int(state.step) == cfg.steps
+    assert int(state.step) == cfg.steps and sum(r['skipped'] for r in losses) == 0
+    assert not state.params['llm2vae']['kernel'].sharding.device_set - set(jax.devices()[:2])
 
 
 def test_launchers_train_checkpoint_evaluate(tmp_path, launch):
@@ -43,7 +54,7 @@ def test_launchers_train_checkpoint_evaluate(tmp_path, launch):
                    '--config.eval.final_per_tag=1', '--config.data.num_examples=16',
                    '--config.eval.cfg_text_scale=1'])
     assert 'steps/s' in stdout and 'ETA' in stdout
-    config, params, ae = checkpoint.load(export)
+    config, params, ae = checkpointing.load_params_dir(export)
     assert config.ae.kind == 'identity' and ae == {}
     expected = nn.unbox(bagel.abstract_params(config))
     assert jax.tree.map(np.shape, params) == jax.tree.map(lambda x: x.shape, expected)

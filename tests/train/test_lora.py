@@ -18,9 +18,10 @@ from unigrpo_jax.rl import advantages, objective, replay
 from unigrpo_jax.rollout import rollout as R
 from unigrpo_jax.train import lora as lora_lib
 from unigrpo_jax.train import optimizer as opt_lib
+from unigrpo_jax.train import settings
 from unigrpo_jax.train import step as step_lib
 
-SPEC = lora_lib.LoraSpec(rank=4, alpha=8.0)
+SPEC = lora_lib.LoraSpec(rank=4, alpha=8.0, targets=lora_lib.TARGETS, experts=lora_lib.EXPERTS)
 Q = ('language_model', 'layers', 'gen', 'q_proj')
 O = ('language_model', 'layers', 'gen', 'o_proj')
 
@@ -41,7 +42,7 @@ def model():
 @pytest.fixture(scope='module')
 def setup(model):
     cfg, config, params, ae = model
-    rc = R.rollout_config(cfg.rollout)
+    rc = settings.rollout_config(cfg)
     t = config.tokens
     system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
     prompts = np.random.default_rng(0).integers(0, 100, (2, 6)).astype(np.int32)
@@ -58,13 +59,13 @@ def setup(model):
 def test_spec_from_config():
     c = ml_collections.ConfigDict(dict(enabled=False, rank=64, alpha=128, targets=('q_proj',),
                                        experts=('gen',)))
-    assert lora_lib.lora_spec(c) is None
+    assert settings.lora_spec(c) is None
     c.enabled = True
-    assert lora_lib.lora_spec(c) == lora_lib.LoraSpec(64, 128.0, ('q_proj',), ('gen',))
-    assert lora_lib.lora_spec(c).scale == 2.0
+    assert settings.lora_spec(c) == lora_lib.LoraSpec(64, 128.0, ('q_proj',), ('gen',))
+    assert settings.lora_spec(c).scale == 2.0
     c.targets = ('q_proj', 'qkv')
-    with pytest.raises(ValueError, match='qkv'):
-        lora_lib.lora_spec(c)
+    with pytest.raises(ValueError, match='lora.targets.*qkv'):
+        settings.lora_spec(c)
 
 
 def test_zero_b_merges_to_the_base_exactly(model):
@@ -136,14 +137,15 @@ def test_lora_step_trains_only_the_adapters_against_the_base(setup):
     only B moves (dL/dA = dL/dW B^T = 0). Step 1: the reference is still the base, so the MSE is
     that of the merged model against the base."""
     cfg, config, params, batch = setup
-    obj = objective.objective_config(cfg)
-    optimizer = opt_lib.make_optimizer(cfg.optimizer)
+    obj = settings.objective_config(cfg, settings.schedule(cfg))
+    optimizer = opt_lib.make_optimizer(cfg.optimizer, 2)
     place = lora_lib.lora_placement(config, SPEC, optimizer, make_mesh((1, 1, 1),
                                     jax.devices()[:1]), sharding.strategy_rules('dp'), batch)
     lora0 = lora_lib.init_lora(params, SPEC, jax.random.key(0))
     state = step_lib.init_state(lora0, optimizer, place)
     base = step_lib.reference_params(params, place, jnp.float32)
-    fn = lora_lib.make_lora_train_step(config, obj, SPEC, optimizer, place)
+    fn = step_lib.make_train_step(lora_lib.adapter_loss(step_lib.rl_loss(config, obj), SPEC),
+                                  optimizer, place)
     full_loss, full_m = jax.jit(objective.loss_fn, static_argnums=(3, 4))(
         params, params, batch, config, obj)
 

@@ -22,7 +22,7 @@ from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.rewards import registry
 from unigrpo_jax.rollout import rollout as rollout_lib
 from unigrpo_jax.shapes import world
-from unigrpo_jax.train import loop
+from unigrpo_jax.train import loop, settings
 
 PROMPTS = ['a photo of a circle', 'a photo of a square', 'a photo of a triangle',
            'a photo of two circles', 'a photo of three squares', 'a photo of two triangles',
@@ -54,7 +54,7 @@ def _config(prompt_file: str):
 
 
 def _mean_reward(params, config, model, items, tokenizer, tokens):
-    rc = rollout_lib.rollout_config(config.rollout)
+    rc = settings.rollout_config(config)
     mesh = mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
     ids, lengths = tokenizer_lib.encode_segments(tokenizer, tokens, [m['prompt'] for m in items],
                                                  config.data.max_prompt_tokens)

@@ -12,7 +12,7 @@ from PIL import Image
 from configs import shapes_flowgrpo, shapes_textgrpo, shapes_unigrpo
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.train import loop, run_dir
-from unigrpo_jax.train.validate import validate
+from unigrpo_jax.train.settings import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SFT_THINK = os.path.join(REPO, 'checkpoints', 'shapes_sft_think')
@@ -29,8 +29,8 @@ def _test_config(module):
     (shapes_textgrpo, True, 'textgrpo', 0)])
 def test_shapes_rl_configs_validate(module, think, mode, window):
     config = module.get_config()
-    validate(config, 1)
-    assert (config.rollout.think, config.objective.mode, config.rollout.window_size) == (
+    s = settings(config, 1)
+    assert (s.rollout.think, config.objective.mode, s.schedule.window_size) == (
         think, mode, window)
     arm = 'shapes_sft_think' if think else 'shapes_sft_nothink'
     assert config.model.checkpoint.endswith(arm)

@@ -6,15 +6,14 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.model import factory
+from unigrpo_jax.convert import factory
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rl import advantages, objective, replay
 from unigrpo_jax.rollout import rollout as R
-from unigrpo_jax.rollout import sde
-from unigrpo_jax.model import latents
-from unigrpo_jax.rollout.sampling import token_logprobs
+from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train import optimizer as opt_lib
+from unigrpo_jax.train import settings
 from unigrpo_jax.train import step as step_lib
 
 
@@ -23,7 +22,7 @@ def setup():
     cfg = bagel_grpo.get_config('tiny')
     cfg.rollout.group_size = 2
     config, params, ae = factory.build_model(cfg.model)
-    rc = R.rollout_config(cfg.rollout)
+    rc = settings.rollout_config(cfg)
     t = config.tokens
     system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
     rng = np.random.default_rng(0)
@@ -42,7 +41,7 @@ def _obj(cfg, **kw):
     """The objective of ``cfg`` with ``kw`` overriding its objective section (cfg unchanged)."""
     cfg = cfg.copy_and_resolve_references()
     cfg.objective.update(kw)
-    return objective.objective_config(cfg)
+    return settings.objective_config(cfg, settings.schedule(cfg))
 
 
 def test_replay_with_unchanged_params_gives_ratio_one(setup):
@@ -74,17 +73,14 @@ def test_velocity_mse_pulls_toward_the_reference(setup):
 
 
 def _per_sample_logp(params, config, batch, obj):
+    """Mean text and image log-prob per chain, by the replay's own functions."""
     cache, hidden = replay.rebuild_context(params, config, batch, True)
-    logits = replay.text_logits(params, config, hidden, batch.think_tokens.shape[1])
-    lp = token_logprobs(logits, batch.think_tokens, obj.sampler)
-    m = batch.think_mask
+    traj = batch.trajectory
+    _, lp = replay.think_logprobs(params, config, hidden, traj, obj.schedule.tokens)
+    m = traj.think_mask
     text = jnp.sum(lp * m, 1) / jnp.maximum(jnp.sum(m, 1), 1)
-    v = replay.window_velocities(params, config, cache, batch, obj.image_size)
-    grid = latents.timesteps(obj.num_timesteps, obj.shift)
-    std_t, s = sde.sde_std(batch.t, batch.t_next, grid[1], obj.noise_level)
-    per = lambda x: x[None, :, None, None]  # noqa: E731
-    mean = sde.sde_mean(batch.x_t, v, per(batch.t), per(batch.t_next), per(std_t))
-    image = jax.vmap(sde.gaussian_logp, in_axes=(1, 1, 0), out_axes=1)(batch.x_next, mean, s)
+    v = replay.window_velocities(params, config, cache, traj, obj.schedule)
+    image, _ = replay.window_logp(traj, v, obj.schedule)
     return np.asarray(text), np.asarray(image.mean(1))
 
 
@@ -100,7 +96,7 @@ def test_positive_advantage_logprob_rises_negative_falls(setup):
     place = step_lib.placement(config, optimizer, make_mesh((1, 1, 1), jax.devices()[:1]),
                                sharding.strategy_rules('dp'), batch)
     ref = step_lib.reference_params(params, place)
-    fn = step_lib.make_train_step(config, obj, optimizer, place)
+    fn = step_lib.make_train_step(step_lib.rl_loss(config, obj), optimizer, place)
     before = _per_sample_logp(params, config, batch, obj)
     adv = np.asarray(batch.advantages)
     for chain in (int(np.argmax(adv)), int(np.argmin(adv))):
@@ -126,13 +122,13 @@ def one_device_step(setup):
 
 
 def _run_step(cfg, config, params, batch, strategy, shape, devices=None):
-    optimizer = opt_lib.make_optimizer(cfg.optimizer)
+    optimizer = opt_lib.make_optimizer(cfg.optimizer, 1)
     mesh = make_mesh(shape, devices)
     place = step_lib.placement(config, optimizer, mesh, sharding.strategy_rules(strategy), batch)
     state = step_lib.init_state(params, optimizer, place)
     ref = step_lib.reference_params(params, place)
-    state, metrics = step_lib.make_train_step(config, _obj(cfg), optimizer, place)(
-        state, ref, jax.device_put(batch, place.batch))
+    state, metrics = step_lib.make_train_step(step_lib.rl_loss(config, _obj(cfg)), optimizer,
+                                              place)(state, ref, jax.device_put(batch, place.batch))
     return state, metrics
 
 
@@ -158,12 +154,12 @@ def test_same_update_on_one_and_eight_devices(setup, one_device_step, strategy, 
 def test_non_finite_loss_skips_the_update(setup):
     cfg, config, params, batch = setup
     bad = batch.replace(advantages=batch.advantages.at[0].set(jnp.nan))
-    optimizer = opt_lib.make_optimizer(cfg.optimizer)
+    optimizer = opt_lib.make_optimizer(cfg.optimizer, 1)
     place = step_lib.placement(config, optimizer, make_mesh((1, 1, 1), jax.devices()[:1]),
                                sharding.strategy_rules('dp'), batch)
     state = step_lib.init_state(params, optimizer, place)
     before = jax.tree.map(np.asarray, state.params)
-    state, m = step_lib.make_train_step(config, _obj(cfg), optimizer, place)(
+    state, m = step_lib.make_train_step(step_lib.rl_loss(config, _obj(cfg)), optimizer, place)(
         state, step_lib.reference_params(params, place), bad)
     assert float(m['skipped']) == 1.0
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
@@ -194,14 +190,20 @@ def test_learning_rates_decay_per_expert():
     np.testing.assert_allclose([steps[0]['und'], steps[0]['gen']], [1e-3, 1e-2], rtol=1e-4)
     np.testing.assert_allclose([steps[5]['und'], steps[5]['gen']], [5.5e-4, 5.5e-3], rtol=1e-3)
     np.testing.assert_allclose([steps[10]['und'], steps[10]['gen']], [1e-4, 1e-3], rtol=1e-3)
-    constant = opt_lib.make_optimizer(_with(c, final_lr_fraction=1.0))
+    constant = opt_lib.make_optimizer(_with(c, final_lr_fraction=1.0), 0)
     updates, _ = constant.update(grads, constant.init(params), params)
     gen_step = float(-updates['language_model']['layers']['gen']['w'][0])
     assert gen_step == pytest.approx(1e-2, rel=1e-4)
     with pytest.raises(ValueError, match='needs the number of updates'):
-        opt_lib.make_optimizer(c)
-    with pytest.raises(ValueError, match='final_lr_fraction'):
-        opt_lib.make_optimizer(_with(c, final_lr_fraction=0.0), 10)
+        opt_lib.make_optimizer(c, 0)
+
+
+def test_warmup_then_cosine_per_expert():
+    """warmup_steps > 0 (the SFT schedule): a linear ramp from 0, then the cosine decay."""
+    c = _with(bagel_grpo.get_config().optimizer, lr_und=1e-3, lr_gen=1e-2, warmup_steps=4,
+              final_lr_fraction=0.1)
+    rates = [float(opt_lib.learning_rate(c, 1e-2, 20)(k)) for k in (0, 2, 4, 20)]
+    np.testing.assert_allclose(rates, [0.0, 5e-3, 1e-2, 1e-3], rtol=1e-5)
 
 
 def _with(c, **changes):
@@ -212,23 +214,23 @@ def _with(c, **changes):
 
 @pytest.mark.parametrize('mode', ['flowgrpo', 'textgrpo'])
 def test_baseline_modes_use_only_their_term(setup, mode):
-    """FlowGRPO: no thinking, image term only; TextGRPO: text term only, ODE images (W = 0)."""
+    """FlowGRPO: no thinking, image term only; TextGRPO: text term only, ODE images (W = 0),
+    both derived from objective.mode alone."""
     cfg, config, params, _ = setup
     cfg = cfg.copy_and_resolve_references()
-    if mode == 'flowgrpo':
-        cfg.rollout.think = False
-    else:
-        cfg.rollout.window_size = 0
     cfg.objective.mode = mode
-    rc = R.rollout_config(cfg.rollout)
+    s = settings.settings(cfg, 1)
+    assert s.rollout.think == (mode == 'textgrpo')
+    assert (s.schedule.window_size == 0) == (mode == 'textgrpo')
+    assert s.objective.schedule is s.rollout.schedule
     t = config.tokens
     prompts = jnp.asarray(np.tile(np.array([[t.bos, 3, 4, 5, t.eos]], np.int32), (2, 1)))
-    out = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
+    out = R.make_rollout_fn(config, s.rollout, make_mesh((1, 1, 1), jax.devices()[:1]))(
         params, factory.build_model(cfg.model)[2], None, prompts,
         jnp.full((2,), 5, jnp.int32), jax.random.key(1))
     adv = jnp.tile(jnp.array([1.0, -1.0]), 2)
     batch = replay.train_batch(out, jnp.zeros((0,), jnp.int32), adv, jnp.ones(4))
-    loss, m = objective.loss_fn(params, params, batch, config, objective.objective_config(cfg))
+    loss, m = objective.loss_fn(params, params, batch, config, s.objective)
     assert np.isfinite(float(loss))
     assert ('text/loss' in m) == (mode == 'textgrpo')
     assert ('image/loss' in m) == (mode == 'flowgrpo')
@@ -237,8 +239,37 @@ def test_baseline_modes_use_only_their_term(setup, mode):
 def test_select_chains_keeps_shared_fields(setup):
     _, _, _, batch = setup
     idx = jnp.array([3, 0])
-    mb = replay.select_chains(batch, idx)
-    np.testing.assert_array_equal(mb.prompt_ids, batch.prompt_ids[idx])
-    np.testing.assert_array_equal(mb.x_t, batch.x_t[idx])
-    np.testing.assert_array_equal(mb.t, batch.t)
+    mb = trajectory.select_chains(batch, idx)
+    np.testing.assert_array_equal(mb.trajectory.prompt_ids, batch.trajectory.prompt_ids[idx])
+    np.testing.assert_array_equal(mb.trajectory.x_t, batch.trajectory.x_t[idx])
+    np.testing.assert_array_equal(mb.advantages, batch.advantages[idx])
+    np.testing.assert_array_equal(mb.trajectory.t, batch.trajectory.t)
     np.testing.assert_array_equal(mb.system_ids, batch.system_ids)
+
+
+def test_placement_shards_per_chain_fields_only(setup):
+    """The batch shardings follow the schema: per-chain fields over the data axes, shared
+    fields replicated."""
+    cfg, config, _, batch = setup
+    mesh = make_mesh((8, 1, 1))
+    place = step_lib.placement(config, opt_lib.make_optimizer(cfg.optimizer, 1), mesh,
+                               sharding.strategy_rules('dp'), batch)
+    assert place.batch.system_ids.is_fully_replicated
+    assert place.batch.trajectory.t.is_fully_replicated
+    assert not place.batch.trajectory.x_t.is_fully_replicated
+    assert not place.batch.advantages.is_fully_replicated
+
+
+def test_train_batch_shapes_match_a_real_minibatch(setup):
+    """The loop's example minibatch (eval_shape of the rollout and the batch builders) has
+    exactly the shapes and dtypes of a minibatch built from a real rollout."""
+    from unigrpo_jax.train import rl_step
+    cfg, config, _, batch = setup
+    cfg = cfg.copy_and_resolve_references()
+    cfg.update(batch_size=4, num_minibatches=2)
+    s = settings.settings(cfg, 1)
+    example = rl_step.train_batch_shapes(config, s, batch.system_ids.shape[0],
+                                         batch.trajectory.prompt_ids.shape[1], 4)
+    real = trajectory.select_chains(batch, jnp.arange(s.minibatch))
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), example) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), real)

@@ -16,17 +16,11 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class TokenSampler:
-    temperature: float = 1.0
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
+    """Built and checked from a config's ``rollout`` section by ``train.settings``."""
 
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f'temperature={self.temperature} must be >= 0 (0 = greedy)')
-        if self.top_k < 0:
-            raise ValueError(f'top_k={self.top_k} must be >= 0 (0 = off)')
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f'top_p={self.top_p} must be in (0, 1] (1 = off)')
+    temperature: float  # 0: greedy
+    top_k: int          # 0: off
+    top_p: float        # in (0, 1]; 1: off
 
 
 def filtered_logits(logits: jax.Array, sampler: TokenSampler) -> jax.Array:

@@ -1,0 +1,66 @@
+"""An RL config checked in one place before anything is built, and what it derives."""
+
+import pytest
+
+from configs import bagel_grpo
+from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.train import settings
+
+
+def _config(**kw):
+    cfg = bagel_grpo.get_config('tiny')
+    cfg.parallelism.mesh = (-1, 1, 1)
+    for k, v in kw.items():
+        *path, last = k.split('.')
+        target = cfg
+        for p in path:
+            target = target[p]
+        target[last] = v
+    return cfg
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', 3, 'batch_size=3'),
+    ('rollout.window_max_start', 9, 'window_max_start=9'),
+    ('rollout.window_size', 0, "rollout.window_size=0: objective.mode='unigrpo' trains"),
+    ('rollout.noise_level', 0.0, 'noise_level=0.0: the SDE window needs'),
+    ('rollout.top_p', 0.0, 'rollout.top_p=0.0'),
+    ('rollout.temperature', -1.0, 'rollout.temperature=-1.0'),
+    ('rollout.group_size', 1, 'rollout.group_size=1'),
+    ('reward.name', 'nope', "reward.name='nope'"),
+    ('objective.mode', 'grpo', "objective.mode='grpo'"),
+    ('objective.regularizer', 'l2', "objective.regularizer='l2'"),
+    ('objective.regularizer', 'latent_kl', 'latent_kl_weight=0.0'),
+    ('objective.advantage_std', 'batch', "advantage_std='batch'"),
+    ('num_minibatches', 5, 'num_minibatches=5'),
+    ('parallelism.strategy', 'zero3', "parallelism.strategy='zero3'"),
+    ('parallelism.mesh', (3, 1, 1), 'needs 3 devices'),
+    ('truncated_think', 'maybe', "truncated_think='maybe'"),
+    ('optimizer.final_lr_fraction', 0.0, 'optimizer.final_lr_fraction=0.0'),
+    ('eval.cfg_interval', (0.5, 0.2), 'cfg interval'),
+])
+def test_config_validation_names_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        settings.settings(_config(**{field: value}), 2)
+
+
+def test_valid_config_derives_its_settings():
+    s = settings.settings(_config(num_minibatches=2), 2)
+    assert s.mesh_shape == (2, 1, 1)
+    assert (s.chains, s.minibatch) == (8 * 4, 16)
+    assert s.total_updates == 3 * 2 * 2  # steps x epochs x minibatches
+    assert s.objective.schedule is s.rollout.schedule  # one sampler for rollout and replay
+    assert s.rollout.think and s.schedule.window_size == 2 and s.lora is None
+
+
+@pytest.mark.parametrize('mode,think,window', [
+    ('unigrpo', True, 2), ('flowgrpo', False, 2), ('textgrpo', True, 0)])
+def test_mode_decides_thinking_and_the_window(mode, think, window):
+    """No other field says whether a mode thinks or has an SDE window: a textgrpo config keeps
+    its window settings and gets none."""
+    s = settings.settings(_config(**{'objective.mode': mode}), 2)
+    assert (s.rollout.think, s.schedule.window_size, s.objective.think) == (think, window, think)
+    assert (s.objective.text_term, s.objective.flow_term) == (mode != 'flowgrpo',
+                                                             mode != 'textgrpo')
+    if mode == 'textgrpo':
+        assert s.schedule.window_max_start == 0
