@@ -33,6 +33,7 @@ from unigrpo_jax.convert import factory
 from unigrpo_jax.model import autoencoder, context, latents
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rollout import rollout
+from unigrpo_jax.train import settings
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
                                           lock_config=True)
@@ -73,7 +74,8 @@ def _context(params, config, rc, key, chains: int):
     key_system, key_prompt = jax.random.split(key)
     system = _segments(key_system, config, 1, _SYSTEM_LEN.value)[0] if rc.think else None
     prompt = _segments(key_prompt, config, 1, _PROMPT_LEN.value)
-    size = rollout.cache_size(rc, 0 if system is None else system.shape[0], prompt.shape[1])
+    size = rollout.cache_size(0 if system is None else system.shape[0], prompt.shape[1],
+                              rc.max_think_tokens if rc.think else 0)
     _, cache = rollout.build_context(params, config, system, prompt,
                                      jnp.full((1,), prompt.shape[1]), size)
     return rollout.repeat_chains(cache, chains)
@@ -99,7 +101,7 @@ def _compile_row(name, batch, first, second):
 def bench_think(params, config, rc, key, chains, peak):
     """Rows of the think decode loop at ``chains``; returns them and the cache after thinking."""
     key_a, key_b, key_sample = jax.random.split(key, 3)
-    call = lambda cache, keys: _THINK(params, config, cache, keys, rc.sampler,  # noqa: E731
+    call = lambda cache, keys: _THINK(params, config, cache, keys, rc.schedule.tokens,  # noqa: E731
                                       rc.max_think_tokens)
     inputs_a = (_context(params, config, rc, key_a, chains), jax.random.split(key_sample, chains))
     inputs_b = (_context(params, config, rc, key_b, chains),
@@ -130,7 +132,7 @@ def bench_think(params, config, rc, key, chains, peak):
 def bench_denoise(params, config, rc, key, cache, peak):
     """Rows of one ``image_velocity`` step of ``cache.batch`` images over ``cache``."""
     b = cache.batch
-    h, w = latents.token_grid(*rc.image_size, config.latent_downsample)
+    h, w = rc.schedule.token_grid(config)
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
     x_a, x_b = jax.random.normal(key, (2, b, h * w, config.latent_token_dim))
     call = lambda x, t: _VELOCITY(params, config, cache, x, t, pos)  # noqa: E731
@@ -187,7 +189,7 @@ def _header(config, rc, device, peak) -> dict:
         shapes=_SHAPES.value, layers=llm.num_hidden_layers, hidden=llm.hidden_size,
         vocab=llm.vocab_size, llm_params=perf.decoder_param_count(llm), dtype=config.dtype,
         group_size=rc.group_size, max_think_tokens=rc.max_think_tokens if rc.think else 0,
-        num_timesteps=rc.num_timesteps, image_size=list(rc.image_size),
+        num_timesteps=rc.schedule.num_timesteps, image_size=list(rc.schedule.image_size),
         system_len=_SYSTEM_LEN.value, prompt_len=_PROMPT_LEN.value)
 
 
@@ -212,7 +214,7 @@ def main(argv):
         return 0
     cfg = _CONFIG.value
     config, params, ae_params = _model(cfg)
-    rc = rollout.rollout_config(cfg.rollout)
+    rc = settings.rollout_config(cfg)
     device = jax.devices()[0]
     peak = perf.peak_for(device.device_kind) if jax.default_backend() == 'gpu' else None
     key = jax.random.key(cfg.seed)

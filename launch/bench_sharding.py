@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from unigrpo_jax.bench import programs, report, sweep
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.rl.objective import objective_config
+from unigrpo_jax.train import settings
 from unigrpo_jax.train.optimizer import make_optimizer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config file.',
@@ -62,7 +62,7 @@ def main(argv):
           f'device_kind={jax.devices()[0].device_kind} jax={jax.__version__} '
           f'memory_limit={limit}')
     rows = []
-    for row in sweep.sweep(cfg, objective_config(cfg), make_optimizer(cfg.optimizer),
+    for row in sweep.sweep(cfg, make_optimizer(cfg.optimizer, settings.total_updates(cfg)),
                            sizes=_SIZES.value, strategies=strategies, meshes=meshes,
                            programs=_PROGRAMS.value, batch=_BATCH.value,
                            system_len=_SYSTEM_LEN.value, prompt_len=_PROMPT_LEN.value,

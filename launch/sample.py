@@ -24,7 +24,8 @@ from unigrpo_jax import viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.rollout import eval_sampler
-from unigrpo_jax.rollout import rollout as rollout_lib
+from unigrpo_jax.rollout import generate
+from unigrpo_jax.rollout.sampling import TokenSampler
 from unigrpo_jax.train import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory.', required=True)
@@ -47,9 +48,9 @@ def main(argv):
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)
     system_ids = (jnp.asarray(tokenizer_lib.encode_segment(tokenizer, tokens, run.system_prompt))
                   if run.think and run.system_prompt else None)
-    rc = rollout_lib.RolloutConfig(group_size=1, think=run.think,
-                                   max_think_tokens=run.max_think_tokens, window_size=0,
-                                   window_max_start=0, image_size=run.image_size)
+    think_tokens = run.max_think_tokens if run.think else 0
+    token_sampler = (TokenSampler(temperature=1.0, top_k=0, top_p=1.0) if _SAMPLE_THINK.value
+                     else generate.GREEDY)
     sampler = eval_sampler.sampler_config(run.eval, _CFG.value)
     params = jax.tree.map(jnp.asarray, run.params)
     ae_params = jax.tree.map(jnp.asarray, run.ae_params)
@@ -65,9 +66,10 @@ def main(argv):
             ids, lengths = tokenizer_lib.encode_segments(
                 tokenizer, tokens, [m['prompt'] for _, m in padded], run.max_prompt_tokens)
             key = jax.random.fold_in(jax.random.fold_in(jax.random.key(_SEED.value), k), start)
-            images, think, mask = rollout_lib.generate_eval(
-                params, ae_params, run.model, rc, sampler, system_ids, jnp.asarray(ids),
-                jnp.asarray(lengths), key, greedy=not _SAMPLE_THINK.value)
+            images, think, mask = generate.generate_eval(
+                params, ae_params, run.model, sampler, system_ids, jnp.asarray(ids),
+                jnp.asarray(lengths), key, think_tokens=think_tokens,
+                token_sampler=token_sampler, image_size=tuple(run.image_size))
             images, think, mask = np.asarray(images), np.asarray(think), np.asarray(mask)
             for j, (index, item) in enumerate(chunk):
                 viz.save_png(images[j], os.path.join(_OUT.value, f'{index}_{k}.png'))

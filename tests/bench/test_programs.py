@@ -5,14 +5,14 @@ import dataclasses
 
 from configs import bagel_grpo
 from unigrpo_jax.bench import perf, programs
-from unigrpo_jax.rl.objective import objective_config
+from unigrpo_jax.train import settings
 
 
 def test_train_step_flops_by_hand():
     """Tiny model, 2 chains, S = P = 4, T = 2, W = 1, 32x32 px = 64 latent tokens of 16."""
     cfg = bagel_grpo.get_config('tiny')
     config = programs.model_config('tiny', cfg)
-    obj = objective_config(cfg)
+    obj = settings.objective_config(cfg, settings.schedule(cfg))
     w = programs.Workload(batch=2, system_len=4, prompt_len=4, think_tokens=2, window=1,
                           image_size=(32, 32))
     assert w.context == 4 + 4 + 4 and w.latent_tokens(config) == 64

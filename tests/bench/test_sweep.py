@@ -10,7 +10,7 @@ import pytest
 
 from configs import bagel_grpo
 from unigrpo_jax.bench import programs, report, sweep
-from unigrpo_jax.rl.objective import objective_config
+from unigrpo_jax.train import settings
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _SCRIPT = os.path.join(_ROOT, 'launch', 'bench_sharding.py')
@@ -83,8 +83,10 @@ def test_train_step_row(tmp_path):
     assert int(row['mem_alias']) > 0  # the donated train state
     cfg = bagel_grpo.get_config('tiny')
     config = programs.model_config('tiny', cfg)
-    w = programs.workload(cfg, objective_config(cfg), 8, 32, 32)
-    assert float(row['model_flops']) == programs.train_step_flops(config, objective_config(cfg), w)
+    rc = settings.rollout_config(cfg)
+    w = programs.workload(rc, 8, 32, 32)
+    obj = settings.objective_config(cfg, rc.schedule)
+    assert float(row['model_flops']) == programs.train_step_flops(config, obj, w)
 
 
 def test_meshes():

@@ -263,13 +263,12 @@ def test_placement_shards_per_chain_fields_only(setup):
 def test_train_batch_shapes_match_a_real_minibatch(setup):
     """The loop's example minibatch (eval_shape of the rollout and the batch builders) has
     exactly the shapes and dtypes of a minibatch built from a real rollout."""
-    from unigrpo_jax.train import rl_step
     cfg, config, _, batch = setup
     cfg = cfg.copy_and_resolve_references()
     cfg.update(batch_size=4, num_minibatches=2)
     s = settings.settings(cfg, 1)
-    example = rl_step.train_batch_shapes(config, s, batch.system_ids.shape[0],
-                                         batch.trajectory.prompt_ids.shape[1], 4)
+    example = replay.train_batch_shapes(config, s.rollout, batch.system_ids.shape[0],
+                                        batch.trajectory.prompt_ids.shape[1], s.minibatch)
     real = trajectory.select_chains(batch, jnp.arange(s.minibatch))
     assert jax.tree.map(lambda x: (x.shape, x.dtype), example) == jax.tree.map(
         lambda x: (x.shape, x.dtype), real)

@@ -20,8 +20,9 @@ from unigrpo_jax.model import bagel, context, latents
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
 from unigrpo_jax.model.kv_cache import KVCache
 from unigrpo_jax.parallel import sharding
+from unigrpo_jax.rl import replay
 from unigrpo_jax.rl.objective import ObjectiveConfig
-from unigrpo_jax.rl.replay import TrainBatch
+from unigrpo_jax.rollout.rollout import RolloutConfig
 from unigrpo_jax.train import step as step_lib
 
 SIZES = ('tiny', '1b', '7b')
@@ -58,12 +59,11 @@ class Workload:
         return math.prod(latents.token_grid(*self.image_size, config.latent_downsample))
 
 
-def workload(cfg, obj: ObjectiveConfig, batch: int, system_len: int,
-             prompt_len: int) -> Workload:
-    """The workload of an experiment config (its rollout's think tokens, window, image size)."""
-    return Workload(batch=batch, system_len=system_len if obj.think else 0, prompt_len=prompt_len,
-                    think_tokens=cfg.rollout.max_think_tokens if obj.think else 0,
-                    window=cfg.rollout.window_size, image_size=tuple(cfg.rollout.image_size))
+def workload(rc: RolloutConfig, batch: int, system_len: int, prompt_len: int) -> Workload:
+    """The workload of a rollout's settings (its think tokens, window and image size)."""
+    return Workload(batch=batch, system_len=system_len if rc.think else 0, prompt_len=prompt_len,
+                    think_tokens=rc.max_think_tokens if rc.think else 0,
+                    window=rc.schedule.window_size, image_size=rc.schedule.image_size)
 
 
 def model_config(size: str, cfg, layers: int | None = None) -> BagelConfig:
@@ -157,24 +157,11 @@ def _param_shapes(config: BagelConfig, dtype) -> Any:
                         nn.unbox(bagel.abstract_params(config)))
 
 
-def train_batch_shapes(config: BagelConfig, w: Workload) -> TrainBatch:
-    """``TrainBatch`` of ``ShapeDtypeStruct``s (no shardings) for the workload."""
-    b, t, n = w.batch, w.think_tokens, w.latent_tokens(config)
-    f32, i32 = jnp.float32, jnp.int32
-    s = jax.ShapeDtypeStruct
-    window = s((b, w.window, n, config.latent_token_dim), f32)
-    return TrainBatch(
-        system_ids=s((w.system_len,), i32), prompt_ids=s((b, w.prompt_len), i32),
-        prompt_lengths=s((b,), i32), think_tokens=s((b, t), i32), think_logprobs=s((b, t), f32),
-        think_mask=s((b, t), jnp.bool_), think_closed=s((b,), jnp.bool_),
-        t=s((w.window,), f32), t_next=s((w.window,), f32), x_t=window, x_next=window,
-        logp=s((b, w.window), f32), mean=window, advantages=s((b,), f32),
-        sample_weight=s((b,), f32))
-
-
-def train_program(config: BagelConfig, obj: ObjectiveConfig, optimizer, mesh: Mesh, rules,
-                  w: Workload, key) -> Program:
-    batch = train_batch_shapes(config, w)
+def train_program(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig, optimizer,
+                  mesh: Mesh, rules, w: Workload, key) -> Program:
+    """The RL train step on a minibatch of ``w.batch`` chains (shapes from the rollout's own
+    ``replay.train_batch_shapes``)."""
+    batch = replay.train_batch_shapes(config, rc, w.system_len, w.prompt_len, w.batch)
     place = step_lib.placement(config, optimizer, mesh, rules, batch)
     f32 = _param_shapes(config, jnp.float32)
     state = step_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=f32,
@@ -186,16 +173,17 @@ def train_program(config: BagelConfig, obj: ObjectiveConfig, optimizer, mesh: Me
     def concrete():
         key_params, key_batch = jax.random.split(key)
         p = _params(config, key_params)
-        grid = latents.timesteps(obj.num_timesteps, obj.shift)
-        b = _random(batch, key_batch).replace(
+        grid = obj.schedule.timesteps()
+        b = _random(batch, key_batch)
+        b = b.replace(trajectory=b.trajectory.replace(
             prompt_lengths=jnp.full((w.batch,), w.prompt_len, jnp.int32),
-            t=grid[:w.window], t_next=grid[1:w.window + 1],
+            t=grid[:w.window], t_next=grid[1:w.window + 1]),
             sample_weight=jnp.ones((w.batch,), jnp.float32))
         return (step_lib.init_state(p, optimizer, place), step_lib.reference_params(p, place),
                 _place(b, abstract[2]))
 
-    return Program(fn=step_lib.make_train_step(config, obj, optimizer, place), abstract=abstract,
-                   concrete=concrete, flops=train_step_flops(config, obj, w),
+    return Program(fn=step_lib.make_train_step(step_lib.rl_loss(config, obj), optimizer, place),
+                   abstract=abstract, concrete=concrete, flops=train_step_flops(config, obj, w),
                    items=train_step_tokens(config, w), unit='tokens/s', threaded=True)
 
 

@@ -57,7 +57,7 @@ from unigrpo_jax.bench.programs import (PROGRAMS, Program, decode_program, denoi
 from unigrpo_jax.bench.report import COLUMNS
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.rl.objective import ObjectiveConfig
+from unigrpo_jax.train import settings
 
 # Meshes on which the sharded programs run on XLA's CPU backend with 8 emulated devices; others
 # (seen: (2, 2, 2) and (1, 2, 4) for fsdp_tp) can deadlock in its collectives, so on a CPU only
@@ -158,7 +158,7 @@ def measure(program: Program, run: bool, memory_limit: float | None, repeats: in
     return row
 
 
-def sweep(cfg, obj: ObjectiveConfig, optimizer, *, sizes: Sequence[str],
+def sweep(cfg, optimizer, *, sizes: Sequence[str],
           strategies: Sequence[str], meshes: Sequence[tuple[int, ...]],
           programs: Sequence[str], batch: int, system_len: int, prompt_len: int,
           layers: int | None, repeats: int, memory_limit: float | None,
@@ -166,8 +166,11 @@ def sweep(cfg, obj: ObjectiveConfig, optimizer, *, sizes: Sequence[str],
     """Yields one row (``COLUMNS``) per size x mesh x strategy x program; a failure (invalid
     mesh, indivisible batch, out of memory, ...) is that row's ``status`` and ``error``, never
     the sweep's. Strategies are names of ``sharding.STRATEGIES`` or of
-    ``cfg.parallelism.rules``."""
-    w = workload(cfg, obj, batch, system_len, prompt_len)
+    ``cfg.parallelism.rules``. The rollout and objective settings are ``cfg``'s
+    (``train.settings``)."""
+    rc = settings.rollout_config(cfg)
+    obj = settings.objective_config(cfg, rc.schedule)
+    w = workload(rc, batch, system_len, prompt_len)
     extra = cfg.parallelism.rules.to_dict()
     device = jax.devices()[0]
     peak = perf.peak_for(device.device_kind) if jax.default_backend() == 'gpu' else None
@@ -190,7 +193,8 @@ def sweep(cfg, obj: ObjectiveConfig, optimizer, *, sizes: Sequence[str],
                         mesh = sub_mesh(shape)
                         rules = sharding.strategy_rules(strategy, extra)
                         if name == 'train':
-                            program = train_program(config, obj, optimizer, mesh, rules, w, key)
+                            program = train_program(config, rc, obj, optimizer, mesh, rules, w,
+                                                    key)
                         elif name == 'decode':
                             program = decode_program(config, mesh, rules, w, key)
                         elif name == 'denoise':

@@ -10,6 +10,8 @@ them).
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -17,8 +19,8 @@ from flax import struct
 from unigrpo_jax.model import context, latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
-from unigrpo_jax.rollout import sde
-from unigrpo_jax.rollout.rollout import think_segment
+from unigrpo_jax.rollout import sde, trajectory
+from unigrpo_jax.rollout.rollout import RolloutConfig, rollout_shapes, think_segment
 from unigrpo_jax.rollout.sampling import TokenSampler, token_logprobs
 from unigrpo_jax.rollout.schedule import Schedule
 from unigrpo_jax.rollout.trajectory import Rollout, Trajectory, shared_field
@@ -42,6 +44,20 @@ def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
                 sample_weight: jax.Array) -> TrainBatch:
     return TrainBatch(trajectory=rollout.trajectory, system_ids=system_ids,
                       advantages=advantages, sample_weight=sample_weight)
+
+
+def train_batch_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, prompt_len: int,
+                       chains: int) -> TrainBatch:
+    """A ``TrainBatch`` of ``chains`` chains as ``ShapeDtypeStruct``s: ``jax.eval_shape`` of the
+    builders a batch goes through (``rollout.rollout_shapes`` of one prompt, ``train_batch``,
+    ``trajectory.select_chains``), so no field's shape is written by hand."""
+    out = rollout_shapes(config, dataclasses.replace(rc, decode_images=False), system_len,
+                         prompt_len, 1)
+    sds = jax.ShapeDtypeStruct
+    group = trajectory.num_chains(out)
+    batch = jax.eval_shape(train_batch, out, sds((system_len,), jnp.int32),
+                           sds((group,), jnp.float32), sds((group,), jnp.float32))
+    return jax.eval_shape(trajectory.select_chains, batch, sds((chains,), jnp.int32))
 
 
 def rebuild_context(params, config: BagelConfig, batch: TrainBatch,

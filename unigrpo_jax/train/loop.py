@@ -27,6 +27,7 @@ from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry
+from unigrpo_jax.rl import replay
 from unigrpo_jax.train import checkpointing, evaluation, rl_step, run_dir
 from unigrpo_jax.train import lora as lora_lib
 from unigrpo_jax.train import optimizer as opt_lib
@@ -103,8 +104,8 @@ def train(config, workdir: str):
     rules = sharding.strategy_rules(config.parallelism.strategy,
                                     config.parallelism.rules.to_dict())
     max_len = config.data.max_prompt_tokens
-    example = rl_step.train_batch_shapes(model, s, 0 if system is None else len(system),
-                                         max_len, config.batch_size)
+    example = replay.train_batch_shapes(model, s.rollout, 0 if system is None else len(system),
+                                        max_len, s.minibatch)
     programs = rl_step.build_programs(model, s, optimizer, mesh, rules, example)
     trainable = (params if s.lora is None else
                  lora_lib.init_lora(params, s.lora, jax.random.key(config.seed + 2)))

@@ -41,18 +41,6 @@ class Programs:
     policy: Callable     # (state.params, frozen) -> the params the rollout samples from
 
 
-def train_batch_shapes(model: BagelConfig, s: Settings, system_len: int, prompt_len: int,
-                       prompts: int) -> replay.TrainBatch:
-    """A minibatch's ``TrainBatch`` as ``ShapeDtypeStruct``s, from ``jax.eval_shape`` of the
-    builders the loop calls (rollout, ``replay.train_batch``, ``trajectory.select_chains``)."""
-    out = rollout_lib.rollout_shapes(model, s.rollout, system_len, prompt_len, prompts)
-    chains = trajectory.num_chains(out.trajectory)
-    sds = jax.ShapeDtypeStruct
-    batch = jax.eval_shape(replay.train_batch, out, sds((system_len,), jnp.int32),
-                           sds((chains,), jnp.float32), sds((chains,), jnp.float32))
-    return jax.eval_shape(trajectory.select_chains, batch, sds((s.minibatch,), jnp.int32))
-
-
 def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules,
                    batch_example) -> Programs:
     """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then

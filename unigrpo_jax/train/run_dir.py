@@ -26,13 +26,13 @@ from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
-from unigrpo_jax.train import checkpointing
+from unigrpo_jax.rl import objective
+from unigrpo_jax.train import checkpointing, settings
 from unigrpo_jax.train import lora as lora_lib
 
 RL_CONFIG = 'rl_config.json'
 SFT_CONFIG = 'sft_config.json'
 SFT_FINAL = 'final'
-TOKENIZER_DIR = 'tokenizer'
 
 
 @dataclasses.dataclass
@@ -69,7 +69,7 @@ def _read_json(path: str) -> ml_collections.ConfigDict:
 def sft_run(directory: str, config: ml_collections.ConfigDict, model: BagelConfig, params,
             checkpoint: str = '') -> Run:
     """A ``Run`` from an SFT config and params (also for params still in memory)."""
-    tok = os.path.join(checkpoint, TOKENIZER_DIR) if checkpoint else ''
+    tok = os.path.join(checkpoint, checkpointing.TOKENIZER_DIR) if checkpoint else ''
     return Run(directory=directory, kind='sft', checkpoint=checkpoint or directory, step=None,
                model=model, params=params, ae_params={},
                tokenizer_dir=tok if tok and os.path.isdir(tok) else config.tokenizer,
@@ -97,7 +97,7 @@ def _latest_sft_checkpoint(directory: str) -> str:
 def _load_rl(directory: str, step: int | None) -> Run:
     config = _read_json(os.path.join(directory, RL_CONFIG))
     tokens = tokenizer_lib.load_tokenizer(config.tokenizer)[1]
-    spec = lora_lib.lora_spec(config.lora)
+    spec = settings.lora_spec(config.lora)
     # The run's checkpoint holds the policy (LoRA: only the adapters, so the base is read too).
     model, base, ae_params = factory.build_model(config.model, seed=config.seed, tokens=tokens,
                                                  with_params=spec is not None)
@@ -106,10 +106,11 @@ def _load_rl(directory: str, step: int | None) -> Run:
         params = jax.jit(lambda b, a: lora_lib.merge(b, a, spec))(
             jax.tree.map(lambda x: jnp.asarray(x, model.dtype), base), params)
     r = config.rollout
+    think = objective.thinks(config.objective.mode)
     return Run(directory=directory, kind='rl', checkpoint=os.path.join(directory, 'checkpoints'),
                step=int(meta['step']), model=model, params=params, ae_params=ae_params,
-               tokenizer_dir=config.tokenizer, think=bool(r.think),
-               system_prompt=config.system_prompt if r.think else '',
+               tokenizer_dir=config.tokenizer, think=think,
+               system_prompt=config.system_prompt if think else '',
                max_prompt_tokens=int(config.data.max_prompt_tokens),
                max_think_tokens=int(r.max_think_tokens), image_size=tuple(r.image_size),
                eval=config.eval)

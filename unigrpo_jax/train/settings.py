@@ -167,6 +167,11 @@ def check_parallelism(p, num_devices: int) -> tuple[int, ...]:
     return shape
 
 
+def total_updates(config) -> int:
+    """Optimizer updates of a whole run: RL steps x PPO epochs x minibatches."""
+    return config.total_steps * config.ppo_epochs * config.num_minibatches
+
+
 def settings(config, num_devices: int) -> Settings:
     """Checks an RL config (raises ``ConfigError`` on the first bad field) and derives the
     frozen settings of its programs."""
@@ -205,4 +210,4 @@ def settings(config, num_devices: int) -> Settings:
         mesh_shape=shape, rollout=rc, objective=obj, eval_sampler=sampler,
         eval_tokens=eval_tokens(config, rc), lora=lora_spec(config.lora), chains=chains,
         minibatch=minibatch,
-        total_updates=config.total_steps * config.ppo_epochs * config.num_minibatches)
+        total_updates=total_updates(config))
