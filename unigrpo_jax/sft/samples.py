@@ -1,6 +1,6 @@
 """SFT data for ShapesEval: prompt + layout + image + plan, laid out as the rollout sees them.
 
-One sample is the sequence the think-then-draw rollout (``rollout.generate_eval`` /
+One sample is the sequence the think-then-draw rollout (``generate.generate_eval`` /
 ``make_rollout_fn`` with ``system_ids=None``) builds, in Bagel's training segments (bagel.md §8):
 
 =========================  =======================  ====================  ======================

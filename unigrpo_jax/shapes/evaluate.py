@@ -1,6 +1,6 @@
 """ShapesEval evaluation of a Bagel model: images from prompts, detector, GenEval accuracy.
 
-For each prompt (``data/shapes_eval/eval_prompts.jsonl``): ``rollout.generate_eval`` (greedy
+For each prompt (``data/shapes_eval/eval_prompts.jsonl``): ``generate.generate_eval`` (greedy
 thinking when ``think``, then Bagel's Euler ODE with text classifier-free guidance, no system
 segment), ``detector.detect`` on the image, ``geneval.strict_correct`` with the world's relation
 margin; accuracy per tag and overall (mean of the tags). Also reported, for thinking runs: how
@@ -23,7 +23,7 @@ import numpy as np
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.rewards import geneval
-from unigrpo_jax.rollout import eval_sampler, rollout
+from unigrpo_jax.rollout import eval_sampler, generate
 from unigrpo_jax.shapes import detector, plan, prompts, world
 
 
@@ -80,10 +80,6 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
     if plans is not None and (not think or len(plans) != len(metadata)):
         raise ValueError(f'plans need think=True and one layout per prompt; got think={think}, '
                          f'{len(plans)} plans for {len(metadata)} prompts')
-    rc = rollout.RolloutConfig(group_size=1, think=think, max_think_tokens=max_think_tokens,
-                               num_timesteps=sampler.num_timesteps, shift=sampler.shift,
-                               window_size=0, window_max_start=0,
-                               image_size=tuple(image_size), decode_images=True)
     params = jax.tree.map(jnp.asarray, params)
     images, texts = [], []
     for start in range(0, len(metadata), batch_size):
@@ -98,9 +94,10 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
             texts_in += [texts_in[-1]] * (batch_size - len(chunk))
             forced = tuple(map(jnp.asarray, tokenizer_lib.encode_segments(
                 tokenizer, config.tokens, texts_in, max_think_tokens + 2, what='think')))
-        imgs, tokens, mask = rollout.generate_eval(params, ae_params or {}, config, rc, sampler,
-                                                   None, jnp.asarray(ids), jnp.asarray(lengths),
-                                                   key, forced_think=forced)
+        imgs, tokens, mask = generate.generate_eval(
+            params, ae_params or {}, config, sampler, None, jnp.asarray(ids),
+            jnp.asarray(lengths), key, think_tokens=max_think_tokens if think else 0,
+            token_sampler=generate.GREEDY, image_size=tuple(image_size), forced_think=forced)
         imgs, tokens, mask = np.asarray(imgs), np.asarray(tokens), np.asarray(mask)
         images.append(imgs[:len(chunk)])
         for i in range(len(chunk)):
