@@ -10,7 +10,7 @@ from configs import shapes_sft
 from unigrpo_jax.model import bagel, context, latents, packing
 from unigrpo_jax.model.kv_cache import init_cache
 from unigrpo_jax.rollout import rollout as R
-from unigrpo_jax.sft import samples, step, train
+from unigrpo_jax.sft import objective, samples, train
 from unigrpo_jax.shapes import plan, tokenizer as shapes_tokenizer
 
 
@@ -84,7 +84,7 @@ def test_forward_equals_rollout_context(setup):
     inputs = jax.tree.map(jnp.asarray, batch.arrays())
     x_t = jax.random.normal(jax.random.key(2), batch.x0.shape)
     t = jnp.array([0.9, 0.5, 0.2, 0.7])
-    velocity, logits = step.forward(params, model, lay, inputs, x_t, t)
+    velocity, logits = objective.forward(params, model, lay, inputs, x_t, t)
     pos = jnp.asarray(latents.position_ids(*lay.image_grid, model.max_latent_size))
     size = lay.prompt_len + lay.think_len + 1
     for i in range(4):
@@ -108,6 +108,6 @@ def test_ce_counts_plan_tokens_and_eos(setup):
     vocab = 7
     logits = jnp.zeros((4, lay.think_len - 1, vocab))
     ids = jnp.asarray(batch.think_ids) % vocab
-    ce, count = step.think_ce(logits, ids, jnp.asarray(batch.think_lengths))
+    ce, count = objective.think_ce(logits, ids, jnp.asarray(batch.think_lengths))
     assert int(count) == int(np.sum(np.maximum(batch.think_lengths - 1, 0)))
     np.testing.assert_allclose(ce, np.log(vocab), rtol=1e-6)

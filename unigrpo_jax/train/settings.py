@@ -196,7 +196,10 @@ def settings(config, num_devices: int) -> Settings:
           f'a minibatch of {minibatch} chains must split over the data-parallel size {dp} '
           f'(mesh {shape})')
     for field in ('reward', 'eval_reward'):
-        _one_of(f'{field}.name', config[field].name, registry.names())
+        name = config[field].name
+        _need(registry.is_registered(name), f'{field}.name', name,
+              f'expected one of {tuple(registry.names())} or "module:name" (a module of yours '
+              'that registers name)')
     _need(config.checkpoint_every >= 1, 'checkpoint_every', config.checkpoint_every,
           'must be >= 1')
     _need(config.eval_every >= 0, 'eval_every', config.eval_every, 'must be >= 0 (0 = off)')
