@@ -9,9 +9,12 @@ running again with the same --workdir resumes from its latest checkpoint. The lo
 ``unigrpo_jax.train.loop`` so a notebook can call it.
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
@@ -23,7 +26,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and l
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
-    loop.train(_CONFIG.value, _WORKDIR.value)
+    try:
+        loop.train(_CONFIG.value, _WORKDIR.value)
+    except ConfigError as e:  # a user's config: one line, no traceback (bugs keep theirs)
+        sys.exit(f'launch/train.py: {e}')
 
 
 if __name__ == '__main__':

@@ -44,6 +44,16 @@ def test_config_validation_names_the_field(field, value, message):
         settings.settings(_config(**{field: value}), 2)
 
 
+def test_the_7b_config_says_which_paths_it_needs():
+    """The design card's command without a checkpoint: a named error, not a missing path."""
+    cfg = bagel_grpo.get_config()
+    with pytest.raises(ConfigError, match='model.checkpoint.*launch/convert_bagel.py'):
+        settings.settings(cfg, 8)
+    cfg.model.checkpoint = '/data/bagel_converted'
+    with pytest.raises(ConfigError, match="config.tokenizer='': set --config.tokenizer"):
+        settings.settings(cfg, 8)
+
+
 def test_valid_config_derives_its_settings():
     s = settings.settings(_config(num_minibatches=2), 2)
     assert s.mesh_shape == (2, 1, 1)

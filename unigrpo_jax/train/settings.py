@@ -175,6 +175,13 @@ def total_updates(config) -> int:
 def settings(config, num_devices: int) -> Settings:
     """Checks an RL config (raises ``ConfigError`` on the first bad field) and derives the
     frozen settings of its programs."""
+    _need(bool(config.model.checkpoint) or config.model.random is not None, 'model.checkpoint',
+          config.model.checkpoint, 'set --config.model.checkpoint=DIR: a Bagel-7B-MoT release '
+          'converted by launch/convert_bagel.py --src=<download> --dst=DIR (or a release '
+          'directory itself)')
+    _need(bool(config.tokenizer), 'tokenizer', config.tokenizer,
+          'set --config.tokenizer=DIR: Bagel\'s tokenizer (launch/convert_bagel.py writes '
+          'DIR/tokenizer next to the converted checkpoint)')
     _need(config.total_steps >= 0, 'total_steps', config.total_steps, 'must be >= 0')
     _one_of('truncated_think', config.truncated_think, advantages.TRUNCATED_THINK)
     _need(config.ppo_epochs >= 1, 'ppo_epochs', config.ppo_epochs, 'must be >= 1')
