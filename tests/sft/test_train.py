@@ -9,11 +9,11 @@ import pytest
 import flax.linen as nn
 
 from configs import shapes_sft
+from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.model import bagel
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.sft import objective, samples, train
-from unigrpo_jax.train import checkpointing
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import step as step_lib
 
@@ -54,7 +54,7 @@ def test_launchers_train_checkpoint_evaluate(tmp_path, launch):
                    '--config.eval.final_per_tag=1', '--config.data.num_examples=16',
                    '--config.eval.cfg_text_scale=1'])
     assert 'steps/s' in stdout and 'ETA' in stdout
-    config, params, ae = checkpointing.load_params_dir(export)
+    config, params, ae = orbax_io.load_params(export)
     assert config.ae.kind == 'identity' and ae == {}
     expected = nn.unbox(bagel.abstract_params(config))
     assert jax.tree.map(np.shape, params) == jax.tree.map(lambda x: x.shape, expected)

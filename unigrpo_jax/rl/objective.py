@@ -48,7 +48,7 @@ class ObjectiveConfig:
 
     @property
     def text_term(self) -> bool:
-        return self.mode != 'flowgrpo'
+        return self.think  # the reasoning tokens are what the text term trains
 
     @property
     def flow_term(self) -> bool:

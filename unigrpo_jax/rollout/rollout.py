@@ -271,12 +271,10 @@ def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh):
         if prompt_ids.shape[0] % mesh.size:
             raise ValueError(f'{prompt_ids.shape[0]} prompts cannot be split over {mesh.size} '
                              'devices: use a multiple of the device count')
-        abstract = jax.eval_shape(
-            lambda p, ae, s, ids, lens, k: rollout_chains(p, ae, config, rc, s, ids, lens, k,
-                                                          jnp.int32(0)),
-            params, ae_params, system_ids, prompt_ids, prompt_lengths, key)
+        structure = rollout_shapes(config, rc, 0 if system_ids is None else system_ids.shape[0],
+                                   prompt_ids.shape[1], 1)
         mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch, batch, P()),
-                               out_specs=trajectory_lib.chain_specs(abstract, batch, P()),
+                               out_specs=trajectory_lib.chain_specs(structure, batch, P()),
                                check_vma=False)
         return mapped(params, ae_params, system_ids, prompt_ids, prompt_lengths, key)
 

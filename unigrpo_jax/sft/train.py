@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.data import sft_samples
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
@@ -101,7 +102,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     devices = jax.devices()[:p.num_devices] if p.num_devices > 0 else jax.devices()
     mesh = mesh_lib.make_mesh(settings.check_parallelism(p, len(devices)), devices)
     if config.init_from:
-        loaded, params, _ = checkpointing.load_params_dir(config.init_from)
+        loaded, params, _ = orbax_io.load_params(config.init_from)
         if loaded.llm != model.llm or loaded.tokens != model.tokens:
             raise ValueError(f'init_from={config.init_from} has llm {loaded.llm} / '
                              f'{loaded.tokens}, the config asks for {model.llm} / {model.tokens}')

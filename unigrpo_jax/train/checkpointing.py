@@ -80,15 +80,9 @@ def save_params_dir(directory: str, config, params, tokenizer_dir: str | None = 
     """A params-only checkpoint (SFT ``step_<k>/``, ``final/``, the shipped models):
     ``convert.orbax_io.save_params`` (configs and params; no autoencoder params, the
     ShapesEval model's identity autoencoder has none) plus a copy of the tokenizer under
-    ``TOKENIZER_DIR``. ``load_params_dir`` reads it back."""
+    ``TOKENIZER_DIR``. ``convert.orbax_io.load_params`` reads it back."""
     orbax_io.save_params(directory, config, params, {}, overwrite=overwrite)
     if tokenizer_dir is not None:
         target = os.path.join(directory, TOKENIZER_DIR)
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(tokenizer_dir, target)
-
-
-def load_params_dir(directory: str):
-    """``(config, params, ae_params)`` of a directory written by ``save_params_dir`` (host
-    numpy)."""
-    return orbax_io.load_params(directory)

@@ -142,11 +142,6 @@ def lora_spec(c) -> LoraSpec | None:
                     experts=tuple(c.experts))
 
 
-def eval_tokens(config, rc: RolloutConfig) -> TokenSampler:
-    """Evaluation's reasoning sampler: greedy (``eval.greedy_think``) or the rollout's."""
-    return generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens
-
-
 def check_optimizer(c) -> None:
     """A config's ``optimizer`` section (``train.optimizer.make_optimizer`` builds it)."""
     _need(0.0 < c.final_lr_fraction <= 1.0, 'optimizer.final_lr_fraction',
@@ -218,6 +213,7 @@ def settings(config, num_devices: int) -> Settings:
         raise ConfigError(f'config.eval: {e}') from e
     return Settings(
         mesh_shape=shape, rollout=rc, objective=obj, eval_sampler=sampler,
-        eval_tokens=eval_tokens(config, rc), lora=lora_spec(config.lora), chains=chains,
+        eval_tokens=generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens,
+        lora=lora_spec(config.lora), chains=chains,
         minibatch=minibatch,
         total_updates=total_updates(config))
