@@ -2,6 +2,10 @@
 
 import setuptools
 
+# jax's own extras pin jaxlib (and libtpu, the CUDA plugin) to the jax release; constraints.txt
+# pins that release.
+JAX_VERSIONS = '>=0.10,<0.13'
+
 setuptools.setup(
     name='unigrpo_jax',
     version='0.1.0',
@@ -9,7 +13,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['unigrpo_jax', 'unigrpo_jax.*']),
     python_requires='>=3.11',
     install_requires=[
-        'jax>=0.10,<0.13',
+        f'jax{JAX_VERSIONS}',
         'flax>=0.12,<0.14',
         'optax>=0.2.5',
         'orbax-checkpoint>=0.11',
@@ -30,5 +34,11 @@ setuptools.setup(
         'absl-py>=2.1',
         'importlib_resources>=6',  # tensorflow-datasets builders need it at run time
     ],
-    extras_require={'test': ['pytest>=8', 'pytest-xdist>=3.5']},
+    extras_require={
+        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        # Compilers for ahead-of-time compile checks of targets that are not attached
+        # (launch/compile_check.py; unigrpo_jax/bench/targets.py): libtpu, XLA:GPU.
+        'tpu-compile': [f'jax[tpu]{JAX_VERSIONS}'],
+        'gpu-compile': [f'jax[cuda12]{JAX_VERSIONS}'],
+    },
 )

@@ -23,6 +23,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # A converted checkpoint (launch/convert_bagel.py) or a Bagel release directory.
         checkpoint='',
         dtype='bfloat16',  # compute dtype; params f32 master copies, log-probs/SDE float32
+        # 'flash': image blocks through a fused kernel (Pallas on TPU, cuDNN on GPUs); 'xla':
+        # the float32 parity path (model/attention.py).
+        attention='flash',
         random=ml_collections.FieldReference(None, field_type=ml_collections.ConfigDict),
     ))
     config.tokenizer = ''  # Bagel's tokenizer dir; launch/convert_bagel.py writes <dst>/tokenizer
@@ -103,6 +106,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_devices=-1,  # -1: all devices; N: the first N (e.g. tests, a slice of a host)
         rules=ml_collections.ConfigDict(),
         remat_policy='nothing_saveable',
+        # Memory settings (the algorithm is unchanged): chains per device per gradient
+        # micro-step (and per reference-forward piece; 0 = a whole minibatch at once), prompts
+        # per device per rollout call (0 = all), and the strategy placing the compute-dtype copy
+        # of the policy the rollout samples from ('dp': replicated; 'fsdp': sharded).
+        micro_batch_per_device=1,
+        rollout_prompts_per_device=1,
+        rollout_strategy='dp',
     ))
 
     # Evaluation: Bagel defaults, 50 steps, text CFG 4.0 on (0.4, 1.0].
@@ -118,7 +128,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
 
     if arg == 'tiny':
-        config.model.dtype = 'float32'
+        config.model.update(dtype='float32', attention='xla')
         config.model.random = ml_collections.ConfigDict(dict(
             llm=dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0),
@@ -143,7 +153,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_prompts = 8
         config.checkpoint_every = 2
         config.distributed = 'off'
-        config.parallelism.update(mesh=(-1, 1, 1), strategy='dp', remat_policy=None)
+        config.parallelism.update(mesh=(-1, 1, 1), strategy='dp', remat_policy=None,
+                                  micro_batch_per_device=0, rollout_prompts_per_device=0)
     elif arg:
         raise ValueError(f'unknown config argument {arg!r}; expected nothing or "tiny"')
     return config

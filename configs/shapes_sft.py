@@ -48,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict(dict(
         dtype='float32',
+        attention='xla',
         random=_model(hidden=128, layers=4, heads=4, kv_heads=4, mlp=512),
     ))
 

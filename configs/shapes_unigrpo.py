@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     root = config_files.ROOT
     config.model.checkpoint = os.path.join(root, 'checkpoints', 'shapes_sft_think')
     config.model.dtype = 'float32'  # bf16 matmuls are slower than f32 on CPUs
+    config.model.attention = 'xla'  # the parity path (the fused kernels are for accelerators)
     config.tokenizer = os.path.join(root, sft.tokenizer)
     config.system_prompt = ''  # the SFT layout has no system segment
     config.total_steps = 40

@@ -99,14 +99,15 @@ def test_segment_longer_than_cache_is_refused(model):
         context.prefill_text(params, config, init_cache(config.llm, 1, 4), _ids(config, 5, 0)[None])
 
 
-def test_dot_product_attention_matches_the_parity_path(model):
-    """jax.nn.dot_product_attention (cuDNN on GPUs) gives the einsum path's results: a prefill
-    on top of a cache and an image block (full mask, GQA)."""
+def test_flash_attention_matches_the_parity_path(model):
+    """attention='flash' (Pallas on TPU, cuDNN on GPUs, jax.nn.dot_product_attention here over
+    the keys reordered [new; cache]) gives the einsum path's results: a prefill on top of a
+    cache and an image block (full mask, GQA)."""
     config, params = model
-    fast = config.replace(attention='dot_product')
+    fast = config.replace(attention='flash')
     a, b = _ids(config, 5, 7), _ids(config, 4, 8)
     out = {}
-    for name, cfg in (('xla', config), ('dot', fast)):
+    for name, cfg in (('xla', config), ('flash', fast)):
         cache, _ = context.prefill_text(params, cfg, init_cache(cfg.llm, 1, 16), a[None])
         _, h = context.prefill_text(params, cfg, cache, b[None])
         x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, cfg.latent_token_dim)),
@@ -114,5 +115,21 @@ def test_dot_product_attention_matches_the_parity_path(model):
         v, _ = context.image_velocity(params, cfg, cache, x, jnp.array([0.5]),
                                       jnp.array([0, 1, 8, 9]))
         out[name] = (h, v)
-    for got, want in zip(out['dot'], out['xla']):
+    for got, want in zip(out['flash'], out['xla']):
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_window_velocities_are_the_rollout_s_one_block_velocities(model):
+    """The replay's W images per sample (``image_velocities``) are computed like the rollout's
+    one image per step (``image_velocity``): same velocities, not a packed approximation."""
+    config, params = model
+    cache, _ = context.prefill_text(params, config, init_cache(config.llm, 2, 16),
+                                    jnp.stack([_ids(config, 5, 7), _ids(config, 5, 3)]))
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 3, 4, config.latent_token_dim)), jnp.float32)
+    t = jnp.asarray([[0.9, 0.6, 0.3], [0.8, 0.5, 0.2]], jnp.float32)
+    pos = jnp.array([0, 1, 8, 9])
+    v, _ = context.image_velocities(params, config, cache, x, t, pos)
+    for j in range(3):
+        one, _ = context.image_velocity(params, config, cache, x[:, j], t[:, j], pos)
+        np.testing.assert_allclose(v[:, j], one, atol=1e-6, rtol=1e-6)

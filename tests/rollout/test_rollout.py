@@ -141,10 +141,34 @@ def test_window_records_are_consistent(tiny, one_device_rollout):
 
 
 def test_no_recompilation_between_calls(tiny, one_device_rollout):
+    from unigrpo_jax.bench import perf
     config, params, ae, _, system, prompts, lengths = tiny
     fn, _ = one_device_rollout
-    fn(params, ae, system, (prompts + 1) % 100, lengths, jax.random.key(9))
-    assert fn._cache_size() == 1
+    other = (prompts + 1) % 100
+    with perf.count_compiles() as compiled:
+        fn(params, ae, system, other, lengths, jax.random.key(9))
+    assert compiled == []
+
+
+def test_chunked_sharded_rollout_is_the_same_rollout(tiny, one_device_rollout):
+    """Rolled out in 2 calls over 4 devices with the params fsdp-sharded (the 7B settings'
+    levers), the batch is the one-call, one-device rollout: same tokens, same window start."""
+    from unigrpo_jax.model import bagel
+    from unigrpo_jax.parallel import sharding
+    config, params, ae, rc, system, prompts, lengths = tiny
+    _, one = one_device_rollout
+    mesh = make_mesh((1, 4, 1), jax.devices()[:4])
+    placed = sharding.param_shardings(bagel.abstract_params(config), mesh,
+                                      sharding.strategy_rules('fsdp'))
+    out = R.make_rollout_fn(config, rc, mesh, placed, calls=2)(
+        params, ae, system, prompts, lengths, jax.random.key(0))
+    np.testing.assert_array_equal(one.window_start, out.window_start)
+    for name in ('think_tokens', 'think_mask', 'think_closed'):
+        np.testing.assert_array_equal(getattr(one.trajectory, name),
+                                      getattr(out.trajectory, name), err_msg=name)
+    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean'):
+        np.testing.assert_allclose(getattr(one.trajectory, name), getattr(out.trajectory, name),
+                                   atol=1e-5, err_msg=name)
 
 
 def test_same_seed_same_rollout_on_one_and_eight_devices(tiny, one_device_rollout):

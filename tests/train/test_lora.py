@@ -26,6 +26,12 @@ Q = ('language_model', 'layers', 'gen', 'q_proj')
 O = ('language_model', 'layers', 'gen', 'o_proj')
 
 
+def _loss_with_reference(params, ref_params, batch, config, obj):
+    """The loss of ``batch`` with ``ref_params``' reference outputs."""
+    return objective.loss_fn(params, objective.reference_outputs(ref_params, config, batch, obj),
+                             config, obj)
+
+
 def _at(tree, path):
     for k in path:
         tree = tree[k]
@@ -144,9 +150,10 @@ def test_lora_step_trains_only_the_adapters_against_the_base(setup):
     lora0 = lora_lib.init_lora(params, SPEC, jax.random.key(0))
     state = step_lib.init_state(lora0, optimizer, place)
     base = step_lib.reference_params(params, place, jnp.float32)
+    batch = step_lib.make_reference_fn(config, obj, place, 1)(base, batch)  # the base's outputs
     fn = step_lib.make_train_step(lora_lib.adapter_loss(step_lib.rl_loss(config, obj), SPEC),
                                   optimizer, place)
-    full_loss, full_m = jax.jit(objective.loss_fn, static_argnums=(3, 4))(
+    full_loss, full_m = jax.jit(_loss_with_reference, static_argnums=(3, 4))(
         params, params, batch, config, obj)
 
     state, m = fn(state, base, batch)
@@ -167,7 +174,7 @@ def test_lora_step_trains_only_the_adapters_against_the_base(setup):
 
     state, m = fn(state, base, batch)
     merged = lora_lib.merge(params, lora1, SPEC)
-    _, want = jax.jit(objective.loss_fn, static_argnums=(3, 4))(
+    _, want = jax.jit(_loss_with_reference, static_argnums=(3, 4))(
         merged, params, batch, config, obj)
     assert float(m['image/velocity_mse']) > 0
     np.testing.assert_allclose(m['image/velocity_mse'], want['image/velocity_mse'], rtol=1e-4)

@@ -1,5 +1,8 @@
 """The sharded train step on a random tiny Bagel (configs/bagel_grpo.py:tiny)."""
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +37,13 @@ def setup():
     rewards = jnp.asarray([1.0, 0.0, 0.0, 1.0, 0.3, 0.9, 0.5, 0.2])
     adv, informative = advantages.group_advantages(rewards, rc.group_size)
     batch = replay.train_batch(out, system, adv, informative.astype(jnp.float32))
-    return cfg, config, params, batch
+    return cfg, config, params, objective.reference_outputs(params, config, batch, _obj(cfg))
+
+
+def _loss_with_reference(params, ref_params, batch, config, obj):
+    """The loss of ``batch`` with ``ref_params``' reference outputs."""
+    return objective.loss_fn(params, objective.reference_outputs(ref_params, config, batch, obj),
+                             config, obj)
 
 
 def _obj(cfg, **kw):
@@ -46,7 +55,7 @@ def _obj(cfg, **kw):
 
 def test_replay_with_unchanged_params_gives_ratio_one(setup):
     cfg, config, params, batch = setup
-    _, m = objective.loss_fn(params, params, batch, config, _obj(cfg))
+    _, m = _loss_with_reference(params, params, batch, config, _obj(cfg))
     assert float(m['parity/text_max_abs_logp_diff']) < 1e-5
     assert float(m['parity/image_max_abs_logp_diff']) < 1e-5
     assert abs(float(m['text/ratio_mean']) - 1) < 1e-5
@@ -59,14 +68,14 @@ def test_velocity_mse_pulls_toward_the_reference(setup):
     gradient pointing back (d mse / d bias = 2 * 0.1 / F per element, F = latent_token_dim)."""
     cfg, config, params, batch = setup
     obj = _obj(cfg, velocity_mse_weight=1.0, flow_weight=0.0)
-    _, m = objective.loss_fn(params, params, batch, config, obj)
+    _, m = _loss_with_reference(params, params, batch, config, obj)
     assert float(m['image/velocity_mse']) == 0.0
     moved = jax.tree.map(lambda x: x, params)
     moved['llm2vae'] = dict(params['llm2vae'], bias=params['llm2vae']['bias'] + 0.1)
-    grads = jax.grad(lambda p: objective.loss_fn(p, params, batch, config, obj)[1][
+    grads = jax.grad(lambda p: _loss_with_reference(p, params, batch, config, obj)[1][
         'image/velocity_mse'])(moved)
     np.testing.assert_allclose(
-        objective.loss_fn(moved, params, batch, config, obj)[1]['image/velocity_mse'], 0.01,
+        _loss_with_reference(moved, params, batch, config, obj)[1]['image/velocity_mse'], 0.01,
         rtol=1e-3)
     np.testing.assert_allclose(grads['llm2vae']['bias'], 0.2 / config.latent_token_dim,
                                rtol=1e-3)
@@ -121,14 +130,18 @@ def one_device_step(setup):
     return _run_step(cfg, config, params, batch, 'dp', (1, 1, 1), jax.devices()[:1])
 
 
-def _run_step(cfg, config, params, batch, strategy, shape, devices=None):
-    optimizer = opt_lib.make_optimizer(cfg.optimizer, 1)
+def _run_step(cfg, config, params, batch, strategy, shape, devices=None, micro_batches=1,
+              steps=1, **objective_kw):
+    optimizer = opt_lib.make_optimizer(cfg.optimizer, steps)
     mesh = make_mesh(shape, devices)
     place = step_lib.placement(config, optimizer, mesh, sharding.strategy_rules(strategy), batch)
     state = step_lib.init_state(params, optimizer, place)
     ref = step_lib.reference_params(params, place)
-    state, metrics = step_lib.make_train_step(step_lib.rl_loss(config, _obj(cfg)), optimizer,
-                                              place)(state, ref, jax.device_put(batch, place.batch))
+    obj = _obj(cfg, **objective_kw)
+    fn = step_lib.make_train_step(step_lib.rl_loss(config, obj), optimizer, place, micro_batches,
+                                  functools.partial(objective.loss_totals, obj=obj))
+    for _ in range(steps):
+        state, metrics = fn(state, ref, jax.device_put(batch, place.batch))
     return state, metrics
 
 
@@ -149,6 +162,38 @@ def test_same_update_on_one_and_eight_devices(setup, one_device_step, strategy, 
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
         np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(metrics['loss'], ref_metrics['loss'], atol=1e-6)
+
+
+@pytest.mark.parametrize('aggregation', ['seq_mean_token_mean', 'token_mean'])
+@pytest.mark.parametrize('shape,micro_batches', [((1, 1, 1), 4), ((1, 1, 1), 8),
+                                                 ((1, 4, 1), 2)])
+def test_micro_batches_give_the_minibatch_update(setup, aggregation, shape, micro_batches):
+    """Gradient accumulation over micro-batches is the same update as the whole minibatch
+    (2 Adam steps at lr 1e-3, float32; a wrong normalisation moves params by about the lr),
+    with zero-weight chains and both text aggregations, on 1 device and 4."""
+    cfg, config, params, batch = setup
+    batch = batch.replace(sample_weight=batch.sample_weight.at[1].set(0.0))
+    devices = jax.devices()[:math.prod(shape)]
+    whole, whole_m = _run_step(cfg, config, params, batch, 'fsdp', (1, 1, 1), devices[:1],
+                               steps=2, text_aggregation=aggregation)
+    split, split_m = _run_step(cfg, config, params, batch, 'fsdp', shape, devices,
+                               micro_batches=micro_batches, steps=2,
+                               text_aggregation=aggregation)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(whole.params),
+                                                           jax.tree.leaves(params)))
+    assert moved > 5e-4  # the update is real
+    for a, b in zip(jax.tree.leaves(split.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for key in ('loss', 'text/loss', 'image/loss', 'image/velocity_mse'):
+        np.testing.assert_allclose(split_m[key], whole_m[key], rtol=1e-4, atol=1e-7,
+                                   err_msg=key)
+
+
+def test_loss_without_reference_outputs_is_an_error(setup):
+    cfg, config, params, batch = setup
+    empty = batch.replace(ref_velocities=batch.ref_velocities[:, :0])
+    with pytest.raises(ValueError, match='reference velocities'):
+        objective.loss_fn(params, empty, config, _obj(cfg))
 
 
 def test_non_finite_loss_skips_the_update(setup):
@@ -230,7 +275,7 @@ def test_baseline_modes_use_only_their_term(setup, mode):
         jnp.full((2,), 5, jnp.int32), jax.random.key(1))
     adv = jnp.tile(jnp.array([1.0, -1.0]), 2)
     batch = replay.train_batch(out, jnp.zeros((0,), jnp.int32), adv, jnp.ones(4))
-    loss, m = objective.loss_fn(params, params, batch, config, s.objective)
+    loss, m = _loss_with_reference(params, params, batch, config, s.objective)
     assert np.isfinite(float(loss))
     assert ('text/loss' in m) == (mode == 'textgrpo')
     assert ('image/loss' in m) == (mode == 'flowgrpo')
@@ -267,8 +312,8 @@ def test_train_batch_shapes_match_a_real_minibatch(setup):
     cfg = cfg.copy_and_resolve_references()
     cfg.update(batch_size=4, num_minibatches=2)
     s = settings.settings(cfg, 1)
-    example = replay.train_batch_shapes(config, s.rollout, batch.system_ids.shape[0],
-                                        batch.trajectory.prompt_ids.shape[1], s.minibatch)
+    example = objective.batch_shapes(config, s.rollout, s.objective, batch.system_ids.shape[0],
+                                     batch.trajectory.prompt_ids.shape[1], s.minibatch)
     real = trajectory.select_chains(batch, jnp.arange(s.minibatch))
     assert jax.tree.map(lambda x: (x.shape, x.dtype), example) == jax.tree.map(
         lambda x: (x.shape, x.dtype), real)

@@ -20,7 +20,7 @@ from unigrpo_jax.model import bagel, context, latents
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
 from unigrpo_jax.model.kv_cache import KVCache
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.rl import replay
+from unigrpo_jax.rl import objective
 from unigrpo_jax.rl.objective import ObjectiveConfig
 from unigrpo_jax.rollout.rollout import RolloutConfig
 from unigrpo_jax.train import step as step_lib
@@ -130,7 +130,11 @@ class Program:
     threaded: bool
 
 
-def _abstract(tree, shardings):
+def placed_shapes(tree, shardings):
+    """``ShapeDtypeStruct``s of ``tree``'s leaves (arrays or shapes) carrying ``shardings`` (a
+    tree like ``tree``, or one sharding for every leaf)."""
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
     return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
                         tree, shardings)
 
@@ -160,15 +164,15 @@ def _param_shapes(config: BagelConfig, dtype) -> Any:
 def train_program(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig, optimizer,
                   mesh: Mesh, rules, w: Workload, key) -> Program:
     """The RL train step on a minibatch of ``w.batch`` chains (shapes from the rollout's own
-    ``replay.train_batch_shapes``)."""
-    batch = replay.train_batch_shapes(config, rc, w.system_len, w.prompt_len, w.batch)
+    ``objective.batch_shapes``)."""
+    batch = objective.batch_shapes(config, rc, obj, w.system_len, w.prompt_len, w.batch)
     place = step_lib.placement(config, optimizer, mesh, rules, batch)
     f32 = _param_shapes(config, jnp.float32)
     state = step_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=f32,
                                 opt_state=jax.eval_shape(optimizer.init, f32))
-    abstract = (_abstract(state, place.state),
-                _abstract(_param_shapes(config, jnp.bfloat16), place.ref_params),
-                _abstract(batch, place.batch))
+    abstract = (placed_shapes(state, place.state),
+                placed_shapes(_param_shapes(config, jnp.bfloat16), place.ref_params),
+                placed_shapes(batch, place.batch))
 
     def concrete():
         key_params, key_batch = jax.random.split(key)
@@ -205,7 +209,7 @@ def _cache(config: BagelConfig, mesh, rules, batch: int, size: int, length: int)
     sh = cache_shardings(mesh, rules, batch, llm.num_key_value_heads)
     kv = jax.ShapeDtypeStruct(shape, jnp.float32)
     per_chain = jax.ShapeDtypeStruct((batch,), jnp.int32)
-    abstract = _abstract(KVCache(k=kv, v=kv, length=per_chain, rope=per_chain), sh)
+    abstract = placed_shapes(KVCache(k=kv, v=kv, length=per_chain, rope=per_chain), sh)
 
     def concrete(key):
         filled = lambda: jnp.full((batch,), length, jnp.int32)  # noqa: E731  (two buffers)
@@ -215,7 +219,7 @@ def _cache(config: BagelConfig, mesh, rules, batch: int, size: int, length: int)
 
 
 def _placed_params(config: BagelConfig, mesh, rules):
-    return _abstract(_param_shapes(config, jnp.float32), sharding.param_shardings(
+    return placed_shapes(_param_shapes(config, jnp.float32), sharding.param_shardings(
         bagel.abstract_params(config), mesh, rules))
 
 

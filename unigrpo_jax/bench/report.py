@@ -18,9 +18,10 @@ COLUMNS = (
 
 
 
-def write_csv(rows: Sequence[dict], path: str) -> None:
+def write_csv(rows: Sequence[dict], path: str, columns: Sequence[str] = COLUMNS) -> None:
+    """``rows`` (dicts with keys of ``columns``; None written empty) as CSV at ``path``."""
     with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: '' if v is None else v for k, v in row.items()})

@@ -26,16 +26,18 @@ def build_model(model_cfg, seed: int = 0, tokens: SpecialTokens | None = None,
     then ``None``): for a run that brings its own.
     """
     dtype = model_cfg.dtype
+    # Runs saved before ``model.attention`` existed used the parity path.
+    attention = model_cfg.get('attention', 'xla')
     if model_cfg.checkpoint:
         path = model_cfg.checkpoint
         if not os.path.isdir(path):
             raise ConfigError(f'model.checkpoint={path!r} is not a directory')
         if orbax_io.is_converted(path):
             config, params, ae_params = orbax_io.load_params(path, bagel=with_params)
-            config = config.replace(dtype=dtype)
         else:
             config, params, ae_params = load_bagel(path, tokens=tokens, dtype=np.float32,
                                                    model_dtype=dtype)
+        config = config.replace(dtype=dtype, attention=attention)
         if tokens is not None and tokens != config.tokens:
             raise ConfigError(f'the tokenizer\'s special ids {tokens} differ from the '
                               f'checkpoint\'s {config.tokens} ({path})')
@@ -43,7 +45,8 @@ def build_model(model_cfg, seed: int = 0, tokens: SpecialTokens | None = None,
     if model_cfg.random is None:
         raise ConfigError('model.checkpoint is empty and model.random gives no sizes: set '
                           '--config.model.checkpoint=DIR (a converted Bagel checkpoint)')
-    config = config_from_dict(model_cfg.random.to_dict(), dtype=dtype)
+    config = config_from_dict(model_cfg.random.to_dict(), dtype=dtype).replace(
+        attention=attention)
     if tokens is not None:
         config = config.replace(tokens=tokens)
     key_model, key_ae = jax.random.split(jax.random.key(seed))

@@ -51,31 +51,38 @@ def full_mask(length: int) -> jax.Array:
     return jnp.ones((1, length, length), bool)
 
 
-IMPLS = ('xla', 'dot_product')
+IMPLS = ('xla', 'flash')
+FLASH_BLOCK = 128  # the Pallas TPU kernel's sequence tile: q and kv are padded to multiples
 
 
-def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Array,
+def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Array | None,
                     cache_k: jax.Array | None = None, cache_v: jax.Array | None = None,
                     cache_len: jax.Array | None = None, impl: str = 'xla') -> jax.Array:
     """Softmax attention of new queries over cached keys and the new segment's keys.
 
     GQA: query head j uses kv head ``j // (heads / kv_heads)``. ``impl='xla'``: explicit
-    einsums, logits and softmax in float32 (the parity path); ``'dot_product'``:
-    ``jax.nn.dot_product_attention`` (cuDNN flash attention on a GPU in bf16/f16).
+    einsums, logits and softmax in float32 (the parity path, every segment). ``'flash'``:
+    segments with full attention among themselves (``new_mask=None``: image blocks) use a fused
+    kernel chosen by the platform the program is lowered for (``lax.platform_dependent``):
+    Pallas flash attention on TPU, cuDNN on NVIDIA GPUs (bf16/f16),
+    ``jax.nn.dot_product_attention`` elsewhere; causal text segments keep the XLA path.
 
     Args:
       q: ``[batch, seq, heads, head_dim]`` (after q-norm and RoPE).
       k, v: ``[batch, seq, kv_heads, head_dim]`` of the new segment.
-      new_mask: ``[batch or 1, seq, seq]`` bool, which new keys each new query may see.
+      new_mask: ``[batch or 1, seq, seq]`` bool, which new keys each new query may see; None:
+        all of them (a full block).
       cache_k, cache_v: ``[batch, cache_size, kv_heads, head_dim]`` or None for no cache.
       cache_len: ``[batch]`` int, number of valid cached rows per sample.
     Returns:
       ``[batch, seq, heads, head_dim]`` in q's dtype.
     """
-    if impl == 'dot_product':
-        return _dot_product_attention(q, k, v, new_mask, cache_k, cache_v, cache_len)
-    if impl != 'xla':
+    if impl not in IMPLS:
         raise ValueError(f'attention impl={impl!r}; expected one of {IMPLS}')
+    if impl == 'flash' and new_mask is None:
+        return _fused_full(q, k, v, cache_k, cache_v, cache_len)
+    if new_mask is None:
+        new_mask = full_mask(q.shape[1])
     groups = q.shape[2] // k.shape[2]
     scale = q.shape[-1] ** -0.5
     qg = einops.rearrange(q, 'b q (k g) d -> b k g q d', g=groups)
@@ -95,15 +102,52 @@ def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Arra
     return einops.rearrange(out, 'b k g q d -> b q (k g) d').astype(q.dtype)
 
 
-def _dot_product_attention(q, k, v, new_mask, cache_k, cache_v, cache_len):
-    b, lq = q.shape[:2]
-    mask = jnp.broadcast_to(new_mask, (b, lq, lq))
-    if cache_k is not None:
-        valid = jnp.arange(cache_k.shape[1])[None, :] < cache_len[:, None]
-        mask = jnp.concatenate([jnp.broadcast_to(valid[:, None, :], (b, lq, valid.shape[1])),
-                                mask], axis=-1)
-        k = jnp.concatenate([cache_k.astype(k.dtype), k], axis=1)
-        v = jnp.concatenate([cache_v.astype(v.dtype), v], axis=1)
-    fused = jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
-                                        implementation='cudnn' if fused else None)
+def _new_then_cache(k, v, cache_k, cache_v, cache_len):
+    """Keys ``[new; cache]`` and the valid length of each row: the new segment's ``seq`` keys
+    and the cache's valid prefix are then one prefix (attention is invariant to key order)."""
+    seq = k.shape[1]
+    if cache_k is None:
+        return k, v, jnp.full((k.shape[0],), seq, jnp.int32)
+    return (jnp.concatenate([k, cache_k.astype(k.dtype)], axis=1),
+            jnp.concatenate([v, cache_v.astype(v.dtype)], axis=1),
+            (seq + cache_len).astype(jnp.int32))
+
+
+def _fused_full(q, k, v, cache_k, cache_v, cache_len):
+    keys, values, valid = _new_then_cache(k, v, cache_k, cache_v, cache_len)
+
+    def fused(implementation):
+        def run(q, keys, values, valid):
+            return jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=valid,
+                                                implementation=implementation)
+        return run
+
+    half = q.dtype in (jnp.bfloat16, jnp.float16)
+    return jax.lax.platform_dependent(q, keys, values, valid, tpu=_pallas_tpu,
+                                      cuda=fused('cudnn' if half else None),
+                                      default=fused(None))
+
+
+def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
+    pad = -x.shape[axis] % multiple
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _pallas_tpu(q, keys, values, valid):
+    """Pallas TPU flash attention: kv heads repeated to the query heads, sequences padded to
+    the kernel's tile; padded and invalid keys get segment id 0, every query segment 1 (padded
+    query rows are computed and dropped)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_flash
+    b, lq, heads, d = q.shape
+    groups = heads // keys.shape[2]
+    to_heads = lambda x: _pad_to(einops.repeat(x, 'b s k d -> b (k g) s d', g=groups),  # noqa
+                                 2, FLASH_BLOCK)
+    kv_ids = (jnp.arange(keys.shape[1])[None] < valid[:, None]).astype(jnp.int32)
+    ids = pallas_flash.SegmentIds(q=jnp.ones((b, lq + (-lq % FLASH_BLOCK)), jnp.int32),
+                                  kv=_pad_to(kv_ids, 1, FLASH_BLOCK))
+    out = pallas_flash.flash_attention(
+        _pad_to(einops.rearrange(q, 'b s h d -> b h s d'), 2, FLASH_BLOCK), to_heads(keys),
+        to_heads(values), segment_ids=ids, sm_scale=d ** -0.5)
+    return einops.rearrange(out[:, :, :lq], 'b h s d -> b s h d').astype(q.dtype)

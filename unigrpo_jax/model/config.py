@@ -168,8 +168,8 @@ class BagelConfig:
     # Rematerialisation of the decoder layers in the backward pass: None, or a policy name of
     # ``jax.checkpoint_policies`` (e.g. 'nothing_saveable', 'dots_with_no_batch_dims_saveable').
     remat_policy: str | None = None
-    # Attention kernel: 'xla' (explicit float32 softmax; the parity path) or 'dot_product'
-    # (jax.nn.dot_product_attention: cuDNN flash attention on GPUs in bf16).
+    # Attention kernel (``attention.IMPLS``): 'xla' (explicit float32 softmax; the parity path)
+    # or 'flash' (image blocks through a fused kernel: Pallas on TPU, cuDNN on GPUs).
     attention: str = 'xla'
 
     @property

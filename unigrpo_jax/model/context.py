@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 
+import einops
 import jax
 import jax.numpy as jnp
 
@@ -95,27 +96,23 @@ def text_logits(params, config: BagelConfig, hidden: jax.Array) -> jax.Array:
     return _apply(config, params, hidden, method=Bagel.lm_logits)
 
 
-def _image_blocks(config: BagelConfig, params, cache: KVCache, inner: jax.Array, *,
-                  inner_is_gen: bool, write: bool):
-    """Runs W image blocks ``[soi, eoi] + inner[:, j]`` at the shared position ``rope``.
+def _image_block(config: BagelConfig, params, cache: KVCache, inner: jax.Array, *,
+                 inner_is_gen: bool, write: bool):
+    """Runs one image block ``[soi, eoi] + inner`` per sample at its position ``rope``.
 
-    Each block attends to the cache and, fully, to itself; blocks do not see each other. The
-    layout is ``[soi, eoi] * W`` (und) then the W inner blocks, ``inner [b, W, n, embed]``.
-    Returns ``(hidden [b, W * (2 + n), embed] in that layout, kv)``.
+    The block attends to the cache and fully to itself (``new_mask=None``: the fused kernel of
+    ``attention.joint_attention``). ``inner [b, n, embed]``; returns ``(hidden [b, 2 + n,
+    embed]`` in that layout, kv)``.
     """
-    b, w, n, _ = inner.shape
+    b, n, _ = inner.shape
     if write:
-        _check_capacity(cache, w * (n + 2))
+        _check_capacity(cache, n + 2)
     t = config.tokens
-    markers = jnp.broadcast_to(jnp.array([t.start_of_image, t.end_of_image] * w, jnp.int32),
-                               (b, 2 * w))
-    x = jnp.concatenate([_apply(config, params, markers, method=Bagel.embed_text),
-                         inner.reshape(b, w * n, -1)], 1)
+    markers = jnp.broadcast_to(jnp.array([t.start_of_image, t.end_of_image], jnp.int32), (b, 2))
+    x = jnp.concatenate([_apply(config, params, markers, method=Bagel.embed_text), inner], 1)
     positions = jnp.broadcast_to(cache.rope[:, None], x.shape[:2])
-    block = jnp.concatenate([jnp.repeat(jnp.arange(w), 2), jnp.repeat(jnp.arange(w), n)])
-    mask = (block[:, None] == block[None, :])[None]
-    n_und = 2 * w if inner_is_gen else x.shape[1]
-    return _run_segment(config, params, cache, x, positions, mask, n_und, write)
+    return _run_segment(config, params, cache, x, positions, None,
+                        2 if inner_is_gen else x.shape[1], write)
 
 
 def bagel_block_order(hidden: jax.Array) -> jax.Array:
@@ -142,8 +139,8 @@ def prefill_vit_image(params, config: BagelConfig, cache: KVCache, patches: jax.
     b, n, _ = patches.shape
     seg = jnp.repeat(jnp.arange(b, dtype=jnp.int32), n)
     emb = _apply(config, params, patches.reshape(b * n, -1), jnp.tile(position_ids, b), seg,
-                 method=Bagel.embed_vit).reshape(b, 1, n, -1)
-    hidden, kv = _image_blocks(config, params, cache, emb, inner_is_gen=False, write=True)
+                 method=Bagel.embed_vit).reshape(b, n, -1)
+    hidden, kv = _image_block(config, params, cache, emb, inner_is_gen=False, write=True)
     return _commit_image(cache, kv, n + 2), bagel_block_order(hidden)
 
 
@@ -161,7 +158,7 @@ def prefill_vae_image(params, config: BagelConfig, cache: KVCache, latent_tokens
     b, n, _ = latent_tokens.shape
     emb = _apply(config, params, latent_tokens, jnp.zeros((b,), jnp.float32), position_ids[None],
                  method=Bagel.embed_latents)
-    hidden, kv = _image_blocks(config, params, cache, emb[:, None], inner_is_gen=True, write=True)
+    hidden, kv = _image_block(config, params, cache, emb, inner_is_gen=True, write=True)
     return _commit_image(cache, kv, n + 2), bagel_block_order(hidden)
 
 
@@ -170,7 +167,9 @@ def image_velocities(params, config: BagelConfig, cache: KVCache, x_t: jax.Array
                      position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Velocities of W noisy images per sample, each attending to the context, not each other.
 
-    One packed forward (the RL replay of a rollout's window steps); the cache is unchanged.
+    The RL replay of a rollout's window steps: the W images of a sample are W rows of one
+    batch over the sample's cache repeated W times, so each is computed exactly as the rollout
+    computed it (``image_velocity``); the cache is unchanged.
 
     Args:
       x_t: ``[batch, W, tokens, latent_token_dim]`` noisy latent tokens (row-major).
@@ -180,15 +179,16 @@ def image_velocities(params, config: BagelConfig, cache: KVCache, x_t: jax.Array
       ``(v [batch, W, tokens, latent_token_dim] float32, hidden [batch, W, tokens + 2, embed])``,
       each block's hidden in Bagel's order ``[soi, latents, eoi]``.
     """
-    b, w, n, f = x_t.shape
-    emb = _apply(config, params, x_t.reshape(b, w * n, f), jnp.repeat(t, n, axis=1),
-                 position_ids[None].repeat(w, 0).reshape(1, w * n), method=Bagel.embed_latents)
-    hidden, _ = _image_blocks(config, params, cache, emb.reshape(b, w, n, -1), inner_is_gen=True,
-                              write=False)
-    markers = hidden[:, :2 * w].reshape(b, w, 2, -1)
-    inner = hidden[:, 2 * w:].reshape(b, w, n, -1)
-    v = _apply(config, params, inner, method=Bagel.velocity)
-    return v, jnp.concatenate([markers[:, :, :1], inner, markers[:, :, 1:]], axis=2)
+    b, w = x_t.shape[:2]
+    rows = lambda x: einops.rearrange(x, 'b w ... -> (b w) ...')  # noqa: E731
+    per_row = KVCache(k=jnp.repeat(cache.k, w, axis=1), v=jnp.repeat(cache.v, w, axis=1),
+                      length=jnp.repeat(cache.length, w), rope=jnp.repeat(cache.rope, w))
+    emb = _apply(config, params, rows(x_t), rows(t), position_ids[None],
+                 method=Bagel.embed_latents)
+    hidden, _ = _image_block(config, params, per_row, emb, inner_is_gen=True, write=False)
+    v = _apply(config, params, hidden[:, 2:], method=Bagel.velocity)
+    blocks = lambda x: einops.rearrange(x, '(b w) ... -> b w ...', b=b)  # noqa: E731
+    return blocks(v), blocks(bagel_block_order(hidden))
 
 
 def image_velocity(params, config: BagelConfig, cache: KVCache, x_t: jax.Array, t: jax.Array,

@@ -6,6 +6,8 @@ returns a scalar to be *minimised*, so the surrogate objectives ``J`` enter with
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -19,41 +21,58 @@ def clipped_surrogate(ratio: jax.Array, advantage: jax.Array, eps_low: float,
                        jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantage)
 
 
+def token_denominator(mask: jax.Array, mode: str,
+                      sample_weight: jax.Array | None = None) -> jax.Array:
+    """The denominator ``aggregate_tokens`` divides by: the masked tokens (``token_mean``) or
+    the samples with tokens (``seq_mean_token_mean``) of the weighted batch, at least 1. A
+    minibatch's denominator makes its micro-batches' terms add up to the minibatch's term."""
+    if mode not in TEXT_AGGREGATIONS:
+        raise ValueError(f'text aggregation {mode!r}; expected one of {TEXT_AGGREGATIONS}')
+    mask = mask.astype(jnp.float32)
+    w = jnp.ones(mask.shape[:1]) if sample_weight is None else sample_weight.astype(jnp.float32)
+    if mode == 'token_mean':
+        return jnp.maximum(jnp.sum(mask * w[:, None]), 1.0)
+    return jnp.maximum(jnp.sum(w * (jnp.sum(mask, 1) > 0)), 1.0)
+
+
 def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
-                     sample_weight: jax.Array | None = None) -> jax.Array:
+                     sample_weight: jax.Array | None = None,
+                     denominator: jax.Array | None = None) -> jax.Array:
     """Mean of per-token ``values [B, T]`` over the ``mask``ed tokens.
 
     ``seq_mean_token_mean``: mean over each sample's tokens, then over samples (algorithm.md
     §3, GRPO's ``1/G sum_i 1/|y_i| sum_k``); ``token_mean``: mean over all tokens of the batch.
-    ``sample_weight [B]`` (0/1) drops samples (e.g. zero-advantage groups).
+    ``sample_weight [B]`` (0/1) drops samples (e.g. zero-advantage groups). ``denominator``:
+    ``token_denominator`` of the whole minibatch when ``values`` are one micro-batch of it
+    (default: of these samples).
     """
-    if mode not in TEXT_AGGREGATIONS:
-        raise ValueError(f'text aggregation {mode!r}; expected one of {TEXT_AGGREGATIONS}')
+    if denominator is None:
+        denominator = token_denominator(mask, mode, sample_weight)
     mask = mask.astype(jnp.float32)
     w = jnp.ones(values.shape[:1]) if sample_weight is None else sample_weight.astype(jnp.float32)
     if mode == 'token_mean':
-        m = mask * w[:, None]
-        return jnp.sum(values * m) / jnp.maximum(jnp.sum(m), 1.0)
+        return jnp.sum(values * mask * w[:, None]) / denominator
     per_sample = jnp.sum(values * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1.0)
-    has_tokens = w * (jnp.sum(mask, 1) > 0)
-    return jnp.sum(per_sample * has_tokens) / jnp.maximum(jnp.sum(has_tokens), 1.0)
+    return jnp.sum(per_sample * w * (jnp.sum(mask, 1) > 0)) / denominator
 
 
 def text_policy_loss(logp: jax.Array, logp_old: jax.Array, mask: jax.Array,
                      advantages: jax.Array, *, eps: float, aggregation: str,
-                     sample_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                     sample_weight: jax.Array | None = None,
+                     denominator: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``-J_text``: clipped GRPO surrogate over reasoning tokens.
 
     Args:
       logp, logp_old: ``[B, T]`` log-probs of the sampled tokens, current and rollout.
       mask: ``[B, T]`` sampled tokens; advantages: ``[B]``.
+      denominator: see ``aggregate_tokens``.
     Returns:
       ``(loss, metrics)`` with the mean ratio and the clip fraction over tokens.
     """
     ratio = jnp.exp(logp - logp_old)
     adv = advantages[:, None]
     objective = clipped_surrogate(ratio, adv, eps, eps)
-    loss = -aggregate_tokens(objective, mask, aggregation, sample_weight)
+    loss = -aggregate_tokens(objective, mask, aggregation, sample_weight, denominator)
     m = mask.astype(jnp.float32)
     n = jnp.maximum(jnp.sum(m), 1.0)
     clipped = (jnp.abs(ratio - 1.0) > eps).astype(jnp.float32)
@@ -82,15 +101,20 @@ def ratio_norm_log_ratio(logp: jax.Array, logp_old: jax.Array, mean: jax.Array,
 
 def flow_policy_loss(log_ratio: jax.Array, advantages: jax.Array, *, eps: float,
                      step_weight: jax.Array | None = None,
-                     sample_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                     sample_weight: jax.Array | None = None,
+                     denominator: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``-J_flow``: clipped surrogate on the (RatioNorm) ratio, mean over window steps and
-    samples. ``step_weight [W]`` (mean 1) reweights steps, e.g. GRPO-Guard's ``1/|dt|``."""
+    samples. ``step_weight [W]`` (mean 1) reweights steps, e.g. GRPO-Guard's ``1/|dt|``.
+    ``denominator``: the summed sample weight of the whole minibatch when this is one
+    micro-batch of it (default: of these samples, at least 1)."""
     ratio = jnp.exp(log_ratio)
     objective = clipped_surrogate(ratio, advantages[:, None], eps, eps)
     if step_weight is not None:
         objective = objective * step_weight[None, :]
     w = jnp.ones(ratio.shape[:1]) if sample_weight is None else sample_weight.astype(jnp.float32)
-    loss = -jnp.sum(jnp.mean(objective, 1) * w) / jnp.maximum(jnp.sum(w), 1.0)
+    if denominator is None:
+        denominator = jnp.maximum(jnp.sum(w), 1.0)
+    loss = -jnp.sum(jnp.mean(objective, 1) * w) / denominator
     return loss, {
         'image/ratio_mean': jnp.mean(ratio),
         'image/clip_fraction': jnp.mean((jnp.abs(ratio - 1.0) > eps).astype(jnp.float32)),
@@ -98,24 +122,30 @@ def flow_policy_loss(log_ratio: jax.Array, advantages: jax.Array, *, eps: float,
     }
 
 
-def velocity_mse(v: jax.Array, v_ref: jax.Array) -> jax.Array:
-    """``mean over samples, window steps and elements of (v - v_ref)^2`` (algorithm.md §5)."""
-    return jnp.mean((v - jax.lax.stop_gradient(v_ref)) ** 2)
+def velocity_mse(v: jax.Array, v_ref: jax.Array, chains: jax.Array | int | None = None
+                 ) -> jax.Array:
+    """``mean over samples, window steps and elements of (v - v_ref)^2`` (algorithm.md §5);
+    ``chains``: the minibatch's samples when ``v [B, W, ...]`` is one micro-batch of it."""
+    sq = jnp.sum((v - jax.lax.stop_gradient(v_ref)) ** 2)
+    return sq / ((v.shape[0] if chains is None else chains) * math.prod(v.shape[1:]))
 
 
-def latent_kl(mean: jax.Array, mean_ref: jax.Array, std_t: jax.Array) -> jax.Array:
+def latent_kl(mean: jax.Array, mean_ref: jax.Array, std_t: jax.Array,
+              chains: jax.Array | int | None = None) -> jax.Array:
     """FlowGRPO's latent KL: ``mean_d (mean - mean_ref)^2 / (2 std_t^2)`` averaged over samples
-    and steps. ``mean [B, W, ...]``, ``std_t [W]``."""
+    and steps. ``mean [B, W, ...]``, ``std_t [W]``; ``chains`` as in ``velocity_mse``."""
     sq = jnp.mean((mean - jax.lax.stop_gradient(mean_ref)) ** 2, axis=tuple(range(2, mean.ndim)))
-    return jnp.mean(sq / (2.0 * std_t[None, :] ** 2))
+    per_step = sq / (2.0 * std_t[None, :] ** 2)
+    return jnp.sum(per_step) / ((mean.shape[0] if chains is None else chains) * mean.shape[1])
 
 
 def text_kl_k3(logp: jax.Array, logp_ref: jax.Array, mask: jax.Array, aggregation: str,
-               sample_weight: jax.Array | None = None) -> jax.Array:
+               sample_weight: jax.Array | None = None,
+               denominator: jax.Array | None = None) -> jax.Array:
     """Schulman's k3 estimator of KL(policy || ref) on the sampled tokens:
     ``exp(ref - logp) - (ref - logp) - 1``, aggregated like the text term."""
     d = jax.lax.stop_gradient(logp_ref) - logp
-    return aggregate_tokens(jnp.exp(d) - d - 1.0, mask, aggregation, sample_weight)
+    return aggregate_tokens(jnp.exp(d) - d - 1.0, mask, aggregation, sample_weight, denominator)
 
 
 def entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from unigrpo_jax.model.config import BagelConfig
-from unigrpo_jax.rl import losses
+from unigrpo_jax.rl import losses, replay
 from unigrpo_jax.rl.replay import (TrainBatch, rebuild_context, think_logprobs, window_logp,
                                    window_std, window_velocities)
+from unigrpo_jax.rollout.rollout import RolloutConfig
 from unigrpo_jax.rollout.schedule import Schedule
 
 MODES = ('unigrpo', 'flowgrpo', 'textgrpo')
@@ -70,9 +71,58 @@ def _masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.max(jnp.where(mask, x, 0.0), initial=0.0)
 
 
-def loss_fn(params, ref_params, batch: TrainBatch, config: BagelConfig,
-            obj: ObjectiveConfig) -> tuple[jax.Array, dict]:
-    """The minibatch loss (to minimise) and its metrics; ``ref_params`` never get gradients."""
+def reference_outputs(ref_params, config: BagelConfig, batch: TrainBatch,
+                      obj: ObjectiveConfig) -> TrainBatch:
+    """``batch`` with the frozen reference's outputs its terms need: the reasoning tokens'
+    log-probs (text KL) and the window velocities (velocity MSE, latent KL). They depend only
+    on the rollout, so one forward per rollout batch serves every epoch and minibatch."""
+    traj = batch.trajectory
+    need_text = obj.text_term and obj.text_kl_weight > 0
+    need_image = obj.flow_term and obj.regularizer != 'none'
+    if not (need_text or need_image):
+        return batch
+    cache, hidden = rebuild_context(ref_params, config, batch, obj.think)
+    if need_text:
+        _, ref_logp = think_logprobs(ref_params, config, hidden, traj, obj.schedule.tokens)
+        batch = batch.replace(ref_think_logprobs=ref_logp)
+    if need_image:
+        batch = batch.replace(ref_velocities=window_velocities(ref_params, config, cache, traj,
+                                                               obj.schedule))
+    return jax.lax.stop_gradient(batch)
+
+
+def batch_shapes(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig,
+                 system_len: int, prompt_len: int, chains: int) -> TrainBatch:
+    """``replay.train_batch_shapes`` of ``chains`` chains with the reference outputs of this
+    objective's terms."""
+    return replay.train_batch_shapes(
+        config, rc, system_len, prompt_len, chains,
+        reference=lambda params, batch: reference_outputs(params, config, batch, obj))
+
+
+def loss_totals(batch: TrainBatch, obj: ObjectiveConfig) -> dict[str, jax.Array]:
+    """The minibatch-wide denominators of the terms (see ``losses``): the loss of a
+    micro-batch divided by them is its share, and the shares add up to the minibatch's loss."""
+    w = batch.sample_weight
+    totals = {'chains': jnp.float32(w.shape[0]), 'weight': jnp.maximum(jnp.sum(w), 1.0)}
+    if obj.text_term:
+        totals['text'] = losses.token_denominator(batch.trajectory.think_mask,
+                                                  obj.text_aggregation, w)
+    return totals
+
+
+def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig,
+            totals: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+    """The loss (to minimise) of ``batch``, a minibatch or one micro-batch of it, and metrics.
+
+    ``totals``: ``loss_totals`` of the whole minibatch (default: of ``batch``); the loss is
+    then this micro-batch's share, and the loss terms among the metrics are scaled to
+    minibatch estimates (their mean over equal micro-batches is the minibatch's value). The
+    reference's outputs come with the batch (``reference_outputs``).
+    """
+    if totals is None:
+        totals = loss_totals(batch, obj)
+    share = batch.sample_weight.shape[0] / totals['chains']  # this micro-batch's fraction
     metrics = {}
     loss = jnp.float32(0.0)
     w = batch.sample_weight
@@ -83,20 +133,21 @@ def loss_fn(params, ref_params, batch: TrainBatch, config: BagelConfig,
         mask = traj.think_mask
         text_loss, m = losses.text_policy_loss(
             logp, traj.think_logprobs, mask, batch.advantages, eps=obj.text_clip,
-            aggregation=obj.text_aggregation, sample_weight=w)
+            aggregation=obj.text_aggregation, sample_weight=w, denominator=totals['text'])
         loss += text_loss
         metrics.update(m)
-        metrics['text/loss'] = text_loss
+        metrics['text/loss'] = text_loss / share
         metrics['text/entropy'] = losses.entropy(logits, mask)
         metrics['parity/text_max_abs_logp_diff'] = _masked_max(
             jnp.abs(logp - traj.think_logprobs), mask)
         if obj.text_kl_weight > 0:
-            _, ref_hidden = rebuild_context(ref_params, config, batch, obj.think)
-            _, ref_logp = think_logprobs(ref_params, config, ref_hidden, traj,
-                                         obj.schedule.tokens)
-            kl = losses.text_kl_k3(logp, ref_logp, mask, obj.text_aggregation, w)
+            if batch.ref_think_logprobs.shape != logp.shape:
+                raise ValueError('objective.text_kl_weight > 0 needs the reference log-probs; '
+                                 'run rl.objective.reference_outputs on the batch first')
+            kl = losses.text_kl_k3(logp, batch.ref_think_logprobs, mask, obj.text_aggregation,
+                                   w, totals['text'])
             loss += obj.text_kl_weight * kl
-            metrics['text/kl_ref'] = kl
+            metrics['text/kl_ref'] = kl / share
     if obj.flow_term:
         std_t, s = window_std(traj, obj.schedule)  # [W]
         image_cache = cache if obj.image_grad_to_context else jax.lax.stop_gradient(cache)
@@ -108,30 +159,29 @@ def loss_fn(params, ref_params, batch: TrainBatch, config: BagelConfig,
             inv = 1.0 / jnp.abs(traj.t_next - traj.t)
             step_weight = inv / jnp.mean(inv)
         flow_loss, m = losses.flow_policy_loss(log_ratio, batch.advantages, eps=obj.flow_clip,
-                                               step_weight=step_weight, sample_weight=w)
+                                               step_weight=step_weight, sample_weight=w,
+                                               denominator=totals['weight'])
         loss += obj.flow_weight * flow_loss
         metrics.update(m)
-        metrics['image/loss'] = flow_loss
+        metrics['image/loss'] = flow_loss / share
         metrics['parity/image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - traj.logp),
                                                             initial=0.0)
         if obj.regularizer != 'none':
-            ref_cache, _ = rebuild_context(ref_params, config, batch, obj.think)
-            v_ref = jax.lax.stop_gradient(
-                window_velocities(ref_params, config, ref_cache, traj, obj.schedule))
-            mse = losses.velocity_mse(v, v_ref)
-            metrics['image/velocity_mse'] = mse
+            v_ref = batch.ref_velocities
+            if v_ref.shape != v.shape:
+                raise ValueError(f'objective.regularizer={obj.regularizer!r} needs the '
+                                 f'reference velocities {v.shape}; the batch has '
+                                 f'{v_ref.shape}: run rl.objective.reference_outputs '
+                                 '(train.step.make_reference_fn) on it first')
+            mse = losses.velocity_mse(v, v_ref, totals['chains'])
+            metrics['image/velocity_mse'] = mse / share
             if obj.regularizer == 'velocity_mse':
                 loss += obj.velocity_mse_weight * mse
             else:
                 _, mean_ref = window_logp(traj, v_ref, obj.schedule)
-                kl = losses.latent_kl(mean, mean_ref, std_t)
+                kl = losses.latent_kl(mean, mean_ref, std_t, totals['chains'])
                 loss += obj.latent_kl_weight * kl
-                metrics['image/latent_kl'] = kl
-    adv = batch.advantages
-    metrics.update({
-        'loss': loss,
-        'advantage/mean': jnp.mean(adv), 'advantage/std': jnp.std(adv),
-        'advantage/min': jnp.min(adv), 'advantage/max': jnp.max(adv),
-        'think/length': jnp.mean(traj.think_lengths.astype(jnp.float32)),
-    })
+                metrics['image/latent_kl'] = kl / share
+    metrics['loss'] = loss / share
+    metrics['think/length'] = jnp.mean(traj.think_lengths.astype(jnp.float32))
     return loss, metrics

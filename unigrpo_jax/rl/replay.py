@@ -11,12 +11,14 @@ them).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from unigrpo_jax.model import context, latents
+from unigrpo_jax.model import bagel, context, latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
 from unigrpo_jax.rollout import sde, trajectory
@@ -28,28 +30,39 @@ from unigrpo_jax.rollout.trajectory import Rollout, Trajectory, shared_field
 
 @struct.dataclass
 class TrainBatch:
-    """What the loss needs of ``B`` chains: their trajectory, advantages and weights.
+    """What the loss needs of ``B`` chains: their trajectory, advantages, weights and the
+    frozen reference's outputs on them.
 
     ``system_ids [S]`` is shared by all chains (``[0]`` without a system segment); the rest is
-    per chain (``trajectory.select_chains`` takes a minibatch).
+    per chain (``trajectory.select_chains`` takes a minibatch). The reference outputs are
+    computed once per rollout batch (``rl.objective.reference_outputs``), not per update; a
+    term that does not use them leaves them empty (a 0-sized axis).
     """
 
     trajectory: Trajectory
     advantages: jax.Array       # [B] float32
     sample_weight: jax.Array    # [B] float32, 0: the chain is not in the loss
+    ref_think_logprobs: jax.Array  # [B, T] float32 (text KL), or [B, 0]
+    ref_velocities: jax.Array      # [B, W, N, F] float32 (image regularizer), or [B, 0, N, F]
     system_ids: jax.Array = shared_field()
 
 
 def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
                 sample_weight: jax.Array) -> TrainBatch:
-    return TrainBatch(trajectory=rollout.trajectory, system_ids=system_ids,
-                      advantages=advantages, sample_weight=sample_weight)
+    """The batch before its reference outputs are computed (empty until then)."""
+    traj = rollout.trajectory
+    b = traj.x_t.shape[0]
+    return TrainBatch(trajectory=traj, system_ids=system_ids, advantages=advantages,
+                      sample_weight=sample_weight,
+                      ref_think_logprobs=jnp.zeros((b, 0), jnp.float32),
+                      ref_velocities=jnp.zeros((b, 0) + traj.x_t.shape[2:], jnp.float32))
 
 
 def train_batch_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, prompt_len: int,
-                       chains: int) -> TrainBatch:
+                       chains: int, reference: Callable | None = None) -> TrainBatch:
     """A ``TrainBatch`` of ``chains`` chains as ``ShapeDtypeStruct``s: ``jax.eval_shape`` of the
     builders a batch goes through (``rollout.rollout_shapes`` of one prompt, ``train_batch``,
+    ``reference(params, batch) -> batch`` (``objective.reference_outputs``) when given,
     ``trajectory.select_chains``), so no field's shape is written by hand."""
     out = rollout_shapes(config, dataclasses.replace(rc, decode_images=False), system_len,
                          prompt_len, 1)
@@ -57,6 +70,8 @@ def train_batch_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, 
     group = trajectory.num_chains(out)
     batch = jax.eval_shape(train_batch, out, sds((system_len,), jnp.int32),
                            sds((group,), jnp.float32), sds((group,), jnp.float32))
+    if reference is not None:
+        batch = jax.eval_shape(reference, nn.unbox(bagel.abstract_params(config)), batch)
     return jax.eval_shape(trajectory.select_chains, batch, sds((chains,), jnp.int32))
 
 

@@ -29,11 +29,12 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
 
 from unigrpo_jax.model import autoencoder, bagel, context, latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
+from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rollout import sde
 from unigrpo_jax.rollout import trajectory as trajectory_lib
 from unigrpo_jax.rollout.sampling import TokenSampler, sample_tokens
@@ -246,39 +247,66 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
                    images=images)
 
 
-def data_axes(mesh: Mesh) -> tuple[str, ...]:
-    """All mesh axes: the rollout is data-parallel over every device."""
-    return tuple(mesh.axis_names)
+def make_rollout_call(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, params_sharding,
+                      system_len: int, prompt_len: int):
+    """One rollout call, jitted: ``call(params, ae_params, system_ids, prompt_ids,
+    prompt_lengths, key, chain_offset) -> Rollout``, the chains split over all devices of
+    ``mesh`` and the params placed by ``params_sharding`` (a pytree of shardings or one for
+    all); ``chain_offset [] int32`` is the global index of the call's first chain."""
+    chains = sharding.batch_sharding(mesh)
+    rep = sharding.replicated(mesh)
 
-
-def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh):
-    """The jitted rollout, data-parallel over every device of ``mesh`` (``shard_map``).
-
-    Returns ``fn(params, ae_params, system_ids [S] | None, prompt_ids [prompts, P],
-    prompt_lengths [prompts], key) -> Rollout`` with the chain axis sharded over all devices
-    (each device runs its own prompts' G chains; params are replicated). ``prompts`` must be a
-    multiple of the device count.
-    """
-    axes = data_axes(mesh)
-    batch = P(axes)
-
-    def local(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
-        offset = jax.lax.axis_index(axes) * (prompt_ids.shape[0] * rc.group_size)
+    def call(params, ae_params, system_ids, prompt_ids, prompt_lengths, key, offset):
         return rollout_chains(params, ae_params, config, rc, system_ids, prompt_ids,
                               prompt_lengths, key, offset)
 
-    def fn(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
-        if prompt_ids.shape[0] % mesh.size:
-            raise ValueError(f'{prompt_ids.shape[0]} prompts cannot be split over {mesh.size} '
-                             'devices: use a multiple of the device count')
-        structure = rollout_shapes(config, rc, 0 if system_ids is None else system_ids.shape[0],
-                                   prompt_ids.shape[1], 1)
-        mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), batch, batch, P()),
-                               out_specs=trajectory_lib.chain_specs(structure, batch, P()),
-                               check_vma=False)
-        return mapped(params, ae_params, system_ids, prompt_ids, prompt_lengths, key)
+    return jax.jit(call, in_shardings=(params_sharding, rep, rep, chains, chains, rep, rep),
+                   out_shardings=_out_specs(config, rc, mesh, system_len, prompt_len))
 
-    return jax.jit(fn)
+
+def _out_specs(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, system_len: int,
+               prompt_len: int) -> Rollout:
+    """A ``Rollout`` of shardings: per-chain fields over all devices, shared ones replicated."""
+    return trajectory_lib.chain_specs(rollout_shapes(config, rc, system_len, prompt_len, 1),
+                                      sharding.batch_sharding(mesh), sharding.replicated(mesh))
+
+
+def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, params_sharding=None,
+                    calls: int = 1):
+    """The rollout, data-parallel over every device of ``mesh``.
+
+    Returns ``fn(params, ae_params, system_ids [S] | None, prompt_ids [prompts, P],
+    prompt_lengths [prompts], key) -> Rollout`` with the chain axis split over all devices
+    (``prompts`` must be a multiple of the device count times ``calls``). ``params_sharding``:
+    where the sampling params live (default: replicated). ``calls``: the prompts are rolled out
+    in that many sequential calls of one program (``make_rollout_call``: the memory of
+    ``prompts / calls`` prompts). Chain i's random numbers are ``fold_in(key, i)`` and the
+    window start is the batch's, so the result depends neither on ``calls`` nor on the split
+    over devices.
+    """
+    rep = sharding.replicated(mesh)
+    params_sharding = rep if params_sharding is None else params_sharding
+    programs = {}
+
+    def fn(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
+        prompts = prompt_ids.shape[0]
+        if prompts % (mesh.size * calls):
+            raise ValueError(f'{prompts} prompts cannot be split over {mesh.size} devices in '
+                             f'{calls} calls: use a multiple of {mesh.size * calls}')
+        shape = (0 if system_ids is None else system_ids.shape[0], prompt_ids.shape[1])
+        if shape not in programs:
+            call = make_rollout_call(config, rc, mesh, params_sharding, *shape)
+            concat = jax.jit(lambda *parts: trajectory_lib.concat_chains(parts),
+                             out_shardings=_out_specs(config, rc, mesh, *shape))
+            programs[shape] = call, concat
+        call, concat = programs[shape]
+        n = prompts // calls
+        parts = [call(params, ae_params, system_ids, prompt_ids[i:i + n],
+                      prompt_lengths[i:i + n], key, jnp.int32(i * rc.group_size))
+                 for i in range(0, prompts, n)]
+        return parts[0] if calls == 1 else concat(*parts)
+
+    return fn
 
 
 def rollout_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, prompt_len: int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import einops
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -45,6 +46,32 @@ def map_fields(per_chain: Callable, shared: Callable, tree):
 def select_chains(tree, idx: jax.Array):
     """The chains ``idx [M]`` of a batch (shared fields unchanged)."""
     return map_fields(lambda x: x[idx], lambda x: x, tree)
+
+
+def split_micro_batches(tree, micro_batches: int):
+    """Per-chain ``[B, ...]`` -> ``[micro_batches, B / micro_batches, ...]`` (shared fields
+    unchanged). Micro-batch j holds chains ``j, j + k, j + 2k, ...`` (k = micro_batches): with
+    the chain axis split over devices in contiguous blocks, every micro-batch is split over
+    all devices the same way, and no chain moves between devices."""
+    return map_fields(lambda x: einops.rearrange(x, '(m k) ... -> k m ...', k=micro_batches),
+                      lambda x: x, tree)
+
+
+def merge_micro_batches(tree):
+    """The inverse of ``split_micro_batches``."""
+    return map_fields(lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), lambda x: x, tree)
+
+
+def micro_batch(tree, j: jax.Array):
+    """Micro-batch ``j`` of a ``split_micro_batches`` tree."""
+    return map_fields(lambda x: x[j], lambda x: x, tree)
+
+
+def concat_chains(trees):
+    """Batches of the same structure joined along the chain axis (shared fields: the first's)."""
+    per_chain = map_fields(lambda _: True, lambda _: False, trees[0])
+    return jax.tree.map(lambda chain, *xs: jnp.concatenate(xs) if chain else xs[0], per_chain,
+                        *trees)
 
 
 def chain_specs(tree, per_chain, shared):

@@ -96,12 +96,12 @@ def loss_fn(params, config: BagelConfig, lay: samples.Layout, loss_cfg, inputs: 
 
 
 def sft_loss(config: BagelConfig, lay: samples.Layout, loss_cfg, seed: int):
-    """``loss(params, frozen, inputs, step)`` for ``train.step.make_train_step`` (``frozen``
-    is None: SFT has no reference). The noise and times of step k come from
-    ``fold_in(key(seed), k)``."""
+    """``loss(params, frozen, inputs, step, totals)`` for ``train.step.make_train_step``
+    (``frozen`` is None: SFT has no reference; no micro-batches, so no ``totals``). The noise
+    and times of step k come from ``fold_in(key(seed), k)``."""
     base = jax.random.key(seed)
 
-    def loss(params, frozen, inputs: dict, step: jax.Array):
-        del frozen
+    def loss(params, frozen, inputs: dict, step: jax.Array, totals):
+        del frozen, totals
         return loss_fn(params, config, lay, loss_cfg, inputs, jax.random.fold_in(base, step))
     return loss

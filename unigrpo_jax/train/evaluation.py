@@ -8,40 +8,46 @@ import os
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from unigrpo_jax import viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rollout import generate
 from unigrpo_jax.train.settings import Settings
 
 GRID_IMAGES = 16
 
 
-def make_evaluator(config, s: Settings, model: BagelConfig, tokenizer, tokens,
+def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenizer, tokens,
                    system_ids: np.ndarray | None, items: list[dict], reward_fn, writer,
                    workdir: str) -> Callable:
     """``evaluate(params, ae_params, step) -> scores [len(items)]``: generates one image per
-    held-out prompt (chunks of ``config.batch_size``), scores it with ``reward_fn`` and writes
-    ``eval/reward_mean`` and a grid (``workdir/samples/step_<k>.png``, TensorBoard, and a
-    ``metrics.jsonl`` line)."""
+    held-out prompt (chunks of ``config.batch_size``, split over the devices of ``mesh``),
+    scores it with ``reward_fn`` and writes ``eval/reward_mean`` and a grid
+    (``workdir/samples/step_<k>.png``, TensorBoard, and a ``metrics.jsonl`` line)."""
     rc = s.rollout
     think_tokens = rc.max_think_tokens if rc.think else 0
+    chunk_size = config.batch_size
+    prompts_sharding = sharding.batch_sharding(mesh, chunk_size)
 
     def draw(params, ae_params, chunk):
+        padded = chunk + chunk[-1:] * (chunk_size - len(chunk))  # a full chunk splits evenly
         ids, lengths = tokenizer_lib.encode_segments(
-            tokenizer, tokens, [it['prompt'] for it in chunk], config.data.max_prompt_tokens)
-        return generate.generate_eval(
-            params, ae_params, model, s.eval_sampler, system_ids, jnp.asarray(ids),
-            jnp.asarray(lengths), jax.random.key(config.seed + 1), think_tokens=think_tokens,
+            tokenizer, tokens, [it['prompt'] for it in padded], config.data.max_prompt_tokens)
+        images, think, mask = generate.generate_eval(
+            params, ae_params, model, s.eval_sampler, system_ids,
+            jax.device_put(ids, prompts_sharding), jax.device_put(lengths, prompts_sharding),
+            jax.random.key(config.seed + 1), think_tokens=think_tokens,
             token_sampler=s.eval_tokens, image_size=rc.schedule.image_size)
+        return images[:len(chunk)], think[:len(chunk)], mask[:len(chunk)]
 
     def evaluate(params, ae_params, step: int) -> np.ndarray:
         scores, images_all, texts = [], [], []
-        for i in range(0, len(items), config.batch_size):
-            chunk = items[i:i + config.batch_size]
+        for i in range(0, len(items), chunk_size):
+            chunk = items[i:i + chunk_size]
             images, think, mask = draw(params, ae_params, chunk)
             images = np.asarray(images)
             scores.append(np.asarray(reward_fn(images, chunk), np.float32))

@@ -27,12 +27,12 @@ from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry
-from unigrpo_jax.rl import replay
+from unigrpo_jax.rl import objective
 from unigrpo_jax.train import checkpointing, evaluation, rl_step, run_dir
 from unigrpo_jax.train import lora as lora_lib
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import step as step_lib
-from unigrpo_jax.train.settings import settings
+from unigrpo_jax.train.settings import settings, strategy_rules
 
 
 class TrainingError(RuntimeError):
@@ -101,12 +101,11 @@ def train(config, workdir: str):
 
     mesh = mesh_lib.make_mesh(s.mesh_shape, devices)
     optimizer = opt_lib.make_optimizer(config.optimizer, s.total_updates)
-    rules = sharding.strategy_rules(config.parallelism.strategy,
-                                    config.parallelism.rules.to_dict())
+    rules, rollout_rules = strategy_rules(config.parallelism)
     max_len = config.data.max_prompt_tokens
-    example = replay.train_batch_shapes(model, s.rollout, 0 if system is None else len(system),
-                                        max_len, s.minibatch)
-    programs = rl_step.build_programs(model, s, optimizer, mesh, rules, example)
+    example = objective.batch_shapes(model, s.rollout, s.objective,
+                                     0 if system is None else len(system), max_len, s.minibatch)
+    programs = rl_step.build_programs(model, s, optimizer, mesh, rules, rollout_rules, example)
     trainable = (params if s.lora is None else
                  lora_lib.init_lora(params, s.lora, jax.random.key(config.seed + 2)))
     state = step_lib.init_state(trainable, optimizer, programs.place)
@@ -129,7 +128,7 @@ def train(config, workdir: str):
     skipped_in_a_row = 0
     ae_dev = jax.device_put(ae, sharding.replicated(mesh))
     evaluate = evaluation.make_evaluator(
-        config, s, model, tokenizer, tokens, system, eval_items,
+        config, s, model, mesh, tokenizer, tokens, system, eval_items,
         registry.make_reward(config.eval_reward.name, config.eval_reward.options), writer,
         workdir)
 

@@ -19,9 +19,11 @@ Use::
     place = lora_placement(config, spec, optimizer, mesh, rules, batch)
     state = step.init_state(init_lora(params, spec, rng), optimizer, place)
     base = step.reference_params(params, place)          # frozen, bfloat16
+    reference = step.make_reference_fn(config, obj, place, micro_batches)
     train_step = step.make_train_step(adapter_loss(step.rl_loss(config, obj), spec),
-                                      optimizer, place)
-    state, metrics = train_step(state, base, batch)
+                                      optimizer, place, micro_batches,
+                                      functools.partial(objective.loss_totals, obj=obj))
+    state, metrics = train_step(state, base, reference(base, batch))
 
 and roll out with ``merge(base, state.params, spec)``.
 """
@@ -147,6 +149,6 @@ def adapter_loss(loss: step_lib.Loss, spec: LoraSpec) -> step_lib.Loss:
     """``loss`` of the adapted model as a loss of the adapters: ``state.params`` are the
     adapters and the frozen argument is the base, used both under the adapters (the policy)
     and alone (the reference): no second copy of the weights."""
-    def adapted(lora, base, batch, step):
-        return loss(merge(base, lora, spec), base, batch, step)
+    def adapted(lora, base, batch, step, totals):
+        return loss(merge(base, lora, spec), base, batch, step, totals)
     return adapted

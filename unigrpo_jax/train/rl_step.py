@@ -1,7 +1,8 @@
 """One UniGRPO iteration as a function: rollout -> score -> advantages -> PPO updates.
 
-``build_programs`` compiles what an RL run executes (the rollout, the train step, minibatch
-selection, the policy the rollout samples from) with the placements of ``train.step``;
+``build_programs`` compiles what an RL run executes (the compute-dtype copy of the policy the
+rollout samples from, the rollout, the reference forward, minibatch selection, the train step)
+with the placements of ``train.step``;
 ``rl_step`` runs one iteration on a batch of prompts and returns the new train state and its
 metrics. It writes nothing (no checkpoints, logs or files): ``train.loop`` drives it.
 """
@@ -9,6 +10,7 @@ metrics. It writes nothing (no checkpoints, logs or files): ``train.loop`` drive
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,8 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
-from unigrpo_jax.rl import advantages, replay
+from unigrpo_jax.parallel import sharding
+from unigrpo_jax.rl import advantages, objective, replay
 from unigrpo_jax.rollout import rollout as rollout_lib
 from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train import lora as lora_lib
@@ -35,29 +39,41 @@ class Programs:
     """The jitted functions of an RL run and the placements they were compiled for."""
 
     place: step_lib.Placement
+    policy_sharding: Any  # where the params the rollout samples from live
+    policy: Callable     # (state.params, frozen) -> those params, in the compute dtype
     rollout: Callable    # (policy params, ae_params, system_ids, ids, lengths, key) -> Rollout
-    train_step: Callable  # (state, frozen, TrainBatch) -> (state, metrics)
+    reference: Callable  # (frozen, TrainBatch) -> the batch with its reference outputs
     select: Callable     # (TrainBatch, idx [M]) -> the minibatch, placed for train_step
-    policy: Callable     # (state.params, frozen) -> the params the rollout samples from
+    train_step: Callable  # (state, frozen, TrainBatch) -> (state, metrics)
 
 
-def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules,
+def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, rollout_rules,
                    batch_example) -> Programs:
     """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then
-    holds only the adapters; the frozen params are the base)."""
+    holds only the adapters; the frozen params are the base). ``rollout_rules``: the strategy
+    placing the compute-dtype copy of the policy the rollout samples from."""
     loss = step_lib.rl_loss(model, s.objective)
     if s.lora is None:
         place = step_lib.placement(model, optimizer, mesh, rules, batch_example)
-        policy = lambda trainable, frozen: trainable  # noqa: E731
+        merged = lambda trainable, frozen: trainable  # noqa: E731
     else:
         place = lora_lib.lora_placement(model, s.lora, optimizer, mesh, rules, batch_example)
         loss = lora_lib.adapter_loss(loss, s.lora)
         spec = s.lora
-        policy = jax.jit(lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec))
+        merged = lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec)  # noqa: E731
+    dtype = jnp.dtype(model.dtype)
+    policy_sharding = sharding.param_shardings(bagel.abstract_params(model), mesh, rollout_rules)
+    policy = jax.jit(lambda trainable, frozen: jax.tree.map(
+        lambda x: x.astype(dtype), merged(trainable, frozen)), out_shardings=policy_sharding)
+    totals = functools.partial(objective.loss_totals, obj=s.objective)
     return Programs(
-        place=place, rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh),
-        train_step=step_lib.make_train_step(loss, optimizer, place),
-        select=jax.jit(trajectory.select_chains, out_shardings=place.batch), policy=policy)
+        place=place, policy_sharding=policy_sharding, policy=policy,
+        rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh, policy_sharding,
+                                            s.rollout_calls),
+        reference=step_lib.make_reference_fn(model, s.objective, place,
+                                             s.reference_micro_batches),
+        select=jax.jit(trajectory.select_chains, out_shardings=place.batch),
+        train_step=step_lib.make_train_step(loss, optimizer, place, s.micro_batches, totals))
 
 
 def score(reward_fn, images, items: list[dict], group_size: int) -> np.ndarray:
@@ -99,7 +115,8 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         skip_zero_variance_groups=o.skip_zero_variance_groups, std=o.advantage_std,
         eps=o.advantage_eps, clip=o.advantage_clip)
     system = system_ids if system_ids is not None else np.zeros((0,), np.int32)
-    batch = replay.train_batch(out, jnp.asarray(system), jnp.asarray(adv), jnp.asarray(weight))
+    batch = programs.reference(frozen, replay.train_batch(
+        out, jnp.asarray(system), jnp.asarray(adv), jnp.asarray(weight)))
     metrics = []
     for epoch in range(config.ppo_epochs):
         order = np.random.default_rng([config.seed, step, epoch]).permutation(chains)
@@ -112,6 +129,8 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     scalars.update({
         'reward/mean': float(scores.mean()), 'reward/std': float(scores.std()),
         'think/closed_fraction': float(closed.mean()),
+        'advantage/mean': float(adv.mean()), 'advantage/std': float(adv.std()),
+        'advantage/min': float(adv.min()), 'advantage/max': float(adv.max()),
         'skipped_updates': sum(float(m['skipped']) for m in metrics),
         'parity/first_minibatch_text_max_abs_logp_diff':
             float(metrics[0].get('parity/text_max_abs_logp_diff', 0.0)),

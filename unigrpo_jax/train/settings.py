@@ -8,13 +8,19 @@ model is built or compiled, and every error names the field, its value and what 
   rollout has an SDE window (``objective.has_window``; TextGRPO's images are drawn by the ODE);
 - one ``Schedule`` (token sampler, timesteps, shift, noise level, window, image size) is held by
   both the ``RolloutConfig`` and the ``ObjectiveConfig``;
-- the chains per rollout batch and per minibatch, and the number of optimizer updates.
+- the chains per rollout batch and per minibatch, and the number of optimizer updates
+  (``num_minibatches`` x ``ppo_epochs`` per rollout batch, algorithm.md §6);
+- how the memory settings cut that work without changing it: ``parallelism.
+  micro_batch_per_device`` chains per device per gradient micro-step (the update accumulates
+  them; the reference forward runs in pieces of the same size) and ``parallelism.
+  rollout_prompts_per_device`` prompts per device per rollout call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from unigrpo_jax.model import attention
 from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
@@ -39,6 +45,9 @@ class Settings:
     lora: LoraSpec | None
     chains: int                   # per rollout batch: batch_size * group_size
     minibatch: int                # chains per optimizer update
+    micro_batches: int            # gradient micro-steps per update (a memory setting)
+    reference_micro_batches: int  # pieces of the reference forward of a rollout batch
+    rollout_calls: int            # rollout program calls per rollout batch (a memory setting)
     total_updates: int            # optimizer updates of the whole run
 
     @property
@@ -162,21 +171,31 @@ def check_parallelism(p, num_devices: int) -> tuple[int, ...]:
     return shape
 
 
+def strategy_rules(p) -> tuple[dict[str, str], dict[str, str]]:
+    """The rule tables of a config's ``parallelism``: the train state's strategy and the
+    rollout's (where the compute-dtype copy of the policy it samples from lives)."""
+    extra = p.rules.to_dict() if p.rules else {}
+    return (sharding.strategy_rules(p.strategy, extra),
+            sharding.strategy_rules(p.rollout_strategy, extra))
+
+
 def total_updates(config) -> int:
     """Optimizer updates of a whole run: RL steps x PPO epochs x minibatches."""
     return config.total_steps * config.ppo_epochs * config.num_minibatches
 
 
-def settings(config, num_devices: int) -> Settings:
+def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     """Checks an RL config (raises ``ConfigError`` on the first bad field) and derives the
-    frozen settings of its programs."""
-    _need(bool(config.model.checkpoint) or config.model.random is not None, 'model.checkpoint',
-          config.model.checkpoint, 'set --config.model.checkpoint=DIR: a Bagel-7B-MoT release '
-          'converted by launch/convert_bagel.py --src=<download> --dst=DIR (or a release '
-          'directory itself)')
-    _need(bool(config.tokenizer), 'tokenizer', config.tokenizer,
-          'set --config.tokenizer=DIR: Bagel\'s tokenizer (launch/convert_bagel.py writes '
-          'DIR/tokenizer next to the converted checkpoint)')
+    frozen settings of its programs. ``check_inputs=False``: the weights and the tokenizer are
+    not needed (compiling the programs ahead of time)."""
+    if check_inputs:
+        _need(bool(config.model.checkpoint) or config.model.random is not None,
+              'model.checkpoint', config.model.checkpoint, 'set --config.model.checkpoint=DIR: '
+              'a Bagel-7B-MoT release converted by launch/convert_bagel.py --src=<download> '
+              '--dst=DIR (or a release directory itself)')
+        _need(bool(config.tokenizer), 'tokenizer', config.tokenizer,
+              'set --config.tokenizer=DIR: Bagel\'s tokenizer (launch/convert_bagel.py writes '
+              'DIR/tokenizer next to the converted checkpoint)')
     _need(config.total_steps >= 0, 'total_steps', config.total_steps, 'must be >= 0')
     _one_of('truncated_think', config.truncated_think, advantages.TRUNCATED_THINK)
     _need(config.ppo_epochs >= 1, 'ppo_epochs', config.ppo_epochs, 'must be >= 1')
@@ -197,6 +216,23 @@ def settings(config, num_devices: int) -> Settings:
     _need(minibatch % dp == 0, 'num_minibatches', config.num_minibatches,
           f'a minibatch of {minibatch} chains must split over the data-parallel size {dp} '
           f'(mesh {shape})')
+    p = config.parallelism
+    per_device = int(p.micro_batch_per_device)
+    _need(per_device >= 0, 'parallelism.micro_batch_per_device', per_device,
+          'chains per device per gradient micro-step; 0 = the whole minibatch at once')
+    piece = per_device * dp if per_device else minibatch
+    _need(minibatch % piece == 0, 'parallelism.micro_batch_per_device', per_device,
+          f'{piece} chains per micro-step (x {dp} data-parallel devices) must divide the '
+          f'minibatch of {minibatch} chains')
+    prompts_per_device = int(p.rollout_prompts_per_device)
+    local = config.batch_size // num_devices
+    _need(prompts_per_device >= 0 and (prompts_per_device == 0 or local % prompts_per_device == 0),
+          'parallelism.rollout_prompts_per_device', prompts_per_device,
+          f'must divide the {local} prompts each device rolls out (batch_size / devices); '
+          '0 = all at once')
+    _one_of('model.attention', config.model.attention, attention.IMPLS)
+    _one_of('parallelism.rollout_strategy', p.rollout_strategy,
+            sorted({**sharding.STRATEGIES, **(p.rules.to_dict() if p.rules else {})}))
     for field in ('reward', 'eval_reward'):
         name = config[field].name
         _need(registry.is_registered(name), f'{field}.name', name,
@@ -214,6 +250,7 @@ def settings(config, num_devices: int) -> Settings:
     return Settings(
         mesh_shape=shape, rollout=rc, objective=obj, eval_sampler=sampler,
         eval_tokens=generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens,
-        lora=lora_spec(config.lora), chains=chains,
-        minibatch=minibatch,
+        lora=lora_spec(config.lora), chains=chains, minibatch=minibatch,
+        micro_batches=minibatch // piece, reference_micro_batches=chains // piece,
+        rollout_calls=local // prompts_per_device if prompts_per_device else 1,
         total_updates=total_updates(config))

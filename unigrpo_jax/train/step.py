@@ -3,7 +3,8 @@
 Params (float32 master copy), optimizer state and frozen params (the RL reference, or a LoRA
 base; none for SFT) are placed by the strategy's rule table; the batch's per-chain fields are
 split over the data-parallel axes (``rollout.trajectory`` marks which fields are per chain);
-the train state is donated. One call = one optimizer step on one minibatch. What differs
+the train state is donated. One call = one optimizer step on one minibatch, its gradient
+accumulated over micro-batches (a memory setting: the update is the minibatch's). What differs
 between RL, LoRA and SFT is only the injected ``loss``.
 """
 
@@ -27,8 +28,9 @@ from unigrpo_jax.rl import objective
 from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train.optimizer import grad_norms
 
-# ``loss(trainable, frozen, batch, step) -> (scalar loss, metrics)``; ``step`` is the train
-# state's step counter (e.g. for per-step noise).
+# ``loss(trainable, frozen, batch, step, totals) -> (scalar loss, metrics)``; ``step`` is the
+# train state's step counter (e.g. for per-step noise), ``totals`` the minibatch-wide
+# denominators when ``batch`` is one micro-batch of it (``make_train_step``).
 Loss = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict]]
 
 
@@ -111,32 +113,85 @@ def reference_params(params, place: Placement, dtype=jnp.bfloat16):
 
 
 def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig) -> Loss:
-    """The full fine-tuning RL loss (trainable = params, frozen = the reference params)."""
-    def loss(params, ref_params, batch, step):
-        del step
-        return objective.loss_fn(params, ref_params, batch, config, obj)
+    """The full fine-tuning RL loss (trainable = params; the frozen reference enters through
+    the batch's reference outputs)."""
+    def loss(params, frozen, batch, step, totals):
+        del frozen, step
+        return objective.loss_fn(params, batch, config, obj, totals)
     return loss
 
 
-def make_train_step(loss: Loss, optimizer, place: Placement):
-    """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state.
+def make_reference_fn(config: BagelConfig, obj: objective.ObjectiveConfig, place: Placement,
+                      micro_batches: int):
+    """``reference(frozen, batch) -> batch`` with the frozen reference's outputs
+    (``objective.reference_outputs``; the frozen params are the reference for full fine-tuning
+    and the base for LoRA), jitted, in ``micro_batches`` sequential pieces of the rollout batch
+    (the memory of one piece). Runs once per rollout batch."""
+    def reference(frozen, batch):
+        pieces = trajectory.split_micro_batches(batch, micro_batches)
 
-    ``loss`` (``rl_loss``, ``lora.adapter_loss``, ``sft.objective.sft_loss``) is differentiated
-    in its first argument. A non-finite loss or gradient leaves params and optimizer state
-    unchanged (the step counter still advances) and reports ``skipped = 1``.
+        def one(j):
+            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
+                                                     place.batch)
+            out = objective.reference_outputs(frozen, config, piece, obj)
+            return {'ref_think_logprobs': out.ref_think_logprobs,
+                    'ref_velocities': out.ref_velocities}
+
+        outs = jax.lax.map(one, jnp.arange(micro_batches))
+        return batch.replace(**trajectory.merge_micro_batches(outs))
+
+    return jax.jit(reference, in_shardings=(place.ref_params, place.batch),
+                   out_shardings=place.batch)
+
+
+def _combine(metrics: dict, count: int) -> dict:
+    """Per-micro-batch metrics ``[k]`` -> scalars: the max of ``*max*``, else the mean."""
+    return {k: jnp.max(v) if 'max' in k else jnp.sum(v) / count for k, v in metrics.items()}
+
+
+def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int = 1,
+                    totals: Callable[[Any], Any] | None = None):
+    """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state: one
+    optimizer update on a minibatch, its gradient accumulated over ``micro_batches`` equal
+    micro-batches (``trajectory.split_micro_batches``; memory of one micro-batch).
+
+    ``loss(trainable, frozen, micro_batch, step, totals)`` (``rl_loss``, ``lora.adapter_loss``,
+    ``sft.objective.sft_loss``) is differentiated in its first argument; ``totals(minibatch)``
+    gives the minibatch-wide denominators the loss divides by (``objective.loss_totals``), so
+    the micro-batches' losses and gradients add up to the minibatch's (None: the loss needs
+    none; then ``micro_batches`` must be 1). A non-finite loss or gradient leaves params and
+    optimizer state unchanged (``lax.cond``: no second copy of the state; the step counter
+    still advances) and reports ``skipped = 1``.
     """
+    if totals is None and micro_batches != 1:
+        raise ValueError('micro-batches need the minibatch-wide totals of the loss')
+
     def step(state: TrainState, frozen, batch):
-        (loss_value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(
-            state.params, frozen, batch, state.step)
+        shared = None if totals is None else totals(batch)
+        pieces = trajectory.split_micro_batches(batch, micro_batches)
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+        def accumulate(grads, j):
+            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
+                                                     place.batch)
+            (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(
+                state.params, frozen, piece, state.step, shared)
+            return jax.tree.map(jnp.add, grads, g), (value, metrics)
+
+        grads, (values, metrics) = jax.lax.scan(accumulate, zeros, jnp.arange(micro_batches))
+        loss_value = jnp.sum(values)
         norms = grad_norms(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss_value) & jnp.isfinite(norms['grad_norm/total'])
-        keep = lambda new, old: jax.tree.map(  # noqa: E731
-            lambda n, o: jnp.where(finite, n, o), new, old)
-        state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state))
-        return state, {**metrics, **norms, 'skipped': (~finite).astype(jnp.float32)}
+
+        def update(params, opt_state):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
+                                         state.opt_state)
+        state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        return state, {**_combine(metrics, micro_batches), **norms,
+                       'skipped': (~finite).astype(jnp.float32)}
 
     return jax.jit(step, in_shardings=(place.state, place.ref_params, place.batch),
                    out_shardings=(place.state, sharding.replicated(place.mesh)),

@@ -1,0 +1,199 @@
+"""Ahead-of-time compilation of programs for an accelerator that is not attached (``targets``),
+with a memory report per program: does it fit?
+
+A program is ``(name, fn, args)``: a ``jax.jit`` function and the abstract arguments it is
+lowered with (pytrees of ``jax.ShapeDtypeStruct`` with ``NamedSharding``s over a mesh of
+``targets.devices(target)``). Nothing is allocated; every program is compiled by the target's
+own compiler (libtpu, XLA:GPU) on this machine's CPU.
+
+Columns (``COLUMNS``; bytes are per device):
+
+* ``status``: ``ok``; ``does not fit`` (compiled, but ``fraction > limit_fraction``);
+  ``RESOURCE_EXHAUSTED`` (the TPU compiler refused it: over HBM); ``error: <type>: <line>``;
+* ``compile_s``: ``lower`` + ``compile`` wall time;
+* ``mem_argument``, ``mem_output``, ``mem_alias``, ``mem_temp``, ``mem_peak``: the compiler's
+  memory analysis (``hlo.memory``; peak = argument + output - alias + temp);
+* ``mem_required``: RESOURCE_EXHAUSTED rows only, the bytes the compiler's message says the
+  program needs (2-3 significant digits, GiB = 2^30 B as it prints them);
+* ``device_memory``: the target's bytes per device (``targets``' table says where they come
+  from); ``fraction``: ``mem_peak`` (else ``mem_required``) / ``device_memory``;
+* ``limit_fraction`` and ``fits``: compiled and ``fraction <= limit_fraction``. The margin is
+  for what the analysis does not see (the runtime's own buffers, fragmentation); the GPU
+  compiler never fails over memory, so this is its only check;
+* ``coll_*``: bytes of collectives per call in the compiled HLO (``hlo.collectives``'
+  conventions, in ``sweep``'s module docstring);
+* ``error``: RESOURCE_EXHAUSTED rows, the first line of the compiler's message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from unigrpo_jax.bench import report, targets
+from unigrpo_jax.bench.hlo import KINDS, collectives, memory
+from unigrpo_jax.model.config import ConfigError
+
+Program = tuple[str, Callable, tuple]  # (name, jitted fn, abstract args)
+
+COLUMNS = ('target', 'program', 'devices', 'status', 'compile_s', 'mem_argument', 'mem_output',
+           'mem_alias', 'mem_temp', 'mem_peak', 'mem_required', 'device_memory', 'fraction',
+           'limit_fraction', 'fits', 'coll_bytes',
+           *(f'coll_{k.replace("-", "_")}' for k in KINDS), 'coll_ops', 'error')
+
+_SIZE = r'(\d+(?:\.\d+)?)([KMGT]?)B?'
+# The two forms of libtpu 0.0.42's out-of-memory message.
+_TEMPORARIES = re.compile(rf'memory required for HLO temporaries \({_SIZE}\) exceeds')
+_USED = re.compile(rf'Used {_SIZE} of {_SIZE} hbm\. Exceeded hbm capacity by {_SIZE}')
+
+
+def _bytes(number: str, unit: str) -> int:
+    """``('95.74', 'G')`` -> bytes (K/M/G/T are powers of 2^10, as the TPU compiler prints)."""
+    return round(float(number) * 1024 ** ' KMGT'.index(unit or ' '))
+
+
+def required_bytes(message: str) -> int | None:
+    """Bytes per device a TPU RESOURCE_EXHAUSTED message says the program needs, or None:
+    ``... required for HLO temporaries (223.52G) exceeds available HBM (95.74G)`` -> 223.52 GiB;
+    ``Used 15.75G of 15.75G hbm. Exceeded hbm capacity by 1.0K`` -> 15.75 GiB + 1 KiB."""
+    if match := _TEMPORARIES.search(message):
+        return _bytes(*match.groups())
+    if match := _USED.search(message):
+        g = match.groups()
+        return _bytes(g[2], g[3]) + _bytes(g[4], g[5])
+    return None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return ' '.join((lines[0] if lines else '').split())[:300]
+
+
+def compile_program(program: Program, target: targets.Target,
+                    limit_fraction: float = 0.9) -> dict[str, Any]:
+    """Compiles ``program`` for ``target``; its row (``COLUMNS``). A failure is the row's
+    ``status``, never an exception."""
+    name, fn, args = program
+    row: dict[str, Any] = dict(target=target.name, program=name, devices=target.num_devices,
+                               device_memory=target.device_memory,
+                               limit_fraction=limit_fraction, fits=False)
+    start = time.perf_counter()
+    try:
+        compiled = fn.lower(*args).compile()
+    except Exception as e:  # pylint: disable=broad-except
+        row['compile_s'] = time.perf_counter() - start
+        line = _first_line(e)
+        if 'RESOURCE_EXHAUSTED' in line:
+            row.update(status='RESOURCE_EXHAUSTED', error=line,
+                       mem_required=required_bytes(str(e)))
+            if row['mem_required'] is not None:
+                row['fraction'] = row['mem_required'] / target.device_memory
+        else:
+            row['status'] = f'error: {type(e).__name__}: {line}'
+            traceback.print_exception(e, file=sys.stderr)
+        return {c: row.get(c) for c in COLUMNS}
+    row['compile_s'] = time.perf_counter() - start
+    row.update(memory(compiled))
+    coll, ops = collectives(compiled.as_text())
+    row.update({f'coll_{k.replace("-", "_")}': v for k, v in coll.items()},
+               coll_bytes=sum(coll.values()), coll_ops=ops)
+    if 'mem_peak' not in row:
+        row['status'] = 'error: the compiler reported no memory analysis'
+    else:
+        row['fraction'] = row['mem_peak'] / target.device_memory
+        row['fits'] = row['fraction'] <= limit_fraction
+        row['status'] = 'ok' if row['fits'] else 'does not fit'
+    return {c: row.get(c) for c in COLUMNS}
+
+
+def compile_programs(programs: Sequence[Program], target: targets.Target,
+                     limit_fraction: float = 0.9) -> list[dict[str, Any]]:
+    """One row (``COLUMNS``) per program, compiled for ``target`` in order; prints progress
+    (a 7B train step takes minutes)."""
+    rows = []
+    for i, program in enumerate(programs, 1):
+        tag = f'[{i}/{len(programs)}] {program[0]}'
+        print(f'{tag}: compiling for {target.name} ({target.num_devices} devices)...',
+              flush=True)
+        row = compile_program(program, target, limit_fraction)
+        print(f'{tag}: done in {row["compile_s"]:.1f} s: {_summary(row)}', flush=True)
+        rows.append(row)
+    return rows
+
+
+def _gib(v) -> str:
+    return '' if v is None else f'{v / 2**30:.4g}'
+
+
+def _summary(row: dict) -> str:
+    if row['fraction'] is None:
+        return row['status']
+    used = (f'peak {_gib(row["mem_peak"])}' if row['mem_peak'] is not None
+            else f'the compiler says it needs {_gib(row["mem_required"])}')
+    return (f'{row["status"]}, {used} GiB per device = {row["fraction"]:.2f} of '
+            f'{_gib(row["device_memory"])} GiB (limit {row["limit_fraction"]:.2f})')
+
+
+def markdown(rows: Sequence[dict]) -> str:
+    """The rows as a markdown table, bytes per device (GiB = 2^30 B, GB = 10^9 B);
+    RESOURCE_EXHAUSTED rows show the requirement the compiler states as their peak (``~``)."""
+    head = ('| target | program | status | compile s | argument GiB | output GiB | alias GiB | '
+            'temp GiB | peak GiB | device GiB | peak / device | fits | collectives GB |')
+    lines = [head, '|' + '---|' * head.count(' |')]
+    for r in rows:
+        peak = r['mem_peak'] if r['mem_peak'] is not None else r['mem_required']
+        lines.append('| ' + ' | '.join([
+            r['target'], r['program'], r['status'].replace('|', '/'),
+            '' if r['compile_s'] is None else f'{r["compile_s"]:.1f}',
+            *(_gib(r[k]) for k in ('mem_argument', 'mem_output', 'mem_alias', 'mem_temp')),
+            ('~' if r['mem_peak'] is None and peak is not None else '') + _gib(peak),
+            _gib(r['device_memory']), '' if r['fraction'] is None else f'{r["fraction"]:.2f}',
+            'yes' if r['fits'] else 'no',
+            '' if r['coll_bytes'] is None else f'{r["coll_bytes"] / 1e9:.3g}']) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_outputs(rows: Sequence[dict], out_dir: str) -> list[str]:
+    """``compile_check.csv`` and ``compile_check.md`` in ``out_dir``; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path, md_path = (os.path.join(out_dir, f'compile_check.{ext}') for ext in ('csv', 'md'))
+    report.write_csv(rows, csv_path, COLUMNS)
+    with open(md_path, 'w') as f:
+        f.write(markdown(rows))
+    return [csv_path, md_path]
+
+
+def select(programs: Sequence[Program], names: Sequence[str] | None) -> list[Program]:
+    """The programs called ``names`` (all if None), in ``programs``' order; a ConfigError if
+    that is none or names one that is not there."""
+    known = [name for name, _, _ in programs]
+    chosen = known if names is None else list(names)
+    if not chosen or set(chosen) - set(known):
+        raise ConfigError(f'programs {chosen}: expected a non-empty selection of {known}')
+    return [p for p in programs if p[0] in chosen]
+
+
+def check(config, target_name: str, out_dir: str, names: Sequence[str] | None = None,
+          limit_fraction: float = 0.9,
+          build_programs: Callable[[Any, list], Sequence[Program]] | None = None,
+          ) -> tuple[list[dict], bool]:
+    """Compiles ``config``'s programs (``build_programs(config, devices)``, by default
+    ``bench.rl_programs.rl_programs``; only ``names`` if given) for the target called
+    ``target_name``, prints the table and writes it to ``out_dir``. Returns ``(rows, ok)``:
+    ``ok`` when every program compiled and fits."""
+    target = targets.get(target_name)
+    devices = targets.devices(target)
+    if build_programs is None:
+        from unigrpo_jax.bench.rl_programs import rl_programs  # here: the model loads only for it
+        build_programs = rl_programs
+    programs = select(build_programs(config, devices), names)
+    rows = compile_programs(programs, target, limit_fraction)
+    print(markdown(rows), end='')
+    for path in write_outputs(rows, out_dir):
+        print('wrote', path)
+    return rows, all(r['fits'] for r in rows)

@@ -1,0 +1,145 @@
+"""The programs ``launch/train.py`` runs for a config, as abstract sharded calls: what
+``bench.compile_check`` compiles for a target that is not attached.
+
+``rl_programs(config, devices)`` builds them with ``train.rl_step.build_programs`` (the loop's
+own builder, so the placements are the loop's) and pairs each with ``ShapeDtypeStruct`` inputs
+carrying the shardings the loop gives its arrays:
+
+=============  ==============================================================================
+``policy``     the train state's params -> the compute-dtype copy the rollout samples from
+``rollout``    one rollout call (``parallelism.rollout_prompts_per_device`` prompts per device)
+``reference``  the frozen reference's outputs on a whole rollout batch, in micro-batch pieces
+``select``     a minibatch of the rollout batch
+``train_step`` one optimizer update: the minibatch's gradient over micro-batches, then Adam
+``eval``       the evaluation sampler on ``batch_size`` prompts (when ``eval_every`` > 0)
+=============  ==============================================================================
+
+No weights are read: the architecture is ``model.random``'s, a checkpoint directory's config
+files, or (neither set) Bagel-7B-MoT's release architecture.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from unigrpo_jax.bench.programs import placed_shapes
+from unigrpo_jax.convert import synthetic
+from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.model import autoencoder, bagel
+from unigrpo_jax.model.config import BagelConfig, config_from_dict, load_config
+from unigrpo_jax.parallel import mesh as mesh_lib
+from unigrpo_jax.parallel import sharding
+from unigrpo_jax.rl import objective
+from unigrpo_jax.rollout import generate
+from unigrpo_jax.rollout import rollout as rollout_lib
+from unigrpo_jax.train import lora as lora_lib
+from unigrpo_jax.train import optimizer as opt_lib
+from unigrpo_jax.train import rl_step
+from unigrpo_jax.train import step as step_lib
+from unigrpo_jax.train.settings import settings, strategy_rules
+
+# Tokens of ``configs/bagel_grpo.py``'s think system prompt ([bos] ... [eos]) with Qwen2.5's
+# tokenizer is about 55; without a tokenizer the programs are compiled for this bound.
+SYSTEM_TOKENS_BOUND = 64
+
+
+def architecture(config, layers: int | None = None) -> BagelConfig:
+    """The model a config trains, from its sizes only, with its dtype, attention and remat
+    settings; ``layers`` overrides the LLM depth (quick compiles of a scaled model)."""
+    m = config.model
+    if m.random is not None:
+        model = config_from_dict(m.random.to_dict(), dtype=m.dtype)
+    elif m.checkpoint:
+        model = load_config(m.checkpoint, dtype=m.dtype)
+    else:
+        logging.info('no model.checkpoint: compiling Bagel-7B-MoT\'s release architecture')
+        model = synthetic.bagel_7b().replace(dtype=m.dtype)
+    if layers is not None:
+        model = model.replace(llm=model.llm.replace(num_hidden_layers=layers))
+    return model.replace(attention=m.attention, remat_policy=config.parallelism.remat_policy)
+
+
+def _params(model: BagelConfig, dtype, shardings):
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype),
+                          nn.unbox(bagel.abstract_params(model)))
+    return placed_shapes(shapes, shardings)
+
+
+def rl_programs(config, devices, system_len: int | None = None,
+                layers: int | None = None) -> list[tuple[str, object, tuple]]:
+    """``[(name, jitted function, abstract args)]`` of an RL run of ``config`` on ``devices``
+    (see the module docstring). ``system_len``: tokens of the system segment (default: the
+    tokenizer's encoding of ``system_prompt`` when ``config.tokenizer`` is set, else
+    ``SYSTEM_TOKENS_BOUND``); ``layers``: see ``architecture``."""
+    s = settings(config, len(devices), check_inputs=False)
+    model = architecture(config, layers)
+    if not s.rollout.think or not config.system_prompt:
+        system_len = 0
+    elif system_len is None:
+        system_len = _system_tokens(config)
+    prompt_len = config.data.max_prompt_tokens
+    mesh = mesh_lib.make_mesh(s.mesh_shape, devices)
+    rules, rollout_rules = strategy_rules(config.parallelism)
+    optimizer = opt_lib.make_optimizer(config.optimizer, s.total_updates)
+    minibatch = objective.batch_shapes(model, s.rollout, s.objective, system_len, prompt_len,
+                                       s.minibatch)
+    programs = rl_step.build_programs(model, s, optimizer, mesh, rules, rollout_rules, minibatch)
+    place = programs.place
+    rep = sharding.replicated(mesh)
+
+    f32 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32),
+                       nn.unbox(bagel.abstract_params(model)))
+    trainable = f32 if s.lora is None else jax.eval_shape(
+        lambda p: lora_lib.init_lora(p, s.lora, jax.random.key(0)), f32)
+    state = placed_shapes(step_lib.TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=trainable,
+        opt_state=jax.eval_shape(optimizer.init, trainable)), place.state)
+    frozen = _params(model, jnp.dtype(model.dtype), place.ref_params)
+    policy = _params(model, jnp.dtype(model.dtype), programs.policy_sharding)
+    ae = placed_shapes(jax.eval_shape(lambda k: autoencoder.init_params(model.ae, k),
+                                      jax.random.key(0)), rep)
+    key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
+    system = (jax.ShapeDtypeStruct((system_len,), jnp.int32, sharding=rep) if system_len
+              else None)
+
+    def prompts(n: int):
+        chains = sharding.batch_sharding(mesh, n)
+        return (jax.ShapeDtypeStruct((n, prompt_len), jnp.int32, sharding=chains),
+                jax.ShapeDtypeStruct((n,), jnp.int32, sharding=chains))
+
+    per_call = config.batch_size // s.rollout_calls
+    rollout = rollout_lib.make_rollout_call(model, s.rollout, mesh, programs.policy_sharding,
+                                            system_len, prompt_len)
+    batch = placed_shapes(objective.batch_shapes(model, s.rollout, s.objective, system_len,
+                                                 prompt_len, s.chains), place.batch)
+    idx = jax.ShapeDtypeStruct((s.minibatch,), jnp.int32, sharding=rep)
+    out = [
+        ('policy', programs.policy, (state.params, frozen)),
+        ('rollout', rollout, (policy, ae, system, *prompts(per_call), key,
+                              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep))),
+        ('reference', programs.reference, (frozen, batch)),
+        ('select', programs.select, (batch, idx)),
+        ('train_step', programs.train_step, (state, frozen, placed_shapes(minibatch,
+                                                                           place.batch))),
+    ]
+    if config.eval_every:
+        rc = s.rollout
+        sampler, tokens = s.eval_sampler, s.eval_tokens
+        think_tokens = rc.max_think_tokens if rc.think else 0
+        evaluate = jax.jit(lambda p, ae_p, sys, ids, lengths, k: generate.generate_eval(
+            p, ae_p, model, sampler, sys, ids, lengths, k, think_tokens=think_tokens,
+            token_sampler=tokens, image_size=rc.schedule.image_size))
+        out.append(('eval', evaluate, (policy, ae, system, *prompts(config.batch_size), key)))
+    return out
+
+
+def _system_tokens(config) -> int:
+    if not config.tokenizer:
+        logging.info('no tokenizer: the system segment is compiled as %d tokens',
+                     SYSTEM_TOKENS_BOUND)
+        return SYSTEM_TOKENS_BOUND
+    tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(config.tokenizer)
+    return len(tokenizer_lib.encode_segment(tokenizer, tokens, config.system_prompt))
