@@ -100,11 +100,16 @@ def test_segment_longer_than_cache_is_refused(model):
 
 
 def test_flash_attention_matches_the_parity_path(model):
-    """attention='flash' (Pallas on TPU, cuDNN on GPUs, jax.nn.dot_product_attention here over
-    the keys reordered [new; cache]) gives the einsum path's results: a prefill on top of a
-    cache and an image block (full mask, GQA)."""
+    """The fused path of image blocks (here jax.nn.dot_product_attention over the keys
+    reordered [new; cache], as cuDNN gets them) gives the einsum path's results: a prefill on
+    top of a cache and an image block (full mask, GQA); 'flash' picks the kernel per platform."""
+    from unigrpo_jax.model import attention
+    assert [attention.kernel_for('flash', p, 'bfloat16') for p in ('tpu', 'gpu', 'cpu')] == [
+        'pallas', 'cudnn', 'dot_product']
+    assert attention.kernel_for('flash', 'gpu', 'float32') == 'dot_product'
+    assert attention.kernel_for('xla', 'tpu', 'bfloat16') == 'xla'
     config, params = model
-    fast = config.replace(attention='flash')
+    fast = config.replace(attention='dot_product')
     a, b = _ids(config, 5, 7), _ids(config, 4, 8)
     out = {}
     for name, cfg in (('xla', config), ('flash', fast)):

@@ -13,10 +13,12 @@ Columns (``COLUMNS``; bytes are per device):
 * ``compile_s``: ``lower`` + ``compile`` wall time;
 * ``mem_argument``, ``mem_output``, ``mem_alias``, ``mem_temp``, ``mem_peak``: the compiler's
   memory analysis (``hlo.memory``; peak = argument + output - alias + temp);
+* ``mem_resident``: bytes of the arrays the run keeps alive beside the program (the
+  program's ``resident`` tree); ``mem_total`` = ``mem_peak`` + ``mem_resident``;
 * ``mem_required``: RESOURCE_EXHAUSTED rows only, the bytes the compiler's message says the
   program needs (2-3 significant digits, GiB = 2^30 B as it prints them);
 * ``device_memory``: the target's bytes per device (``targets``' table says where they come
-  from); ``fraction``: ``mem_peak`` (else ``mem_required``) / ``device_memory``;
+  from); ``fraction``: ``mem_total`` (else ``mem_required`` + resident) / ``device_memory``;
 * ``limit_fraction`` and ``fits``: compiled and ``fraction <= limit_fraction``. The margin is
   for what the analysis does not see (the runtime's own buffers, fragmentation); the GPU
   compiler never fails over memory, so this is its only check;
@@ -27,6 +29,7 @@ Columns (``COLUMNS``; bytes are per device):
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -35,14 +38,20 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
+
 from unigrpo_jax.bench import report, targets
 from unigrpo_jax.bench.hlo import KINDS, collectives, memory
 from unigrpo_jax.model.config import ConfigError
 
-Program = tuple[str, Callable, tuple]  # (name, jitted fn, abstract args)
+# (name, jitted fn, abstract args[, resident]): ``resident`` (optional) is a pytree of the
+# abstract arrays the run keeps alive on the devices while the program runs that are not its
+# arguments (e.g. the train state during the rollout); they count against the device memory.
+Program = tuple
 
 COLUMNS = ('target', 'program', 'devices', 'status', 'compile_s', 'mem_argument', 'mem_output',
-           'mem_alias', 'mem_temp', 'mem_peak', 'mem_required', 'device_memory', 'fraction',
+           'mem_alias', 'mem_temp', 'mem_peak', 'mem_resident', 'mem_total', 'mem_required',
+           'device_memory', 'fraction',
            'limit_fraction', 'fits', 'coll_bytes',
            *(f'coll_{k.replace("-", "_")}' for k in KINDS), 'coll_ops', 'error')
 
@@ -74,14 +83,21 @@ def _first_line(e: Exception) -> str:
     return ' '.join((lines[0] if lines else '').split())[:300]
 
 
+def resident_bytes(tree) -> int:
+    """Bytes per device of abstract arrays with shardings (the largest shard of each)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree))
+
+
 def compile_program(program: Program, target: targets.Target,
                     limit_fraction: float = 0.9) -> dict[str, Any]:
     """Compiles ``program`` for ``target``; its row (``COLUMNS``). A failure is the row's
     ``status``, never an exception."""
-    name, fn, args = program
+    name, fn, args, *rest = program
     row: dict[str, Any] = dict(target=target.name, program=name, devices=target.num_devices,
                                device_memory=target.device_memory,
-                               limit_fraction=limit_fraction, fits=False)
+                               limit_fraction=limit_fraction, fits=False,
+                               mem_resident=resident_bytes(rest[0] if rest else ()))
     start = time.perf_counter()
     try:
         compiled = fn.lower(*args).compile()
@@ -92,7 +108,8 @@ def compile_program(program: Program, target: targets.Target,
             row.update(status='RESOURCE_EXHAUSTED', error=line,
                        mem_required=required_bytes(str(e)))
             if row['mem_required'] is not None:
-                row['fraction'] = row['mem_required'] / target.device_memory
+                row['fraction'] = ((row['mem_required'] + row['mem_resident'])
+                                   / target.device_memory)
         else:
             row['status'] = f'error: {type(e).__name__}: {line}'
             traceback.print_exception(e, file=sys.stderr)
@@ -105,7 +122,8 @@ def compile_program(program: Program, target: targets.Target,
     if 'mem_peak' not in row:
         row['status'] = 'error: the compiler reported no memory analysis'
     else:
-        row['fraction'] = row['mem_peak'] / target.device_memory
+        row['mem_total'] = row['mem_peak'] + row['mem_resident']
+        row['fraction'] = row['mem_total'] / target.device_memory
         row['fits'] = row['fraction'] <= limit_fraction
         row['status'] = 'ok' if row['fits'] else 'does not fit'
     return {c: row.get(c) for c in COLUMNS}
@@ -133,7 +151,8 @@ def _gib(v) -> str:
 def _summary(row: dict) -> str:
     if row['fraction'] is None:
         return row['status']
-    used = (f'peak {_gib(row["mem_peak"])}' if row['mem_peak'] is not None
+    used = (f'peak {_gib(row["mem_peak"])} + resident {_gib(row["mem_resident"])}'
+            if row['mem_peak'] is not None
             else f'the compiler says it needs {_gib(row["mem_required"])}')
     return (f'{row["status"]}, {used} GiB per device = {row["fraction"]:.2f} of '
             f'{_gib(row["device_memory"])} GiB (limit {row["limit_fraction"]:.2f})')
@@ -143,7 +162,8 @@ def markdown(rows: Sequence[dict]) -> str:
     """The rows as a markdown table, bytes per device (GiB = 2^30 B, GB = 10^9 B);
     RESOURCE_EXHAUSTED rows show the requirement the compiler states as their peak (``~``)."""
     head = ('| target | program | status | compile s | argument GiB | output GiB | alias GiB | '
-            'temp GiB | peak GiB | device GiB | peak / device | fits | collectives GB |')
+            'temp GiB | peak GiB | resident GiB | device GiB | (peak + resident) / device | '
+            'fits | collectives GB |')
     lines = [head, '|' + '---|' * head.count(' |')]
     for r in rows:
         peak = r['mem_peak'] if r['mem_peak'] is not None else r['mem_required']
@@ -152,7 +172,7 @@ def markdown(rows: Sequence[dict]) -> str:
             '' if r['compile_s'] is None else f'{r["compile_s"]:.1f}',
             *(_gib(r[k]) for k in ('mem_argument', 'mem_output', 'mem_alias', 'mem_temp')),
             ('~' if r['mem_peak'] is None and peak is not None else '') + _gib(peak),
-            _gib(r['device_memory']), '' if r['fraction'] is None else f'{r["fraction"]:.2f}',
+            _gib(r['mem_resident']), _gib(r['device_memory']), '' if r['fraction'] is None else f'{r["fraction"]:.2f}',
             'yes' if r['fits'] else 'no',
             '' if r['coll_bytes'] is None else f'{r["coll_bytes"] / 1e9:.3g}']) + ' |')
     return '\n'.join(lines) + '\n'
@@ -171,7 +191,7 @@ def write_outputs(rows: Sequence[dict], out_dir: str) -> list[str]:
 def select(programs: Sequence[Program], names: Sequence[str] | None) -> list[Program]:
     """The programs called ``names`` (all if None), in ``programs``' order; a ConfigError if
     that is none or names one that is not there."""
-    known = [name for name, _, _ in programs]
+    known = [program[0] for program in programs]
     chosen = known if names is None else list(names)
     if not chosen or set(chosen) - set(known):
         raise ConfigError(f'programs {chosen}: expected a non-empty selection of {known}')

@@ -20,6 +20,8 @@ files, or (neither set) Bagel-7B-MoT's release architecture.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,7 +30,7 @@ from absl import logging
 from unigrpo_jax.bench.programs import placed_shapes
 from unigrpo_jax.convert import synthetic
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
-from unigrpo_jax.model import autoencoder, bagel
+from unigrpo_jax.model import attention, autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict, load_config
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
@@ -46,9 +48,9 @@ from unigrpo_jax.train.settings import settings, strategy_rules
 SYSTEM_TOKENS_BOUND = 64
 
 
-def architecture(config, layers: int | None = None) -> BagelConfig:
-    """The model a config trains, from its sizes only, with its dtype, attention and remat
-    settings; ``layers`` overrides the LLM depth (quick compiles of a scaled model)."""
+def architecture(config, platform: str, layers: int | None = None) -> BagelConfig:
+    """The model a config trains on ``platform``, from its sizes only, with its dtype, attention
+    kernel and remat settings; ``layers`` overrides the LLM depth (quick scaled compiles)."""
     m = config.model
     if m.random is not None:
         model = config_from_dict(m.random.to_dict(), dtype=m.dtype)
@@ -58,8 +60,9 @@ def architecture(config, layers: int | None = None) -> BagelConfig:
         logging.info('no model.checkpoint: compiling Bagel-7B-MoT\'s release architecture')
         model = synthetic.bagel_7b().replace(dtype=m.dtype)
     if layers is not None:
-        model = model.replace(llm=model.llm.replace(num_hidden_layers=layers))
-    return model.replace(attention=m.attention, remat_policy=config.parallelism.remat_policy)
+        model = model.replace(llm=dataclasses.replace(model.llm, num_hidden_layers=layers))
+    return model.replace(attention=attention.kernel_for(m.attention, platform, m.dtype),
+                         remat_policy=config.parallelism.remat_policy)
 
 
 def _params(model: BagelConfig, dtype, shardings):
@@ -69,13 +72,14 @@ def _params(model: BagelConfig, dtype, shardings):
 
 
 def rl_programs(config, devices, system_len: int | None = None,
-                layers: int | None = None) -> list[tuple[str, object, tuple]]:
-    """``[(name, jitted function, abstract args)]`` of an RL run of ``config`` on ``devices``
+                layers: int | None = None) -> list[tuple]:
+    """``[(name, jitted function, abstract args, resident)]`` of an RL run of ``config`` on ``devices``
     (see the module docstring). ``system_len``: tokens of the system segment (default: the
     tokenizer's encoding of ``system_prompt`` when ``config.tokenizer`` is set, else
-    ``SYSTEM_TOKENS_BOUND``); ``layers``: see ``architecture``."""
+    ``SYSTEM_TOKENS_BOUND``); ``layers``: see ``architecture``. ``resident``: the abstract
+    arrays the loop keeps on the devices while the program runs (``bench.compile_check``)."""
     s = settings(config, len(devices), check_inputs=False)
-    model = architecture(config, layers)
+    model = architecture(config, devices[0].platform, layers)
     if not s.rollout.think or not config.system_prompt:
         system_len = 0
     elif system_len is None:
@@ -116,23 +120,27 @@ def rl_programs(config, devices, system_len: int | None = None,
     batch = placed_shapes(objective.batch_shapes(model, s.rollout, s.objective, system_len,
                                                  prompt_len, s.chains), place.batch)
     idx = jax.ShapeDtypeStruct((s.minibatch,), jnp.int32, sharding=rep)
-    out = [
-        ('policy', programs.policy, (state.params, frozen)),
-        ('rollout', rollout, (policy, ae, system, *prompts(per_call), key,
-                              jax.ShapeDtypeStruct((), jnp.int32, sharding=rep))),
-        ('reference', programs.reference, (frozen, batch)),
-        ('select', programs.select, (batch, idx)),
-        ('train_step', programs.train_step, (state, frozen, placed_shapes(minibatch,
-                                                                           place.batch))),
+    offset = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    out = [  # (name, program, its arguments, what the run keeps alive beside them)
+        ('policy', programs.policy, (state.params, frozen), state.opt_state),
+        ('rollout', rollout, (policy, ae, system, *prompts(per_call), key, offset),
+         (state, frozen)),
+        ('reference', programs.reference, (frozen, batch), state),
+        ('select', programs.select, (batch, idx), (state, frozen)),
+        ('train_step', programs.train_step,
+         (state, frozen, placed_shapes(minibatch, place.batch)), batch),
     ]
     if config.eval_every:
         rc = s.rollout
         sampler, tokens = s.eval_sampler, s.eval_tokens
         think_tokens = rc.max_think_tokens if rc.think else 0
-        evaluate = jax.jit(lambda p, ae_p, sys, ids, lengths, k: generate.generate_eval(
-            p, ae_p, model, sampler, sys, ids, lengths, k, think_tokens=think_tokens,
-            token_sampler=tokens, image_size=rc.schedule.image_size))
-        out.append(('eval', evaluate, (policy, ae, system, *prompts(config.batch_size), key)))
+        evaluate = jax.jit(sharding.traced_on(
+            mesh, lambda p, ae_p, sys, ids, lengths, k: generate.generate_eval(
+                p, ae_p, model, sampler, sys, ids, lengths, k, think_tokens=think_tokens,
+                token_sampler=tokens, image_size=rc.schedule.image_size,
+                decode_pieces=config.batch_size // mesh.size)))
+        out.append(('eval', evaluate, (policy, ae, system, *prompts(config.batch_size), key),
+                    (state, frozen)))
     return out
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert.bagel import load_bagel
-from unigrpo_jax.model import autoencoder, bagel
+from unigrpo_jax.model import attention, autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, ConfigError, SpecialTokens, config_from_dict
 
 
@@ -27,7 +27,8 @@ def build_model(model_cfg, seed: int = 0, tokens: SpecialTokens | None = None,
     """
     dtype = model_cfg.dtype
     # Runs saved before ``model.attention`` existed used the parity path.
-    attention = model_cfg.get('attention', 'xla')
+    attention_kernel = attention.kernel_for(model_cfg.get('attention', 'xla'),
+                                            jax.default_backend(), dtype)
     if model_cfg.checkpoint:
         path = model_cfg.checkpoint
         if not os.path.isdir(path):
@@ -37,7 +38,7 @@ def build_model(model_cfg, seed: int = 0, tokens: SpecialTokens | None = None,
         else:
             config, params, ae_params = load_bagel(path, tokens=tokens, dtype=np.float32,
                                                    model_dtype=dtype)
-        config = config.replace(dtype=dtype, attention=attention)
+        config = config.replace(dtype=dtype, attention=attention_kernel)
         if tokens is not None and tokens != config.tokens:
             raise ConfigError(f'the tokenizer\'s special ids {tokens} differ from the '
                               f'checkpoint\'s {config.tokens} ({path})')
@@ -46,7 +47,7 @@ def build_model(model_cfg, seed: int = 0, tokens: SpecialTokens | None = None,
         raise ConfigError('model.checkpoint is empty and model.random gives no sizes: set '
                           '--config.model.checkpoint=DIR (a converted Bagel checkpoint)')
     config = config_from_dict(model_cfg.random.to_dict(), dtype=dtype).replace(
-        attention=attention)
+        attention=attention_kernel)
     if tokens is not None:
         config = config.replace(tokens=tokens)
     key_model, key_ae = jax.random.split(jax.random.key(seed))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import einops
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 
 def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
@@ -51,8 +52,25 @@ def full_mask(length: int) -> jax.Array:
     return jnp.ones((1, length, length), bool)
 
 
-IMPLS = ('xla', 'flash')
+IMPLS = ('xla', 'flash')  # what a config asks for (``model.attention``)
+KERNELS = ('xla', 'pallas', 'cudnn', 'dot_product')  # what a BagelConfig runs (``kernel_for``)
 FLASH_BLOCK = 128  # the Pallas TPU kernel's sequence tile: q and kv are padded to multiples
+
+
+def kernel_for(impl: str, platform: str, dtype: str) -> str:
+    """The kernel of image blocks for ``model.attention=impl`` on ``platform`` ('tpu', 'gpu' /
+    'cuda', 'cpu') in compute ``dtype``: 'flash' is Pallas flash attention on TPU, cuDNN on
+    NVIDIA GPUs in bf16/f16, ``jax.nn.dot_product_attention`` (XLA) elsewhere; 'xla' is the
+    parity path everywhere."""
+    if impl not in IMPLS:
+        raise ValueError(f'model.attention={impl!r}; expected one of {IMPLS}')
+    if impl == 'xla':
+        return 'xla'
+    if platform == 'tpu':
+        return 'pallas'
+    if platform in ('gpu', 'cuda') and dtype in ('bfloat16', 'float16'):
+        return 'cudnn'
+    return 'dot_product'
 
 
 def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Array | None,
@@ -60,12 +78,12 @@ def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Arra
                     cache_len: jax.Array | None = None, impl: str = 'xla') -> jax.Array:
     """Softmax attention of new queries over cached keys and the new segment's keys.
 
-    GQA: query head j uses kv head ``j // (heads / kv_heads)``. ``impl='xla'``: explicit
-    einsums, logits and softmax in float32 (the parity path, every segment). ``'flash'``:
-    segments with full attention among themselves (``new_mask=None``: image blocks) use a fused
-    kernel chosen by the platform the program is lowered for (``lax.platform_dependent``):
-    Pallas flash attention on TPU, cuDNN on NVIDIA GPUs (bf16/f16),
-    ``jax.nn.dot_product_attention`` elsewhere; causal text segments keep the XLA path.
+    GQA: query head j uses kv head ``j // (heads / kv_heads)``. ``impl`` (``KERNELS``;
+    ``kernel_for`` picks one): ``'xla'``: explicit einsums, logits and softmax in float32 (the
+    parity path, every segment); the others run segments with full attention among themselves
+    (``new_mask=None``: image blocks) through a fused kernel: Pallas flash attention (TPU),
+    cuDNN (NVIDIA GPUs, bf16/f16) or ``jax.nn.dot_product_attention``'s XLA path; causal text
+    segments keep the einsum path.
 
     Args:
       q: ``[batch, seq, heads, head_dim]`` (after q-norm and RoPE).
@@ -77,10 +95,10 @@ def joint_attention(q: jax.Array, k: jax.Array, v: jax.Array, new_mask: jax.Arra
     Returns:
       ``[batch, seq, heads, head_dim]`` in q's dtype.
     """
-    if impl not in IMPLS:
-        raise ValueError(f'attention impl={impl!r}; expected one of {IMPLS}')
-    if impl == 'flash' and new_mask is None:
-        return _fused_full(q, k, v, cache_k, cache_v, cache_len)
+    if impl not in KERNELS:
+        raise ValueError(f'attention kernel {impl!r}; expected one of {KERNELS}')
+    if impl != 'xla' and new_mask is None:
+        return _fused_full(q, k, v, cache_k, cache_v, cache_len, impl)
     if new_mask is None:
         new_mask = full_mask(q.shape[1])
     groups = q.shape[2] // k.shape[2]
@@ -113,19 +131,12 @@ def _new_then_cache(k, v, cache_k, cache_v, cache_len):
             (seq + cache_len).astype(jnp.int32))
 
 
-def _fused_full(q, k, v, cache_k, cache_v, cache_len):
+def _fused_full(q, k, v, cache_k, cache_v, cache_len, kernel: str):
     keys, values, valid = _new_then_cache(k, v, cache_k, cache_v, cache_len)
-
-    def fused(implementation):
-        def run(q, keys, values, valid):
-            return jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=valid,
-                                                implementation=implementation)
-        return run
-
-    half = q.dtype in (jnp.bfloat16, jnp.float16)
-    return jax.lax.platform_dependent(q, keys, values, valid, tpu=_pallas_tpu,
-                                      cuda=fused('cudnn' if half else None),
-                                      default=fused(None))
+    if kernel == 'pallas':
+        return _pallas_tpu(q, keys, values, valid)
+    return jax.nn.dot_product_attention(q, keys, values, key_value_seq_lengths=valid,
+                                        implementation='cudnn' if kernel == 'cudnn' else 'xla')
 
 
 def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
@@ -136,6 +147,23 @@ def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
 
 
 def _pallas_tpu(q, keys, values, valid):
+    """Pallas TPU flash attention, split over the batch by a ``shard_map`` on the abstract mesh
+    the program is traced on (``parallel.sharding.traced_on``; a Mosaic kernel is not
+    partitioned automatically): the batch goes over the mesh axes whose sizes divide it."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return _pallas_local(q, keys, values, valid)
+    axes, size = [], 1
+    for name in mesh.axis_names:
+        if mesh.shape[name] > 1 and q.shape[0] % (size * mesh.shape[name]) == 0:
+            axes.append(name)
+            size *= mesh.shape[name]
+    batch = P(tuple(axes) or None)
+    return jax.shard_map(_pallas_local, mesh=mesh, in_specs=(batch,) * 4, out_specs=batch,
+                         check_vma=False)(q, keys, values, valid)
+
+
+def _pallas_local(q, keys, values, valid):
     """Pallas TPU flash attention: kv heads repeated to the query heads, sequences padded to
     the kernel's tile; padded and invalid keys get segment id 0, every query segment 1 (padded
     query rows are computed and dropped)."""

@@ -168,8 +168,9 @@ class BagelConfig:
     # Rematerialisation of the decoder layers in the backward pass: None, or a policy name of
     # ``jax.checkpoint_policies`` (e.g. 'nothing_saveable', 'dots_with_no_batch_dims_saveable').
     remat_policy: str | None = None
-    # Attention kernel (``attention.IMPLS``): 'xla' (explicit float32 softmax; the parity path)
-    # or 'flash' (image blocks through a fused kernel: Pallas on TPU, cuDNN on GPUs).
+    # Attention kernel (``attention.KERNELS``, from a config's ``model.attention`` by
+    # ``attention.kernel_for``): 'xla' (explicit float32 softmax; the parity path) or a fused
+    # kernel for image blocks ('pallas' on TPU, 'cudnn' on GPUs, 'dot_product' elsewhere).
     attention: str = 'xla'
 
     @property

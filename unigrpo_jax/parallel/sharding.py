@@ -11,6 +11,7 @@ Add a strategy by passing ``extra`` tables (``config.parallelism.rules``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -78,6 +79,17 @@ def _size(mesh: Mesh, axes) -> int:
     for a in axes:
         n *= mesh.shape[a]
     return n
+
+
+def traced_on(mesh: Mesh, fn):
+    """``fn`` traced with ``mesh`` as the abstract mesh: kernels that must be partitioned by
+    hand find it there (``model.attention``'s Pallas path wraps itself in a ``shard_map``).
+    Apply to the body of every jitted program of the run."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+    return run
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

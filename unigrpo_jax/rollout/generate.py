@@ -23,11 +23,11 @@ GREEDY = TokenSampler(temperature=0.0, top_k=0, top_p=1.0)
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'sampler', 'think_tokens',
-                                             'token_sampler', 'image_size'))
+                                             'token_sampler', 'image_size', 'decode_pieces'))
 def generate_eval(params, ae_params, config: BagelConfig, sampler: eval_sampler.SamplerConfig,
                   system_ids, prompt_ids, prompt_lengths, key, *, think_tokens: int,
                   token_sampler: TokenSampler, image_size: tuple[int, int],
-                  forced_think=None):
+                  forced_think=None, decode_pieces: int = 1):
     """Draws one image per prompt.
 
     Args:
@@ -38,6 +38,8 @@ def generate_eval(params, ae_params, config: BagelConfig, sampler: eval_sampler.
       forced_think: ``(ids [B, <= think_tokens + 2], lengths [B])``, given reasoning segments
         ``[bos] y [eos]`` to draw from instead of generating them (thinking only; the returned
         tokens are then empty): how well the image phase renders a plan, apart from planning.
+      decode_pieces: images are decoded in that many sequential pieces
+        (``rollout.decode_latents``; the images per device decodes one per device at a time).
     Returns:
       ``(images [B, H, W, 3] uint8, think_tokens [B, T], think_mask [B, T])``.
     """
@@ -63,4 +65,5 @@ def generate_eval(params, ae_params, config: BagelConfig, sampler: eval_sampler.
         jax.vmap(lambda k: jax.random.split(k)[1])(keys))
     traj = eval_sampler.sample_ode(params, config, sampler, noise, pos, cond, text_uncond,
                                    img_uncond)
-    return decode_latents(ae_params, config, traj.final, image_size), tokens, mask
+    return (decode_latents(ae_params, config, traj.final, image_size, decode_pieces), tokens,
+            mask)

@@ -197,16 +197,27 @@ def denoise_sde_window(params, config: BagelConfig, schedule: Schedule, cache: K
 
 
 def decode_latents(ae_params, config: BagelConfig, tokens: jax.Array,
-                   image_size: tuple[int, int]) -> jax.Array:
-    """Latent tokens ``[B, N, F]`` -> uint8 images ``[B, H, W, 3]``."""
+                   image_size: tuple[int, int], pieces: int = 1) -> jax.Array:
+    """Latent tokens ``[B, N, F]`` -> uint8 images ``[B, H, W, 3]``, decoded in ``pieces``
+    sequential steps (``trajectory.split_micro_batches``: with the batch split over devices,
+    ``pieces`` = images per device decodes one image per device at a time; the decoder's
+    full-resolution activations of a whole batch would not fit)."""
     h, w = latents.token_grid(*image_size, config.latent_downsample)
-    latent = latents.unpatchify(tokens, h, w, config.latent_patch_size)
-    return autoencoder.to_uint8(autoencoder.decode(ae_params, config.ae, latent))
+
+    def decode(x):
+        latent = latents.unpatchify(x, h, w, config.latent_patch_size)
+        return autoencoder.to_uint8(autoencoder.decode(ae_params, config.ae, latent))
+
+    if pieces == 1:
+        return decode(tokens)
+    split = trajectory_lib.split_micro_batches(tokens, pieces)
+    return trajectory_lib.merge_micro_batches(jax.lax.map(decode, split))
 
 
 def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
                    system_ids: jax.Array | None, prompt_ids: jax.Array,
-                   prompt_lengths: jax.Array, key: jax.Array, chain_offset: jax.Array) -> Rollout:
+                   prompt_lengths: jax.Array, key: jax.Array, chain_offset: jax.Array,
+                   decode_pieces: int = 1) -> Rollout:
     """The rollout of ``prompts x group_size`` chains on one device (unjitted).
 
     Args:
@@ -214,6 +225,7 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
       prompt_ids, prompt_lengths: ``[prompts, P]``, ``[prompts]``.
       chain_offset: ``[]`` the global index of this batch's first chain (a chain's random
         numbers are ``fold_in(key, global chain index)``, whatever the split over devices).
+      decode_pieces: see ``decode_latents``.
     """
     g = rc.group_size
     prompts = prompt_ids.shape[0]
@@ -237,7 +249,7 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
     final, t, t_next, xs, x_nexts, means, logp = denoise_sde_window(
         params, config, rc.schedule, cache, image_keys, window_start, pos)
-    images = (decode_latents(ae_params, config, final, rc.schedule.image_size)
+    images = (decode_latents(ae_params, config, final, rc.schedule.image_size, decode_pieces)
               if rc.decode_images else jnp.zeros((b, 0, 0, 3), jnp.uint8))
     trajectory = Trajectory(
         prompt_ids=jnp.repeat(prompt_ids, g, 0), prompt_lengths=jnp.repeat(prompt_lengths, g, 0),
@@ -257,10 +269,12 @@ def make_rollout_call(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, params
     rep = sharding.replicated(mesh)
 
     def call(params, ae_params, system_ids, prompt_ids, prompt_lengths, key, offset):
+        chains_per_device = max(prompt_ids.shape[0] * rc.group_size // mesh.size, 1)
         return rollout_chains(params, ae_params, config, rc, system_ids, prompt_ids,
-                              prompt_lengths, key, offset)
+                              prompt_lengths, key, offset, chains_per_device)
 
-    return jax.jit(call, in_shardings=(params_sharding, rep, rep, chains, chains, rep, rep),
+    return jax.jit(sharding.traced_on(mesh, call),
+                   in_shardings=(params_sharding, rep, rep, chains, chains, rep, rep),
                    out_shardings=_out_specs(config, rc, mesh, system_len, prompt_len))
 
 

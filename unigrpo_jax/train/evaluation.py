@@ -37,11 +37,12 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
         padded = chunk + chunk[-1:] * (chunk_size - len(chunk))  # a full chunk splits evenly
         ids, lengths = tokenizer_lib.encode_segments(
             tokenizer, tokens, [it['prompt'] for it in padded], config.data.max_prompt_tokens)
-        images, think, mask = generate.generate_eval(
+        images, think, mask = sharding.traced_on(mesh, generate.generate_eval)(
             params, ae_params, model, s.eval_sampler, system_ids,
             jax.device_put(ids, prompts_sharding), jax.device_put(lengths, prompts_sharding),
             jax.random.key(config.seed + 1), think_tokens=think_tokens,
-            token_sampler=s.eval_tokens, image_size=rc.schedule.image_size)
+            token_sampler=s.eval_tokens, image_size=rc.schedule.image_size,
+            decode_pieces=chunk_size // mesh.size)
         return images[:len(chunk)], think[:len(chunk)], mask[:len(chunk)]
 
     def evaluate(params, ae_params, step: int) -> np.ndarray:

@@ -140,8 +140,8 @@ def make_reference_fn(config: BagelConfig, obj: objective.ObjectiveConfig, place
         outs = jax.lax.map(one, jnp.arange(micro_batches))
         return batch.replace(**trajectory.merge_micro_batches(outs))
 
-    return jax.jit(reference, in_shardings=(place.ref_params, place.batch),
-                   out_shardings=place.batch)
+    return jax.jit(sharding.traced_on(place.mesh, reference),
+                   in_shardings=(place.ref_params, place.batch), out_shardings=place.batch)
 
 
 def _combine(metrics: dict, count: int) -> dict:
@@ -193,6 +193,7 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
         return state, {**_combine(metrics, micro_batches), **norms,
                        'skipped': (~finite).astype(jnp.float32)}
 
-    return jax.jit(step, in_shardings=(place.state, place.ref_params, place.batch),
+    return jax.jit(sharding.traced_on(place.mesh, step),
+                   in_shardings=(place.state, place.ref_params, place.batch),
                    out_shardings=(place.state, sharding.replicated(place.mesh)),
                    donate_argnums=(0,))
