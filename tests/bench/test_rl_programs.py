@@ -36,9 +36,10 @@ def test_tiny_run_compiles_for_v5p_and_its_state_is_the_analytic_bytes(tpu, tmp_
     dimensions to 128 lanes)."""
     config = bagel_grpo.get_config('tiny')
     config.parallelism.update(mesh=(1, -1, 1), strategy='fsdp')
+    config.num_minibatches = 2
     rows, ok = compile_check.check(config, 'v5p-8', str(tmp_path))
     assert ok and [r['program'] for r in rows] == ['policy', 'rollout', 'reference', 'select',
-                                                   'train_step', 'eval']
+                                                   'train_step', 'eval']  # 2 minibatches
     programs = {name: args for name, _, args, _ in
                 rl_programs.rl_programs(config, targets.devices(targets.get('v5p-8')))}
     state = programs['train_step'][0]

@@ -38,6 +38,11 @@ def _config(**kw):
     ('truncated_think', 'maybe', "truncated_think='maybe'"),
     ('optimizer.final_lr_fraction', 0.0, 'optimizer.final_lr_fraction=0.0'),
     ('eval.cfg_interval', (0.5, 0.2), 'cfg interval'),
+    ('parallelism.micro_batch_per_device', 3, 'micro_batch_per_device=3: 6 chains'),
+    ('parallelism.micro_batch_per_device', -1, 'micro_batch_per_device=-1'),
+    ('parallelism.rollout_prompts_per_device', 3, 'rollout_prompts_per_device=3: must divide'),
+    ('parallelism.rollout_strategy', 'zero3', "parallelism.rollout_strategy='zero3'"),
+    ('model.attention', 'splash', "model.attention='splash'"),
 ])
 def test_config_validation_names_the_field(field, value, message):
     with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace(')', r'\)')):
@@ -61,6 +66,21 @@ def test_valid_config_derives_its_settings():
     assert s.total_updates == 3 * 2 * 2  # steps x epochs x minibatches
     assert s.objective.schedule is s.rollout.schedule  # one sampler for rollout and replay
     assert s.rollout.think and s.schedule.window_size == 2 and s.lora is None
+
+
+def test_the_paper_s_step_splits_into_micro_steps_not_more_updates():
+    """The 7B config on 8 devices: 768 chains, 2 optimizer updates per rollout batch
+    (ppo_epochs x num_minibatches, algorithm.md §6), each accumulated over 96 micro-steps of
+    one chain per device; the reference forward in 96 pieces; 4 rollout calls of one prompt
+    per device."""
+    cfg = bagel_grpo.get_config()
+    s = settings.settings(cfg, 8, check_inputs=False)
+    assert (s.chains, s.minibatch, s.micro_batches) == (768, 768, 96)
+    assert s.reference_micro_batches == 96 and s.rollout_calls == 4
+    assert s.total_updates == cfg.total_steps * 2
+    cfg.parallelism.micro_batch_per_device = 0  # a whole minibatch at once: same updates
+    s0 = settings.settings(cfg, 8, check_inputs=False)
+    assert (s0.micro_batches, s0.total_updates) == (1, s.total_updates)
 
 
 @pytest.mark.parametrize('mode,think,window', [

@@ -9,7 +9,7 @@ carrying the shardings the loop gives its arrays:
 ``policy``     the train state's params -> the compute-dtype copy the rollout samples from
 ``rollout``    one rollout call (``parallelism.rollout_prompts_per_device`` prompts per device)
 ``reference``  the frozen reference's outputs on a whole rollout batch, in micro-batch pieces
-``select``     a minibatch of the rollout batch
+``select``     a minibatch of the rollout batch (``num_minibatches`` > 1)
 ``train_step`` one optimizer update: the minibatch's gradient over micro-batches, then Adam
 ``eval``       the evaluation sampler on ``batch_size`` prompts (when ``eval_every`` > 0)
 =============  ==============================================================================
@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from unigrpo_jax.bench import perf, programs
 from unigrpo_jax.bench.programs import placed_shapes
 from unigrpo_jax.convert import synthetic
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
@@ -90,8 +91,8 @@ def rl_programs(config, devices, system_len: int | None = None,
     optimizer = opt_lib.make_optimizer(config.optimizer, s.total_updates)
     minibatch = objective.batch_shapes(model, s.rollout, s.objective, system_len, prompt_len,
                                        s.minibatch)
-    programs = rl_step.build_programs(model, s, optimizer, mesh, rules, rollout_rules, minibatch)
-    place = programs.place
+    built = rl_step.build_programs(model, s, optimizer, mesh, rules, rollout_rules, minibatch)
+    place = built.place
     rep = sharding.replicated(mesh)
 
     f32 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32),
@@ -102,7 +103,7 @@ def rl_programs(config, devices, system_len: int | None = None,
         step=jax.ShapeDtypeStruct((), jnp.int32), params=trainable,
         opt_state=jax.eval_shape(optimizer.init, trainable)), place.state)
     frozen = _params(model, jnp.dtype(model.dtype), place.ref_params)
-    policy = _params(model, jnp.dtype(model.dtype), programs.policy_sharding)
+    policy = _params(model, jnp.dtype(model.dtype), built.policy_sharding)
     ae = placed_shapes(jax.eval_shape(lambda k: autoencoder.init_params(model.ae, k),
                                       jax.random.key(0)), rep)
     key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
@@ -115,21 +116,23 @@ def rl_programs(config, devices, system_len: int | None = None,
                 jax.ShapeDtypeStruct((n,), jnp.int32, sharding=chains))
 
     per_call = config.batch_size // s.rollout_calls
-    rollout = rollout_lib.make_rollout_call(model, s.rollout, mesh, programs.policy_sharding,
+    rollout = rollout_lib.make_rollout_call(model, s.rollout, mesh, built.policy_sharding,
                                             system_len, prompt_len)
     batch = placed_shapes(objective.batch_shapes(model, s.rollout, s.objective, system_len,
                                                  prompt_len, s.chains), place.batch)
     idx = jax.ShapeDtypeStruct((s.minibatch,), jnp.int32, sharding=rep)
     offset = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
     out = [  # (name, program, its arguments, what the run keeps alive beside them)
-        ('policy', programs.policy, (state.params, frozen), state.opt_state),
+        ('policy', built.policy, (state.params, frozen), state.opt_state),
         ('rollout', rollout, (policy, ae, system, *prompts(per_call), key, offset),
          (state, frozen)),
-        ('reference', programs.reference, (frozen, batch), state),
-        ('select', programs.select, (batch, idx), (state, frozen)),
-        ('train_step', programs.train_step,
-         (state, frozen, placed_shapes(minibatch, place.batch)), batch),
+        ('reference', built.reference, (frozen, batch), state),
+        ('train_step', built.train_step,
+         (state, frozen, placed_shapes(minibatch, place.batch)),
+         batch if config.num_minibatches > 1 else ()),
     ]
+    if config.num_minibatches > 1:  # one minibatch is the batch itself (``rl_step``)
+        out.insert(3, ('select', built.select, (batch, idx), (state, frozen)))
     if config.eval_every:
         rc = s.rollout
         sampler, tokens = s.eval_sampler, s.eval_tokens
@@ -151,3 +154,40 @@ def _system_tokens(config) -> int:
         return SYSTEM_TOKENS_BOUND
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(config.tokenizer)
     return len(tokenizer_lib.encode_segment(tokenizer, tokens, config.system_prompt))
+
+
+def iteration_estimate(config, target, system_len: int = SYSTEM_TOKENS_BOUND,
+                       layers: int | None = None) -> dict[str, float]:
+    """Roofline seconds of one RL iteration of ``config`` on ``target`` (a ``targets.Target``):
+    an analytic estimate from ``bench.perf``'s FLOP and byte counts, not a measurement. Each
+    phase is ``max(FLOPs / peak_flops, bytes / bandwidth)`` per device, the work split evenly
+    over the devices: think-token decode (the step's weights and KV rows read once per token,
+    a context of half the think budget on average), denoising (N - 1 image-block forwards per
+    chain), the reference forward, and the updates (``programs.train_step_flops``: forward and
+    backward, 3x). Collectives, the VAE and the reward are left out; real step times are this
+    divided by the achieved fraction of peak (MFU)."""
+    s = settings(config, target.num_devices, check_inputs=False)
+    model = architecture(config, target.platform, layers)
+    llm, rc = model.llm, s.rollout
+    n, peak, bw = target.num_devices, target.peak_flops, target.bandwidth
+    system_len = system_len if rc.think and config.system_prompt else 0
+    w = programs.workload(rc, 1, system_len, config.data.max_prompt_tokens)
+    per_call = s.chains // s.rollout_calls // n  # chains per device per rollout call
+    think = w.think_tokens
+    context = w.text_context + think / 2
+    decode = think * max(perf.decode_step_flops(llm, per_call, context) / peak,
+                         perf.decode_step_bytes(llm, per_call, context, 2, 4) / bw)
+    image = perf.block_forward_flops(model, 1, w.latent_tokens(model), w.context)
+    denoise = (rc.schedule.num_timesteps - 1) * per_call * image / peak
+    chains_per_device = s.chains / n
+    context_flops = sum(perf.segment_forward_flops(llm, length, before, causal=True)
+                        for length, before in ((w.system_len, 0),
+                                               (w.prompt_len, w.system_len),
+                                               (think + 2 if think else 0, w.text_context))
+                        if length)
+    reference = chains_per_device * (context_flops + w.window * image) / peak
+    updates = config.ppo_epochs * config.num_minibatches
+    train = updates * programs.train_step_flops(
+        model, s.objective, dataclasses.replace(w, batch=s.minibatch)) / n / peak
+    return {'rollout_decode_s': s.rollout_calls * decode, 'rollout_denoise_s':
+            s.rollout_calls * denoise, 'reference_s': reference, 'train_s': train}

@@ -6,6 +6,8 @@
 | v5p-16  | tpu      | v5p:2x2x2   | 8     | 2     | same                             |
 | v5p-64  | tpu      | v5p:4x4x2   | 32    | 8     | same                             |
 | v5e-16  | tpu      | v5e:4x4     | 16    | 4     | 16,909,403,136 (15.75 GiB)       |
+| v5e-32  | tpu      | v5e:4x8     | 32    | 8     | same                             |
+| v5e-64  | tpu      | v5e:8x8     | 64    | 16    | same                             |
 | v5e-256 | tpu      | v5e:16x16   | 256   | 64    | same                             |
 | v6e-8   | tpu      | v6e:2x4     | 8     | 2     | 33,550,336,768 (31.25 GiB)       |
 | h100x8  | cuda     | 1x1x8       | 8     | 1     | 84,942,979,072 (79.11 GiB)       |
@@ -25,6 +27,10 @@ nothing runs on the chips: the launcher sets it).
 A GPU topology is ``partitions x hosts x GPUs per host``, described by an XLA
 ``GpuTargetConfigProto`` (``gpu_spec``, relative to the repository root, which is checked out
 next to ``shared/``); its memory is the spec's ``device_memory_size``.
+
+``peak_flops`` (dense bf16 matmul FLOP/s per chip) and ``bandwidth`` (HBM bytes/s per chip) are
+the vendors' published numbers (Cloud TPU system architecture pages; NVIDIA H100/H200 SXM data
+sheets, dense): only for analytic step-time estimates (``bench.rl_programs.iteration_estimate``).
 """
 
 from __future__ import annotations
@@ -47,22 +53,28 @@ class Target:
     num_devices: int
     hosts: int
     device_memory: int   # bytes one device's program may use
+    peak_flops: float    # dense bf16 FLOP/s per device (published)
+    bandwidth: float     # HBM bytes/s per device (published)
     gpu_spec: str = ''   # cuda: GpuTargetConfigProto text file, relative to REPO
 
 
 _V5P, _V5E, _V6E = 102_803_393_408, 16_909_403_136, 33_550_336_768
 _H100, _H200 = 84_942_979_072, 151_397_597_184
+_V5P_PEAK, _V5E_PEAK, _H100_PEAK = (459e12, 2.765e12), (197e12, 819e9), (989e12, 3.35e12)
 
 TARGETS = {t.name: t for t in (
-    Target('v5p-8', 'tpu', 'v5p:2x2x1', 4, 1, _V5P),
-    Target('v5p-16', 'tpu', 'v5p:2x2x2', 8, 2, _V5P),
-    Target('v5p-64', 'tpu', 'v5p:4x4x2', 32, 8, _V5P),
-    Target('v5e-16', 'tpu', 'v5e:4x4', 16, 4, _V5E),
-    Target('v5e-256', 'tpu', 'v5e:16x16', 256, 64, _V5E),
-    Target('v6e-8', 'tpu', 'v6e:2x4', 8, 2, _V6E),
-    Target('h100x8', 'cuda', '1x1x8', 8, 1, _H100, f'{_GPU_SPECS}/h100_sxm.txtpb'),
-    Target('h200x8', 'cuda', '1x1x8', 8, 1, _H200, f'{_GPU_SPECS}/h200.txtpb'),
-    Target('h100x16', 'cuda', '1x2x8', 16, 2, _H100, f'{_GPU_SPECS}/h100_sxm.txtpb'),
+    Target('v5p-8', 'tpu', 'v5p:2x2x1', 4, 1, _V5P, *_V5P_PEAK),
+    Target('v5p-16', 'tpu', 'v5p:2x2x2', 8, 2, _V5P, *_V5P_PEAK),
+    Target('v5p-64', 'tpu', 'v5p:4x4x2', 32, 8, _V5P, *_V5P_PEAK),
+    Target('v5e-16', 'tpu', 'v5e:4x4', 16, 4, _V5E, *_V5E_PEAK),
+    Target('v5e-32', 'tpu', 'v5e:4x8', 32, 8, _V5E, *_V5E_PEAK),
+    Target('v5e-64', 'tpu', 'v5e:8x8', 64, 16, _V5E, *_V5E_PEAK),
+    Target('v5e-256', 'tpu', 'v5e:16x16', 256, 64, _V5E, *_V5E_PEAK),
+    Target('v6e-8', 'tpu', 'v6e:2x4', 8, 2, _V6E, 918e12, 1.64e12),
+    Target('h100x8', 'cuda', '1x1x8', 8, 1, _H100, *_H100_PEAK, f'{_GPU_SPECS}/h100_sxm.txtpb'),
+    Target('h200x8', 'cuda', '1x1x8', 8, 1, _H200, 989e12, 4.8e12, f'{_GPU_SPECS}/h200.txtpb'),
+    Target('h100x16', 'cuda', '1x2x8', 16, 2, _H100, *_H100_PEAK,
+           f'{_GPU_SPECS}/h100_sxm.txtpb'),
 )}
 
 # platform -> (the distribution holding its compiler, the extra of setup.py that installs it)

@@ -63,8 +63,11 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         merged = lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec)  # noqa: E731
     dtype = jnp.dtype(model.dtype)
     policy_sharding = sharding.param_shardings(bagel.abstract_params(model), mesh, rollout_rules)
-    policy = jax.jit(lambda trainable, frozen: jax.tree.map(
-        lambda x: x.astype(dtype), merged(trainable, frozen)), out_shardings=policy_sharding)
+    def policy(trainable, frozen):  # cast where the params live, then gather the copy
+        return jax.tree.map(lambda x, sh: jax.lax.with_sharding_constraint(x.astype(dtype), sh),
+                            merged(trainable, frozen), place.ref_params)
+
+    policy = jax.jit(policy, out_shardings=policy_sharding)
     totals = functools.partial(objective.loss_totals, obj=s.objective)
     return Programs(
         place=place, policy_sharding=policy_sharding, policy=policy,
@@ -119,6 +122,10 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         out, jnp.asarray(system), jnp.asarray(adv), jnp.asarray(weight)))
     metrics = []
     for epoch in range(config.ppo_epochs):
+        if config.num_minibatches == 1:  # the whole batch: no shuffled copy of it
+            state, m = programs.train_step(state, frozen, batch)
+            metrics.append(m)
+            continue
         order = np.random.default_rng([config.seed, step, epoch]).permutation(chains)
         for mb in np.split(order, config.num_minibatches):
             state, m = programs.train_step(state, frozen, programs.select(batch, jnp.asarray(mb)))
