@@ -218,7 +218,8 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
                    system_ids: jax.Array | None, prompt_ids: jax.Array,
                    prompt_lengths: jax.Array, key: jax.Array, chain_offset: jax.Array,
                    decode_pieces: int = 1) -> Rollout:
-    """The rollout of ``prompts x group_size`` chains on one device (unjitted).
+    """The rollout of ``prompts x group_size`` chains (unjitted; ``make_rollout_call`` splits
+    the chains over devices).
 
     Args:
       system_ids: ``[S]`` the system segment (used only with ``rc.think``) or None.

@@ -5,8 +5,8 @@ Every array field of these dataclasses (and of ``rl.replay.TrainBatch``, which h
 ``Trajectory``) is either **per chain** (leading axis = the chain axis, sharded over the data
 axes, indexed by a minibatch) or **shared** by all chains of the batch (marked with
 ``shared_field()``: the window times, the window start, the system prompt). ``map_fields``
-walks that marking, so placements, minibatch selection and the rollout's ``shard_map`` specs
-all derive from the dataclass definitions instead of restating them.
+walks that marking, so placements, minibatch selection, micro-batches and the rollout's output
+shardings all derive from the dataclass definitions instead of restating them.
 """
 
 from __future__ import annotations
