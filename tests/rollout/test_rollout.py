@@ -150,6 +150,17 @@ def test_no_recompilation_between_calls(tiny, one_device_rollout):
     assert compiled == []
 
 
+def _assert_same_chains(want, got):
+    """Same window start and sampled tokens; log-probs and window states within 1e-5."""
+    np.testing.assert_array_equal(want.window_start, got.window_start)
+    for name in ('think_tokens', 'think_mask', 'think_closed'):
+        np.testing.assert_array_equal(getattr(want.trajectory, name),
+                                      getattr(got.trajectory, name), err_msg=name)
+    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean'):
+        np.testing.assert_allclose(getattr(want.trajectory, name), getattr(got.trajectory, name),
+                                   atol=1e-5, err_msg=name)
+
+
 def test_chunked_sharded_rollout_is_the_same_rollout(tiny, one_device_rollout):
     """Rolled out in 2 calls over 4 devices with the params fsdp-sharded (the 7B settings'
     levers), the batch is the one-call, one-device rollout: same tokens, same window start."""
@@ -162,13 +173,7 @@ def test_chunked_sharded_rollout_is_the_same_rollout(tiny, one_device_rollout):
                                       sharding.strategy_rules('fsdp'))
     out = R.make_rollout_fn(config, rc, mesh, placed, calls=2)(
         params, ae, system, prompts, lengths, jax.random.key(0))
-    np.testing.assert_array_equal(one.window_start, out.window_start)
-    for name in ('think_tokens', 'think_mask', 'think_closed'):
-        np.testing.assert_array_equal(getattr(one.trajectory, name),
-                                      getattr(out.trajectory, name), err_msg=name)
-    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean'):
-        np.testing.assert_allclose(getattr(one.trajectory, name), getattr(out.trajectory, name),
-                                   atol=1e-5, err_msg=name)
+    _assert_same_chains(one, out)
 
 
 def test_same_seed_same_rollout_on_one_and_eight_devices(tiny, one_device_rollout):
@@ -177,13 +182,7 @@ def test_same_seed_same_rollout_on_one_and_eight_devices(tiny, one_device_rollou
     fn8 = R.make_rollout_fn(config, rc, make_mesh((8, 1, 1)))
     eight = fn8(params, ae, system, prompts, lengths, jax.random.key(0))
     assert len(eight.trajectory.think_tokens.sharding.device_set) == 8
-    np.testing.assert_array_equal(one.window_start, eight.window_start)
-    for name in ('think_tokens', 'think_mask', 'think_closed'):
-        np.testing.assert_array_equal(getattr(one.trajectory, name),
-                                      getattr(eight.trajectory, name), err_msg=name)
-    for name in ('think_logprobs', 'x_t', 'x_next', 'logp', 'mean'):
-        np.testing.assert_allclose(getattr(one.trajectory, name), getattr(eight.trajectory, name),
-                                   atol=1e-5, err_msg=name)
+    _assert_same_chains(one, eight)
     np.testing.assert_allclose(one.final_latents, eight.final_latents, atol=1e-5)
     diff = np.abs(np.asarray(one.images, int) - np.asarray(eight.images, int))
     assert diff.max() <= 1  # uint8 rounding boundaries
