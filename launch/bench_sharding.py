@@ -10,8 +10,8 @@ Strategies: every table of ``sharding.STRATEGIES`` plus ``config.parallelism.rul
 ``tiny`` (the config's random model), ``1b`` (``perf.bagel_1b_config``), ``7b``
 (``perf.bagel_7b_config``). The think tokens, SDE window and image size come from the config's
 rollout section. Rows that do not fit (``--memory_limit_gb``, default the device's memory) or
-fail are reported, not fatal. On a CPU only the tiny model runs (on meshes the CPU runtime
-executes safely), everything else is compiled only. Writes ``bench.csv``, ``bench.md`` and
+fail are reported, not fatal. On a CPU only the tiny model runs, everything else is compiled
+only. Writes ``bench.csv``, ``bench.md`` and
 ``bench.png`` to ``--out``; the conventions of every column are in
 ``unigrpo_jax/bench/sweep.py``.
 """
@@ -23,6 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unigrpo_jax.bench import programs, report, sweep
+from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.train import settings
 from unigrpo_jax.train.optimizer import make_optimizer
@@ -52,6 +53,7 @@ _EXECUTE = flags.DEFINE_bool('execute', True, 'Run the rows that may run (else c
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    mesh_lib.reserve_cpu_collective_threads()
     cfg = _CONFIG.value
     strategies = _STRATEGIES.value or [*sharding.STRATEGIES, *cfg.parallelism.rules.keys()]
     meshes = (sweep.parse_meshes(_MESHES.value) if _MESHES.value

@@ -17,6 +17,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from unigrpo_jax.parallel.mesh import reserve_cpu_collective_threads  # noqa: E402
+
+reserve_cpu_collective_threads()
+
 jax.config.update('jax_default_matmul_precision', 'highest')
 # Tests compile the same tiny programs many times (e.g. a run and its resumption): reuse them.
 jax.config.update('jax_compilation_cache_dir',

@@ -118,9 +118,9 @@ def test_positive_advantage_logprob_rises_negative_falls(setup):
             assert np.sign(a[chain] - b[chain]) == np.sign(adv[chain]), (chain, a - b, adv)
 
 
-# Meshes that avoid an XLA CPU collective deadlock seen with 8 emulated devices on (2, 2, 2)
-# and (1, 2, 4) for fsdp_tp (see docs/performance.md); every strategy shards for real here.
-STRATEGY_MESHES = [('dp', (8, 1, 1)), ('fsdp', (1, 8, 1)), ('fsdp_tp', (1, 4, 2)),
+# Every strategy shards for real; fsdp_tp on both 3-axis and 2-axis meshes.
+STRATEGY_MESHES = [('dp', (8, 1, 1)), ('fsdp', (1, 8, 1)), ('fsdp_tp', (2, 2, 2)),
+                   ('fsdp_tp', (1, 2, 4)),
                    ('tp', (4, 1, 2))]
 
 
