@@ -11,9 +11,8 @@ Strategies: every table of ``sharding.STRATEGIES`` plus ``config.parallelism.rul
 (``perf.bagel_7b_config``). The think tokens, SDE window and image size come from the config's
 rollout section. Rows that do not fit (``--memory_limit_gb``, default the device's memory) or
 fail are reported, not fatal. On a CPU only the tiny model runs, everything else is compiled
-only. Writes ``bench.csv``, ``bench.md`` and
-``bench.png`` to ``--out``; the conventions of every column are in
-``unigrpo_jax/bench/sweep.py``.
+only. Writes ``bench.csv``, ``bench.md`` and ``bench.png`` to ``--out``; the conventions of
+every column are in ``unigrpo_jax/bench/sweep.py``.
 """
 
 import sys

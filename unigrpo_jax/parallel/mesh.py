@@ -16,14 +16,14 @@ AXES = ('data', 'fsdp', 'tensor')
 # participant arrives. The thunk executor can start a device's next collective before its last
 # one finished (collectives are ordered only at launch; in an executable loaded from the
 # compilation cache not even that), so with every thread waiting in a different collective the
-# program deadlocks (jax 0.10.2: an 8-device train step on (1, 8, 1) or (2, 2, 2), 7 devices in
+# program deadlocks (jax 0.10.2: an 8-device train step on (1, 8, 1) and (1, 4, 2), 7 devices in
 # an all-reduce and 1 in an all-to-all). A larger pool leaves threads free.
 CPU_POOL_THREADS = 64
 
 
 def reserve_cpu_collective_threads(threads: int = CPU_POOL_THREADS) -> None:
     """Sizes XLA:CPU's thread pool (``PJRT_NPROC``, unless already set) so that sharded
-    programs on emulated CPU devices cannot deadlock in their collectives. Call before the first
+    programs on emulated CPU devices leave threads free while collectives wait. Call before the first
     JAX computation of the process (the pool is made with the CPU client)."""
     os.environ.setdefault('PJRT_NPROC', str(threads))
 
