@@ -5,7 +5,9 @@ r"""UniGRPO RL training.
     python launch/train.py --config=configs/bagel_grpo.py:tiny --workdir=/tmp/tiny
 
 Checkpoints, metrics (TensorBoard + metrics.jsonl) and sample grids go under --workdir;
-running again with the same --workdir resumes from its latest checkpoint. The loop lives in
+running again with the same --workdir resumes from its latest checkpoint. A multi-process run
+gives every process --coordinator_address, --num_processes and --process_id (or is detected
+on SLURM, a TPU pod slice, Open MPI; see docs/multihost.md). The loop lives in
 ``unigrpo_jax.train.loop`` so a notebook can call it.
 """
 
@@ -15,18 +17,21 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
                                required=True)
+distributed.define_flags()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
     try:
+        distributed.initialize_from_flags(_CONFIG.value.distributed)
         loop.train(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:  # a user's config: one line, no traceback (bugs keep theirs)
         sys.exit(f'launch/train.py: {e}')

@@ -24,6 +24,7 @@ from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry
@@ -37,17 +38,6 @@ from unigrpo_jax.train.settings import settings, strategy_rules
 
 class TrainingError(RuntimeError):
     """The run cannot continue (e.g. repeated non-finite losses)."""
-
-
-def maybe_initialize_distributed(config) -> None:
-    """``jax.distributed.initialize()`` on a pod/cluster (``config.distributed``: auto|on|off)."""
-    mode = config.distributed
-    if mode == 'off':
-        return
-    launched = any(v in os.environ for v in ('JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
-                                             'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES'))
-    if mode == 'on' or launched:
-        jax.distributed.initialize()
 
 
 def system_ids(config, think: bool, tokenizer, tokens) -> np.ndarray | None:
@@ -76,7 +66,9 @@ class _Preemption:
 
 def train(config, workdir: str):
     """Runs (or resumes) the RL loop; returns the final ``TrainState``."""
-    maybe_initialize_distributed(config)
+    if not jax.distributed.is_initialized():  # a launcher may have joined with its flags
+        distributed.initialize(config.distributed)
+    distributed.assert_same_config(config)
     n = config.parallelism.num_devices
     devices = jax.devices()[:n] if n > 0 else jax.devices()
     s = settings(config, len(devices))

@@ -1,0 +1,130 @@
+"""Joining a multi-process run: ``jax.distributed.initialize`` from flags or the cluster's
+environment, and a check that every process runs the same config.
+
+Three ways in, in this order:
+- explicit: ``coordinator_address``, ``num_processes`` and ``process_id`` (the launchers'
+  flags, ``jax.distributed.initialize``'s own arguments), all three or none;
+- a cluster launcher with more than one process: SLURM (``SLURM_NTASKS``), Open MPI
+  (``OMPI_COMM_WORLD_SIZE``), a multi-host TPU slice (``TPU_WORKER_HOSTNAMES`` naming more
+  than one host) or ``JAX_COORDINATOR_ADDRESS``; JAX reads the rest from the environment;
+- none: one process, nothing to do.
+
+``mode`` (``config.distributed``) is 'auto' (the above), 'on' (always initialize, failing
+where JAX finds no cluster) or 'off' (never; explicit flags are then an error).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import jax
+import numpy as np
+from absl import flags, logging
+
+from unigrpo_jax.model.config import ConfigError
+
+MODES = ('auto', 'on', 'off')
+
+
+def launched_multi_process(environ=None) -> bool:
+    """Whether a cluster launcher in ``environ`` started more than one process.
+
+    One SLURM task (an interactive ``salloc``) or a single-host TPU VM is not a multi-process
+    run, so 'auto' leaves it alone.
+    """
+    env = os.environ if environ is None else environ
+    if 'JAX_COORDINATOR_ADDRESS' in env:
+        return True
+    for var in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+        if var in env:
+            return int(env[var]) > 1
+    return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
+
+
+def initialize_arguments(mode: str, coordinator_address: str | None = None,
+                         num_processes: int | None = None, process_id: int | None = None,
+                         environ=None) -> dict | None:
+    """The keyword arguments for ``jax.distributed.initialize``, or None for one process.
+
+    Raises ``ConfigError`` for an unknown mode, a partial set of explicit arguments, explicit
+    arguments with mode 'off', or a process id outside ``[0, num_processes)``.
+    """
+    if mode not in MODES:
+        raise ConfigError(f'distributed={mode!r}: expected one of {MODES}')
+    explicit = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
+                'process_id': process_id}
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if given and mode == 'off':
+        raise ConfigError(f'distributed=off, but {sorted(given)} given: drop them or set '
+                          '--config.distributed=auto')
+    if given:
+        missing = sorted(set(explicit) - set(given))
+        if missing:
+            raise ConfigError(f'multi-process flags need all of --coordinator_address, '
+                              f'--num_processes and --process_id; missing {missing}')
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ConfigError(f'--process_id={process_id} must be in [0, --num_processes='
+                              f'{num_processes})')
+        return explicit
+    if mode == 'on' or (mode == 'auto' and launched_multi_process(environ)):
+        return {}
+    return None
+
+
+def initialize(mode: str, coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None,
+               timeout_s: int = 300) -> bool:
+    """Joins the run (see the module docstring); returns whether it is multi-process.
+
+    On CPU the cross-process collectives go through gloo (JAX's default). A process that cannot reach the
+    others (a host missing) aborts after ``timeout_s`` seconds with JAX's
+    ``DEADLINE_EXCEEDED`` instead of hanging.
+    """
+    kwargs = initialize_arguments(mode, coordinator_address, num_processes, process_id)
+    if kwargs is None:
+        return False
+    logging.info('joining a multi-process run (%s); a process that has not joined after '
+                 '%d s fails the run with DEADLINE_EXCEEDED', kwargs or 'from the environment',
+                 timeout_s)
+    jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
+    return jax.process_count() > 1
+
+
+def config_fingerprint(config) -> str:
+    """A hash of the config's full text (``ConfigDict.to_json_best_effort``)."""
+    text = config.to_json_best_effort(sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def assert_same_config(config) -> None:
+    """Raises ``ConfigError`` on every process unless all processes run the same config.
+
+    Each process contributes its config's fingerprint; a difference (different flags, files or
+    code on one host) names the processes that disagree with process 0.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils  # multi-process only
+    digest = np.frombuffer(bytes.fromhex(config_fingerprint(config)), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(digest))  # [P, 32]
+    differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differ:
+        raise ConfigError(f'processes {differ} run a different config from process 0 (same '
+                          'config file, flags and code on every host are needed)')
+
+
+def define_flags() -> None:
+    """Defines ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (a
+    launcher calls this at import; ``initialize_from_flags`` reads them)."""
+    flags.DEFINE_string('coordinator_address', None,
+                        'host:port of process 0 for a multi-process run (all three flags or '
+                        'none; without them SLURM/TPU pod/Open MPI are detected).')
+    flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
+    flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+
+
+def initialize_from_flags(mode: str) -> bool:
+    """``initialize`` with the flags of ``define_flags``."""
+    f = flags.FLAGS
+    return initialize(mode, f.coordinator_address, f.num_processes, f.process_id)
