@@ -69,17 +69,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_pair(lrs, *extra):
+def _run_workers(script, per_process):
+    """Runs ``script PORT I *per_process[I]`` for each I, all with a fresh free port; returns
+    ``[(exit code, output)]``; the processes are killed on a timeout or a failure."""
     port = _free_port()
     env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-    procs = [subprocess.Popen([sys.executable, '-c', _WORKER, str(port), str(i), str(lr), *extra],
+    env.pop('XLA_FLAGS', None)
+    procs = [subprocess.Popen([sys.executable, '-c', script, str(port), str(i), *map(str, args)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for i, lr in enumerate(lrs)]
+                              env=env) for i, args in enumerate(per_process)]
     try:
-        return [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+        return [(p.wait(timeout=180), p.stdout.read()) for p in procs]
     finally:
         for p in procs:
             p.kill()
+
+
+def _run_pair(lrs, *extra):
+    return _run_workers(_WORKER, [[lr, *extra] for lr in lrs])
 
 
 def test_two_processes_join_and_agree():
@@ -95,3 +102,45 @@ def test_two_processes_with_different_configs_both_fail_with_a_message():
 def test_a_missing_process_fails_the_run_instead_of_hanging():
     [(rc, out)] = _run_pair([1e-3], '5')  # process 0 of 2 alone; 5 s to join
     assert rc != 0 and 'DEADLINE_EXCEEDED' in out and 'AGREED' not in out, out
+
+
+_SCORE_WORKER = textwrap.dedent('''
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    port, pid, fail_on = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    from unigrpo_jax.parallel import distributed, mesh as mesh_lib, sharding
+    distributed.initialize('auto', f'127.0.0.1:{port}', 2, pid, timeout_s=60)
+    import jax, numpy as np
+    from unigrpo_jax.train import rl_step
+    mesh = mesh_lib.make_mesh((4, 2, 1), jax.devices())
+    images = np.arange(16 * 2 * 2 * 3, dtype=np.uint8).reshape(16, 2, 2, 3)
+    placed = sharding.host_to_global(images, sharding.batch_sharding(mesh))
+    rows, local = sharding.addressable_rows(placed)
+    assert len(rows) == 8 and (local == images[rows]).all(), rows
+
+    def reward(ims, meta):
+        if jax.process_index() == fail_on:
+            raise RuntimeError('reward server down')
+        return [float(im.sum()) + m['k'] for im, m in zip(ims, meta)]
+
+    items = [{'k': 1000.0 * i} for i in range(8)]
+    try:
+        got = rl_step.score(reward, placed, items, 2)
+    except rl_step.RewardError as e:
+        print('REWARD ERROR:', e)
+        sys.exit(3)
+    want = images.reshape(16, -1).sum(1) + 1000.0 * np.repeat(np.arange(8), 2)
+    assert np.array_equal(got, want.astype(np.float32)), (got, want)
+    print('SCORED')
+''')
+
+
+def test_each_process_scores_its_own_images_and_all_get_every_reward():
+    for rc, out in _run_workers(_SCORE_WORKER, [[-1]] * 2):
+        assert rc == 0 and 'SCORED' in out, out
+
+
+def test_a_reward_failing_on_one_process_fails_every_process():
+    (rc0, out0), (rc1, out1) = _run_workers(_SCORE_WORKER, [[1]] * 2)
+    assert rc0 == 3 and 'failed on another process' in out0, out0
+    assert rc1 == 3 and 'reward server down' in out1, out1

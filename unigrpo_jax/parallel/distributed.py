@@ -21,6 +21,7 @@ import os
 import jax
 import numpy as np
 from absl import flags, logging
+from jax.experimental import multihost_utils
 
 from unigrpo_jax.model.config import ConfigError
 
@@ -105,7 +106,6 @@ def assert_same_config(config) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils  # multi-process only
     digest = np.frombuffer(bytes.fromhex(config_fingerprint(config)), np.uint8)
     every = np.asarray(multihost_utils.process_allgather(digest))  # [P, 32]
     differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
@@ -128,3 +128,17 @@ def initialize_from_flags(mode: str) -> bool:
     """``initialize`` with the flags of ``define_flags``."""
     f = flags.FLAGS
     return initialize(mode, f.coordinator_address, f.num_processes, f.process_id)
+
+
+def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
+    """``[total, ...]`` on every process from each process's ``rows [r]`` and ``values [r, ...]``
+    (every process the same ``r``, e.g. ``sharding.addressable_rows`` of a batch split evenly
+    over processes; a row given twice must carry the same value)."""
+    if jax.process_count() > 1:
+        rows, values = (np.asarray(x) for x in multihost_utils.process_allgather((rows, values)))
+        rows, values = rows.reshape(-1), values.reshape((-1,) + values.shape[2:])
+    if sorted(set(rows.tolist())) != list(range(total)):
+        raise ValueError(f'rows {sorted(set(rows.tolist()))} do not cover 0..{total - 1}')
+    out = np.empty((total,) + values.shape[1:], values.dtype)
+    out[rows] = values
+    return out

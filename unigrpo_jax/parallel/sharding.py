@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 STRATEGIES: dict[str, dict[str, str]] = {
@@ -94,3 +95,24 @@ def traced_on(mesh: Mesh, fn):
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def host_to_global(host, placement: NamedSharding) -> jax.Array:
+    """``host`` (a numpy array every process holds whole, e.g. a batch's prompt ids) as one
+    array placed by ``placement``; each process copies only the pieces its own devices hold,
+    so it works when the mesh spans processes (one process: a ``device_put``)."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, placement, lambda index: host[index])
+
+
+def addressable_rows(array: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows [r] int64, values [r, ...])``: the rows of ``array`` (split along axis 0 only)
+    that this process's devices hold, each once and in order. One process: every row."""
+    pieces = {}
+    for shard in array.addressable_shards:
+        rows = shard.index[0] if shard.index else slice(None)
+        start, stop, _ = rows.indices(array.shape[0])
+        pieces.setdefault(start, (np.arange(start, stop), shard.data))
+    order = sorted(pieces)
+    return (np.concatenate([pieces[k][0] for k in order]),
+            np.concatenate([np.asarray(pieces[k][1]) for k in order]))

@@ -29,6 +29,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh
 
 from unigrpo_jax.model import autoencoder, bagel, context, latents
@@ -316,8 +317,11 @@ def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, params_s
             programs[shape] = call, concat
         call, concat = programs[shape]
         n = prompts // calls
-        parts = [call(params, ae_params, system_ids, prompt_ids[i:i + n],
-                      prompt_lengths[i:i + n], key, jnp.int32(i * rc.group_size))
+        chains = sharding.batch_sharding(mesh)
+        parts = [call(params, ae_params, system_ids,
+                      sharding.host_to_global(prompt_ids[i:i + n], chains),
+                      sharding.host_to_global(prompt_lengths[i:i + n], chains), key,
+                      np.int32(i * rc.group_size))
                  for i in range(0, prompts, n)]
         return parts[0] if calls == 1 else concat(*parts)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
-from unigrpo_jax.parallel import sharding
+from unigrpo_jax.parallel import distributed, sharding
 from unigrpo_jax.rl import advantages, objective, replay
 from unigrpo_jax.rollout import rollout as rollout_lib
 from unigrpo_jax.rollout import trajectory
@@ -79,17 +79,29 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         train_step=step_lib.make_train_step(loss, optimizer, place, s.micro_batches, totals))
 
 
-def score(reward_fn, images, items: list[dict], group_size: int) -> np.ndarray:
-    """``[prompts * group_size]`` float32 rewards of a rollout's images (a prompt's chains
-    contiguous); raises ``RewardError`` when the reward fails or returns bad scores."""
+def score(reward_fn, images: jax.Array, items: list[dict], group_size: int) -> np.ndarray:
+    """``[prompts * group_size]`` float32 rewards of a rollout's images ``[chains, H, W, 3]``
+    (a prompt's chains contiguous), the same on every process: each process scores the images
+    its own devices hold and the rewards are gathered. Raises ``RewardError`` on every
+    process when the reward fails or returns bad scores on any of them.
+    """
     metadata = [item for item in items for _ in range(group_size)]
+    rows, local = sharding.addressable_rows(images)
+    error = ''
     try:
-        scores = np.asarray(reward_fn(np.asarray(images), metadata), np.float32)
+        scores = np.asarray(reward_fn(local, [metadata[r] for r in rows]), np.float32)
+        if scores.shape != rows.shape or not np.isfinite(scores).all():
+            error = f'the reward returned {scores!r} for {len(rows)} images'
     except Exception as e:  # the reward is user code (or a remote server): say where it broke
-        raise RewardError(str(e)) from e
-    if scores.shape != (len(metadata),) or not np.isfinite(scores).all():
-        raise RewardError(f'the reward returned {scores!r} for {len(metadata)} images')
-    return scores
+        error = f'{type(e).__name__}: {e}'
+    if error:
+        scores = np.full(rows.shape, np.nan, np.float32)
+    every = distributed.gather_rows(rows, scores, len(metadata))
+    if error:
+        raise RewardError(error)
+    if not np.isfinite(every).all():
+        raise RewardError('the reward failed on another process (see its log)')
+    return every
 
 
 def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState, frozen: Any,
@@ -118,8 +130,10 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         skip_zero_variance_groups=o.skip_zero_variance_groups, std=o.advantage_std,
         eps=o.advantage_eps, clip=o.advantage_clip)
     system = system_ids if system_ids is not None else np.zeros((0,), np.int32)
+    chains_placement = programs.place.batch.advantages  # host -> global arrays on the mesh
     batch = programs.reference(frozen, replay.train_batch(
-        out, jnp.asarray(system), jnp.asarray(adv), jnp.asarray(weight)))
+        out, jnp.asarray(system), sharding.host_to_global(adv, chains_placement),
+        sharding.host_to_global(weight, chains_placement)))
     metrics = []
     for epoch in range(config.ppo_epochs):
         if config.num_minibatches == 1:  # the whole batch: no shuffled copy of it
