@@ -7,7 +7,7 @@ r"""UniGRPO RL training.
 Checkpoints, metrics (TensorBoard + metrics.jsonl) and sample grids go under --workdir;
 running again with the same --workdir resumes from its latest checkpoint. A multi-process run
 gives every process --coordinator_address, --num_processes and --process_id (or is detected
-on SLURM, a TPU pod slice, Open MPI; see docs/multihost.md). The loop lives in
+on SLURM, a TPU pod slice, Open MPI: ``unigrpo_jax.parallel.distributed``). The loop lives in
 ``unigrpo_jax.train.loop`` so a notebook can call it.
 """
 

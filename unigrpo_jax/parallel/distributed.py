@@ -78,8 +78,8 @@ def initialize(mode: str, coordinator_address: str | None = None,
                timeout_s: int = 300) -> bool:
     """Joins the run (see the module docstring); returns whether it is multi-process.
 
-    On CPU the cross-process collectives go through gloo (JAX's default). A process that cannot reach the
-    others (a host missing) aborts after ``timeout_s`` seconds with JAX's
+    On CPU the cross-process collectives go through gloo (JAX's default). A process that
+    cannot reach the others (a host missing) aborts after ``timeout_s`` seconds with JAX's
     ``DEADLINE_EXCEEDED`` instead of hanging.
     """
     kwargs = initialize_arguments(mode, coordinator_address, num_processes, process_id)
