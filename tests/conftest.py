@@ -1,8 +1,10 @@
 """Test setup: 8 emulated CPU devices (for data-parallel tests) and exact float32 matmuls."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 # 8 emulated devices share the CI machine's 2 cores (and another pytest worker): a collective's
 # participants can arrive far apart, past XLA:CPU's default rendezvous timeout, which aborts
@@ -48,4 +50,46 @@ def launch():
                              text=True, timeout=timeout)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         return out.stdout
+    return run
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """``processes(script, per_process, timeout=180) -> [(exit code, output)]``: runs
+    ``python -c script PORT I *per_process[I]`` for each I at once from the repository root,
+    all given one fresh free localhost port (a multi-process run's coordinator), on CPU. Output
+    goes to files (a full pipe never blocks a process); every process is killed after
+    ``timeout`` seconds in all or when the test fails, so nothing hangs or outlives it."""
+    def run(script: str, per_process: list[list], timeout: int = 180):
+        port = _free_port()
+        env = dict(os.environ, JAX_PLATFORMS='cpu')
+        env.pop('XLA_FLAGS', None)
+        logs = [tmp_path / f'process_{i}_{port}.log' for i in range(len(per_process))]
+        procs = []
+        try:
+            for i, (args, log) in enumerate(zip(per_process, logs)):
+                with open(log, 'w') as f:
+                    procs.append(subprocess.Popen(
+                        [sys.executable, '-c', script, str(port), str(i), *map(str, args)],
+                        cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + timeout
+            codes = []
+            for p in procs:
+                try:
+                    codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
+                except subprocess.TimeoutExpired:
+                    codes.append(f'killed after {timeout} s')
+                    for q in procs:
+                        q.kill()
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        return [(code, log.read_text()) for code, log in zip(codes, logs)]
     return run

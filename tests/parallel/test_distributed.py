@@ -1,10 +1,6 @@
 """Joining a multi-process run: argument resolution, and two real processes on localhost
 (gloo CPU collectives) that agree or disagree on their config."""
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -63,44 +59,20 @@ _WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
-def _run_workers(script, per_process):
-    """Runs ``script PORT I *per_process[I]`` for each I, all with a fresh free port; returns
-    ``[(exit code, output)]``; the processes are killed on a timeout or a failure."""
-    port = _free_port()
-    env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-    env.pop('XLA_FLAGS', None)
-    procs = [subprocess.Popen([sys.executable, '-c', script, str(port), str(i), *map(str, args)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=env) for i, args in enumerate(per_process)]
-    try:
-        return [(p.wait(timeout=180), p.stdout.read()) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-
-
-def _run_pair(lrs, *extra):
-    return _run_workers(_WORKER, [[lr, *extra] for lr in lrs])
-
-
-def test_two_processes_join_and_agree():
-    for rc, out in _run_pair([1e-3, 1e-3]):
+def test_two_processes_join_and_agree(processes):
+    for rc, out in processes(_WORKER, [[1e-3], [1e-3]]):
         assert rc == 0 and 'AGREED' in out, out
 
 
-def test_two_processes_with_different_configs_both_fail_with_a_message():
-    for rc, out in _run_pair([1e-3, 2e-3]):
+def test_two_processes_with_different_configs_both_fail_with_a_message(processes):
+    for rc, out in processes(_WORKER, [[1e-3], [2e-3]]):
         assert rc == 3 and 'processes [1] run a different config' in out, out
 
 
-def test_a_missing_process_fails_the_run_instead_of_hanging():
-    [(rc, out)] = _run_pair([1e-3], '5')  # process 0 of 2 alone; 5 s to join
+def test_a_missing_process_fails_the_run_instead_of_hanging(processes):
+    [(rc, out)] = processes(_WORKER, [[1e-3, 5]])  # process 0 of 2 alone; 5 s to join
     assert rc != 0 and 'DEADLINE_EXCEEDED' in out and 'AGREED' not in out, out
 
 
@@ -125,7 +97,7 @@ _SCORE_WORKER = textwrap.dedent('''
 
     items = [{'k': 1000.0 * i} for i in range(8)]
     try:
-        got = rl_step.score(reward, placed, items, 2)
+        got = rl_step.score(reward, placed, [it for it in items for _ in range(2)])
     except rl_step.RewardError as e:
         print('REWARD ERROR:', e)
         sys.exit(3)
@@ -135,12 +107,12 @@ _SCORE_WORKER = textwrap.dedent('''
 ''')
 
 
-def test_each_process_scores_its_own_images_and_all_get_every_reward():
-    for rc, out in _run_workers(_SCORE_WORKER, [[-1]] * 2):
+def test_each_process_scores_its_own_images_and_all_get_every_reward(processes):
+    for rc, out in processes(_SCORE_WORKER, [[-1]] * 2):
         assert rc == 0 and 'SCORED' in out, out
 
 
-def test_a_reward_failing_on_one_process_fails_every_process():
-    (rc0, out0), (rc1, out1) = _run_workers(_SCORE_WORKER, [[1]] * 2)
+def test_a_reward_failing_on_one_process_fails_every_process(processes):
+    (rc0, out0), (rc1, out1) = processes(_SCORE_WORKER, [[1]] * 2)
     assert rc0 == 3 and 'failed on another process' in out0, out0
     assert rc1 == 3 and 'reward server down' in out1, out1

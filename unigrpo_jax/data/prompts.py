@@ -7,8 +7,9 @@ Sources (``config.data.train`` / ``config.data.eval``):
 - ``shapes_eval``: the fixed ShapesEval evaluation prompts (``data/shapes_eval/``);
 - a path to a JSONL file: one GenEval-format object per line (``prompt`` and metadata).
 
-Builders work offline (nothing is downloaded) and are prepared once under ``data_dir``. Each
-host reads its own slice (``tfds.split_for_jax_process``); the order is a deterministic function
+Builders work offline (nothing is downloaded) and are prepared once under ``data_dir`` (in a
+multi-process run process 0 prepares first, then the others, which find it prepared on a
+shared file system). Every process reads all the prompts; the order is a deterministic function
 of the seed and the step, so a resumed run sees exactly the prompts it would have seen.
 """
 
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from unigrpo_jax.shapes import prompts as shapes_prompts
 
@@ -119,20 +121,24 @@ def _builder(source: str, data_dir: str) -> Prompts:
     stamp = key if source in NAMED else f'{key}:{os.path.getmtime(key)}'
     name = 'p' + hashlib.sha1(stamp.encode()).hexdigest()[:12]
     builder = Prompts(data_dir=data_dir, config=PromptsConfig(name=name, source=key))
-    builder.download_and_prepare()
+    if jax.process_count() > 1:  # never two processes writing one shared directory
+        if jax.process_index() == 0:
+            builder.download_and_prepare()
+        multihost_utils.sync_global_devices(f'prompts {name} prepared')
+        builder = Prompts(data_dir=data_dir, config=PromptsConfig(name=name, source=key))
+    builder.download_and_prepare()  # a no-op where it is prepared
     return builder
 
 
-def load_prompts(source: str, data_dir: str, *, per_process: bool = True) -> list[dict]:
-    """The examples of ``source`` (this host's slice if ``per_process``), via its builder.
+def load_prompts(source: str, data_dir: str) -> list[dict]:
+    """All the examples of ``source``, via its builder (every process of a run reads them all:
+    prompts are small, and a batch is cut from the same seeded order everywhere).
 
     Each example is the GenEval metadata dict plus ``index`` (its line in the source).
     """
     builder = _builder(source, data_dir)
-    split = tfds.split_for_jax_process('train') if per_process and jax.process_count() > 1 \
-        else 'train'
     out = []
-    for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)):
+    for ex in tfds.as_numpy(builder.as_dataset(split='train', shuffle_files=False)):
         item = json.loads(ex['metadata'].decode())
         item['index'] = int(ex['index'])
         out.append(item)

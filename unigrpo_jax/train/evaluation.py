@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from unigrpo_jax import viz
@@ -16,6 +17,7 @@ from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rollout import generate
+from unigrpo_jax.train import rl_step
 from unigrpo_jax.train.settings import Settings
 
 GRID_IMAGES = 16
@@ -26,8 +28,10 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
                    workdir: str) -> Callable:
     """``evaluate(params, ae_params, step) -> scores [len(items)]``: generates one image per
     held-out prompt (chunks of ``config.batch_size``, split over the devices of ``mesh``),
-    scores it with ``reward_fn`` and writes ``eval/reward_mean`` and a grid
-    (``workdir/samples/step_<k>.png``, TensorBoard, and a ``metrics.jsonl`` line)."""
+    scores it with ``reward_fn`` (each process the images its devices hold; the scores are
+    gathered, so every process returns them all) and writes ``eval/reward_mean`` and a grid
+    once, from process 0 (``workdir/samples/step_<k>.png``, TensorBoard, a ``metrics.jsonl``
+    line)."""
     rc = s.rollout
     think_tokens = rc.max_think_tokens if rc.think else 0
     chunk_size = config.batch_size
@@ -39,27 +43,32 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
             tokenizer, tokens, [it['prompt'] for it in padded], config.data.max_prompt_tokens)
         images, think, mask = sharding.traced_on(mesh, generate.generate_eval)(
             params, ae_params, model, s.eval_sampler, system_ids,
-            jax.device_put(ids, prompts_sharding), jax.device_put(lengths, prompts_sharding),
+            sharding.host_to_global(ids, prompts_sharding),
+            sharding.host_to_global(lengths, prompts_sharding),
             jax.random.key(config.seed + 1), think_tokens=think_tokens,
             token_sampler=s.eval_tokens, image_size=rc.schedule.image_size,
             decode_pieces=chunk_size // mesh.size)
-        return images[:len(chunk)], think[:len(chunk)], mask[:len(chunk)]
+        return images, think, mask, padded
 
     def evaluate(params, ae_params, step: int) -> np.ndarray:
-        scores, images_all, texts = [], [], []
+        scores, grid_images, texts = [], [], []
         for i in range(0, len(items), chunk_size):
             chunk = items[i:i + chunk_size]
-            images, think, mask = draw(params, ae_params, chunk)
-            images = np.asarray(images)
-            scores.append(np.asarray(reward_fn(images, chunk), np.float32))
-            images_all.append(images)
-            texts += [tokenizer.decode(np.asarray(t)[np.asarray(m)], skip_special_tokens=False)
-                      for t, m in zip(think, mask)]
+            images, think, mask, padded = draw(params, ae_params, chunk)
+            scores.append(rl_step.score(reward_fn, images, padded)[:len(chunk)])
+            # The grid's rows (a few) and the thinking tokens, whole on every process.
+            wanted = min(len(chunk), GRID_IMAGES - sum(map(len, grid_images)))
+            if wanted > 0:
+                grid_images.append(multihost_utils.process_allgather(images[:wanted],
+                                                                     tiled=True))
+            think, mask = (multihost_utils.process_allgather(x, tiled=True) for x in (think, mask))
+            texts += [tokenizer.decode(t[m], skip_special_tokens=False)
+                      for t, m in zip(think[:len(chunk)], mask[:len(chunk)])]
         scores = np.concatenate(scores)
         writer.write_scalars(step, {'eval/reward_mean': float(scores.mean())})
         grid_n = min(GRID_IMAGES, len(texts))
         captions = [f'{it["prompt"]} | {tx}' for it, tx in zip(items[:grid_n], texts[:grid_n])]
-        grid = viz.image_grid(np.concatenate(images_all)[:grid_n], captions)
+        grid = viz.image_grid(np.concatenate(grid_images), captions)
         writer.write_images(step, {'eval/samples': grid[None]})
         if jax.process_index() == 0:
             os.makedirs(os.path.join(workdir, 'samples'), exist_ok=True)

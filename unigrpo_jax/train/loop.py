@@ -79,14 +79,18 @@ def train(config, workdir: str):
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(config.tokenizer)
-    model, params, ae = factory.build_model(config.model, seed=config.seed, tokens=tokens)
+    # The config first: the params are placed where the programs want them (below).
+    model, _, ae = factory.build_model(config.model, seed=config.seed, tokens=tokens,
+                                       with_params=False)
     if len(tokenizer) > model.llm.vocab_size:
         raise ConfigError(f'the tokenizer has {len(tokenizer)} tokens, more than the model '
                           f'vocab_size={model.llm.vocab_size}')
     model = model.replace(remat_policy=config.parallelism.remat_policy)
     data_dir = config.data.data_dir or os.path.join(workdir, 'tfds')
+    # Every process holds the whole batch of prompts (they are small); each feeds its own
+    # devices' rows into the global arrays (``sharding.host_to_global``).
     train_prompts = data_lib.PromptStream(data_lib.load_prompts(config.data.train, data_dir),
-                                          config.batch_size // jax.process_count(), config.seed)
+                                          config.batch_size, config.seed)
     eval_items = data_lib.load_prompts(config.data.eval, data_dir)[:config.eval_prompts]
     reward_fn = registry.make_reward(config.reward.name, config.reward.options)
     system = system_ids(config, s.rollout.think, tokenizer, tokens)
@@ -98,6 +102,9 @@ def train(config, workdir: str):
     example = objective.batch_shapes(model, s.rollout, s.objective,
                                      0 if system is None else len(system), max_len, s.minibatch)
     programs = rl_step.build_programs(model, s, optimizer, mesh, rules, rollout_rules, example)
+    # Each process reads only the shards of the checkpoint its devices hold.
+    params = factory.build_model(config.model, seed=config.seed, tokens=tokens,
+                                 shardings=programs.place.ref_params)[1]
     trainable = (params if s.lora is None else
                  lora_lib.init_lora(params, s.lora, jax.random.key(config.seed + 2)))
     state = step_lib.init_state(trainable, optimizer, programs.place)

@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
@@ -79,13 +80,12 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         train_step=step_lib.make_train_step(loss, optimizer, place, s.micro_batches, totals))
 
 
-def score(reward_fn, images: jax.Array, items: list[dict], group_size: int) -> np.ndarray:
-    """``[prompts * group_size]`` float32 rewards of a rollout's images ``[chains, H, W, 3]``
-    (a prompt's chains contiguous), the same on every process: each process scores the images
-    its own devices hold and the rewards are gathered. Raises ``RewardError`` on every
-    process when the reward fails or returns bad scores on any of them.
+def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:
+    """``[n]`` float32 rewards of ``images [n, H, W, 3]`` (row i described by
+    ``metadata[i]``), the same on every process: each process scores the images its own
+    devices hold and the rewards are gathered. Raises ``RewardError`` on every process when
+    the reward fails or returns bad scores on any of them.
     """
-    metadata = [item for item in items for _ in range(group_size)]
     rows, local = sharding.addressable_rows(images)
     error = ''
     try:
@@ -118,12 +118,13 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     out = programs.rollout(programs.policy(state.params, frozen), ae_params, system_ids,
                            prompt_ids, prompt_lengths, key)
     chains = s.chains
-    closed = (np.asarray(out.trajectory.think_closed) if s.rollout.think
-              else np.ones(chains, bool))
+    closed = (multihost_utils.process_allgather(out.trajectory.think_closed, tiled=True)
+              if s.rollout.think else np.ones(chains, bool))
     t_rollout = time.time()
     o = config.objective
-    scores = advantages.chain_rewards(score(reward_fn, out.images, items, s.rollout.group_size),
-                                      closed, config.truncated_think)
+    chain_items = [item for item in items for _ in range(s.rollout.group_size)]
+    scores = advantages.chain_rewards(score(reward_fn, out.images, chain_items), closed,
+                                      config.truncated_think)
     t_reward = time.time()
     adv, weight = advantages.chain_advantages(
         scores, closed, s.rollout.group_size, truncated_think=config.truncated_think,
