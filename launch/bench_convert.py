@@ -1,7 +1,9 @@
-r"""Peak host memory and time of converting a Bagel-7B-shaped checkpoint to Orbax.
+r"""Peak host memory and time of converting a Bagel-7B-shaped checkpoint to Orbax, and of
+loading the converted checkpoint sharded over devices split between processes.
 
     python launch/bench_convert.py --layers=4,8 [--dir=/tmp/bench] [--keep]
     python launch/bench_convert.py --tiny --layers=2
+    python launch/bench_convert.py --layers=4 --load_processes=1,2 [--load_strategy=fsdp]
 
 For each layer count: writes a synthetic release directory (7B widths, full ViT and VAE,
 ``--layers`` LLM layers, random bf16 weights; ``unigrpo_jax.convert.synthetic``), then runs
@@ -9,11 +11,19 @@ For each layer count: writes a synthetic release directory (7B widths, full ViT 
 RSS (``ru_maxrss``; and the peaks of its anonymous / file-backed parts sampled from
 ``/proc/PID/status``) against the bytes of the converted params, and the wall time. One JSON line
 per run on stdout. The synthetic and converted directories are deleted unless ``--keep``.
+
+``--load_processes=1,2``: then, for each count P, P processes on localhost (a
+``jax.distributed`` run, ``--load_devices`` CPU devices split evenly over them) load the
+converted checkpoint as ``train.loop`` does (``factory.build_model`` with the strategy's
+param shardings over a ``(1, devices, 1)`` mesh): each process reads only the shards its
+devices hold. One JSON line per P: each process's peak RSS against the converted bytes, and
+the bytes of the distinct param shards its devices hold.
 """
 
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,8 +46,37 @@ _DTYPE = flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'],
 _AE_DTYPE = flags.DEFINE_enum('ae_dtype', 'float32', ['bfloat16', 'float32'],
                               'Dtype of ae.safetensors (the release: float32).')
 _FORCE = flags.DEFINE_bool('force', False, 'Run even if the host memory looks too small.')
+_LOAD_PROCESSES = flags.DEFINE_list('load_processes', [], 'Process counts to measure the '
+                                    'sharded load with (e.g. 1,2; empty: no load).')
+_LOAD_DEVICES = flags.DEFINE_integer('load_devices', 8, 'CPU devices of the load, in all.')
+_LOAD_STRATEGY = flags.DEFINE_enum('load_strategy', 'fsdp', ['fsdp', 'fsdp_tp', 'tp', 'dp'],
+                                   'Sharding strategy of the loaded params.')
 
 _CONVERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'convert_bagel.py')
+# Argv: PORT PROCESS_ID PROCESSES DEVICES_PER_PROCESS CHECKPOINT STRATEGY.
+_LOADER = """
+import json, os, sys
+port, pid, processes, devices, checkpoint, strategy = sys.argv[1:]
+os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+from unigrpo_jax.parallel import distributed, sharding
+from unigrpo_jax.parallel import mesh as mesh_lib
+if int(processes) > 1:
+    distributed.initialize('auto', f'127.0.0.1:{port}', int(processes), int(pid))
+import jax, ml_collections
+from unigrpo_jax.convert import factory
+from unigrpo_jax.model import bagel
+from unigrpo_jax.model.config import load_config
+mesh = mesh_lib.make_mesh((1, len(jax.devices()), 1), jax.devices())
+shardings = sharding.param_shardings(bagel.abstract_params(load_config(checkpoint)), mesh,
+                                     sharding.strategy_rules(strategy))
+model = ml_collections.ConfigDict(dict(checkpoint=checkpoint, dtype='bfloat16',
+                                       attention='xla', random=None))
+_, params, _ = factory.build_model(model, shardings=shardings)
+held = {(i, str(s.index)): s.data.nbytes  # distinct shards: a replica counts once
+        for i, x in enumerate(jax.tree.leaves(jax.block_until_ready(params)))
+        for s in x.addressable_shards}
+print(json.dumps(dict(local_param_bytes=sum(held.values()))))
+"""
 _DTYPES = {'bfloat16': ml_dtypes.bfloat16, 'float32': np.float32}
 
 
@@ -55,31 +94,71 @@ def _status_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(cmd: list[str], log_path: str, interval: float = 0.05) -> dict:
-    """Runs ``cmd``; returns its exit code, wall time and peak memory (bytes)."""
+def measure_all(cmds: list[list[str]], log_paths: list[str], interval: float = 0.05
+                ) -> list[dict]:
+    """Runs ``cmds`` at once; returns each one's exit code, wall time and peak memory (bytes)."""
     env = dict(os.environ)
     env.setdefault('JAX_PLATFORMS', 'cpu')
-    with open(log_path, 'w') as log:
-        start = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        peaks = dict(RssAnon=0, RssFile=0, VmHWM=0)
-        done = threading.Event()
+    env.pop('XLA_FLAGS', None)  # the children set their own device counts
+    logs = [open(path, 'w') for path in log_paths]
+    start = time.perf_counter()
+    children = [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                for cmd, log in zip(cmds, logs)]
+    peaks = [dict(RssAnon=0, RssFile=0, VmHWM=0) for _ in children]
+    done = threading.Event()
 
-        def sample():
-            while not done.is_set():
+    def sample():
+        while not done.is_set():
+            for child, peak in zip(children, peaks):
                 for k, v in _status_kib(child.pid).items():
-                    peaks[k] = max(peaks[k], v)
-                time.sleep(interval)
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+                    peak[k] = max(peak[k], v)
+            time.sleep(interval)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out = []
+    for child, peak in zip(children, peaks):
         _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        done.set()
-        sampler.join()
-        child.returncode = os.waitstatus_to_exitcode(status)
-    return dict(returncode=child.returncode, seconds=seconds,
-                peak_rss=usage.ru_maxrss * 1024, peak_anon=peaks['RssAnon'] * 1024,
-                peak_file=peaks['RssFile'] * 1024)
+        out.append(dict(returncode=os.waitstatus_to_exitcode(status),
+                        seconds=time.perf_counter() - start, peak_rss=usage.ru_maxrss * 1024,
+                        peak_anon=peak['RssAnon'] * 1024, peak_file=peak['RssFile'] * 1024))
+    done.set()
+    sampler.join()
+    for log in logs:
+        log.close()
+    return out
+
+
+def measure(cmd: list[str], log_path: str) -> dict:
+    """Runs ``cmd``; returns its exit code, wall time and peak memory (bytes)."""
+    return measure_all([cmd], [log_path])[0]
+
+
+def measure_load(checkpoint: str, processes: int, work: str) -> list[dict]:
+    """Peak memory of each of ``processes`` processes loading ``checkpoint`` sharded over
+    ``--load_devices`` devices (``_LOADER``), with the bytes its devices hold."""
+    if _LOAD_DEVICES.value % processes:
+        raise app.UsageError(f'--load_devices={_LOAD_DEVICES.value} does not split over '
+                             f'{processes} processes')
+    port = _free_port()
+    logs = [os.path.join(work, f'load_{processes}_{i}.log') for i in range(processes)]
+    runs = measure_all([[sys.executable, '-c', _LOADER, str(port), str(i), str(processes),
+                         str(_LOAD_DEVICES.value // processes), checkpoint, _LOAD_STRATEGY.value]
+                        for i in range(processes)], logs)
+    for run, log in zip(runs, logs):
+        with open(log) as f:
+            text = f.read()
+        if run['returncode']:
+            sys.stderr.write(text[-5000:])
+        else:
+            [line] = [x for x in text.splitlines() if x.startswith('{"local_param_bytes"')]
+            run.update(json.loads(line))  # gloo's own lines may follow it
+    return runs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def _du(path: str) -> int:
@@ -130,6 +209,22 @@ def main(argv):
             ratio_peak_anon=round(run['peak_anon'] / converted, 3),
             seconds_convert=round(run['seconds'], 1), seconds_write=round(seconds_write, 1))
         print(json.dumps(result), flush=True)
+        for processes in (int(n) for n in _LOAD_PROCESSES.value):
+            if run['returncode']:
+                break
+            loads = measure_load(dst, processes, work)
+            failed += sum(bool(r['returncode']) for r in loads)
+            print(json.dumps(dict(
+                shapes=result['shapes'], layers=layers, load_processes=processes,
+                load_devices=_LOAD_DEVICES.value, strategy=_LOAD_STRATEGY.value,
+                converted_gib=_gib(converted),
+                returncodes=[r['returncode'] for r in loads],
+                peak_rss_gib=[_gib(r['peak_rss']) for r in loads],
+                local_param_gib=[_gib(r.get('local_param_bytes', 0)) for r in loads],
+                local_param_bytes=[r.get('local_param_bytes', 0) for r in loads],
+                ratio_peak_rss_minus_baseline=[
+                    round((r['peak_rss'] - base['peak_rss']) / converted, 3) for r in loads],
+                seconds=[round(r['seconds'], 1) for r in loads])), flush=True)
         if not _KEEP.value:
             shutil.rmtree(src, ignore_errors=True)
             shutil.rmtree(dst, ignore_errors=True)

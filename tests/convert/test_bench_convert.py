@@ -79,3 +79,18 @@ def test_bench_script_tiny(tmp_path):
     assert row['orbax_gib'] is not None
     # The synthetic and converted directories are deleted (only the logs stay in --dir).
     assert sorted(os.listdir(tmp_path)) == ['baseline.log', 'convert_2.log']
+
+
+def test_bench_script_sharded_load_over_two_processes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(_ROOT, 'launch', 'bench_convert.py'), '--tiny',
+         '--layers=2', f'--dir={tmp_path}', '--load_processes=1,2'],
+        capture_output=True, text=True, cwd=_ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+        timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads(line) for line in result.stdout.strip().splitlines()[-2:])
+    assert one['load_processes'] == 1 and two['load_processes'] == 2
+    assert one['returncodes'] == [0] and two['returncodes'] == [0, 0]
+    # fsdp over 8 devices: each of 2 processes holds half the params; 1 process all of them.
+    [whole] = one['local_param_bytes']
+    assert all(0.4 * whole < b < 0.6 * whole for b in two['local_param_bytes']), (one, two)

@@ -46,7 +46,7 @@ def _grpo_config(steps):
 
 def _shapes_config(steps):
     cfg = shapes_unigrpo.get_config('test')
-    cfg.update(total_steps=steps, eval_every=1, checkpoint_every=1)
+    cfg.update(total_steps=steps, eval_every=1, checkpoint_every=1, batch_size=8)
     return cfg
 
 
