@@ -14,12 +14,15 @@ sampler; writes ``results.md``, ``results.json`` and ``grid_*.png`` to ``--out``
 """
 
 import os
+import sys
 
 from absl import app, flags
 
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
+from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory (RL, SFT or an exported SFT '
@@ -38,6 +41,10 @@ _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    try:
+        distributed.require_one_process('launch/evaluate.py')
+    except ConfigError as e:
+        sys.exit(str(e))
     run = run_dir.load(_WORKDIR.value, _STEP.value)
     if _NUM_TIMESTEPS.value:
         run.eval.num_timesteps = _NUM_TIMESTEPS.value

@@ -14,6 +14,7 @@ then the ODE sampler with the run's text CFG (``--cfg`` overrides it).
 
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,8 @@ from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.rollout import generate
 from unigrpo_jax.rollout.sampling import TokenSampler
+from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory.', required=True)
@@ -43,6 +46,10 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Random seed (noise, sampled thinking).'
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
+    try:
+        distributed.require_one_process('launch/sample.py')
+    except ConfigError as e:
+        sys.exit(str(e))
     prompts = data_lib.read_jsonl_lines(_PROMPTS.value)  # a bad file fails before any load
     run = run_dir.load(_WORKDIR.value)
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)

@@ -15,6 +15,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.sft import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'SFT config file.', lock_config=True)
@@ -25,6 +27,10 @@ _EXPORT = flags.DEFINE_string('export_dir', None, 'Copy the final checkpoint, ev
 
 def main(argv):
     del argv
+    try:
+        distributed.require_one_process('launch/train_sft.py')
+    except ConfigError as e:
+        sys.exit(str(e))
     train.train(_CONFIG.value, _WORKDIR.value, export_dir=_EXPORT.value,
                 command=' '.join(['python', *sys.argv]), log=lambda s: print(s, flush=True))
 

@@ -29,6 +29,20 @@ def test_explicit_arguments_pass_through_and_off_never_joins():
     assert distributed.initialize_arguments('on', environ={}) == {}
 
 
+def test_one_process_tools_refuse_a_multi_process_launch():
+    distributed.require_one_process('launch/sample.py', environ={'SLURM_NTASKS': '1'})
+    with pytest.raises(ConfigError, match='launch/sample.py runs in one process'):
+        distributed.require_one_process('launch/sample.py', environ={'SLURM_NTASKS': '4'})
+
+
+def test_local_device_ids_join_a_multi_process_start_only():
+    args = distributed.initialize_arguments('auto', environ={'SLURM_NTASKS': '2'},
+                                            local_device_ids=['0', '1'])
+    assert args == {'local_device_ids': [0, 1]}
+    with pytest.raises(ConfigError, match='is for a multi-process run'):
+        distributed.initialize_arguments('auto', environ={}, local_device_ids=['0'])
+
+
 @pytest.mark.parametrize('mode, address, n, pid, message', [
     ('sometimes', None, None, None, 'expected one of'),
     ('auto', '127.0.0.1:5', 2, None, "missing \\['process_id'\\]"),

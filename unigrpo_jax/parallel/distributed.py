@@ -43,14 +43,40 @@ def launched_multi_process(environ=None) -> bool:
     return len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1
 
 
+def require_one_process(tool: str, environ=None) -> None:
+    """Raises ``ConfigError`` when a multi-process launcher started ``tool``, a program that
+    runs in one process (N copies would each do all the work and write the same files)."""
+    if launched_multi_process(environ):
+        raise ConfigError(f'{tool} runs in one process on one host, but a multi-process '
+                          'launcher started it (SLURM_NTASKS, OMPI_COMM_WORLD_SIZE, '
+                          'TPU_WORKER_HOSTNAMES or JAX_COORDINATOR_ADDRESS): run it as one '
+                          'task (srun --ntasks=1, or on one TPU worker)')
+
+
 def initialize_arguments(mode: str, coordinator_address: str | None = None,
                          num_processes: int | None = None, process_id: int | None = None,
-                         environ=None) -> dict | None:
+                         environ=None, local_device_ids: list[int] | None = None
+                         ) -> dict | None:
     """The keyword arguments for ``jax.distributed.initialize``, or None for one process.
 
+    ``local_device_ids`` (the accelerators this process uses) goes with any multi-process
+    start: on SLURM JAX otherwise gives each process only GPU ``SLURM_LOCALID`` (one process
+    per GPU), so one process per host passes all of its GPUs.
+
     Raises ``ConfigError`` for an unknown mode, a partial set of explicit arguments, explicit
-    arguments with mode 'off', or a process id outside ``[0, num_processes)``.
+    arguments with mode 'off' or with one process, or a process id outside
+    ``[0, num_processes)``.
     """
+    kwargs = _process_arguments(mode, coordinator_address, num_processes, process_id, environ)
+    if local_device_ids:
+        if kwargs is None:
+            raise ConfigError(f'--local_device_ids={local_device_ids} is for a multi-process '
+                              'run; none is configured or detected')
+        kwargs['local_device_ids'] = [int(i) for i in local_device_ids]
+    return kwargs
+
+
+def _process_arguments(mode, coordinator_address, num_processes, process_id, environ):
     if mode not in MODES:
         raise ConfigError(f'distributed={mode!r}: expected one of {MODES}')
     explicit = {'coordinator_address': coordinator_address, 'num_processes': num_processes,
@@ -75,14 +101,15 @@ def initialize_arguments(mode: str, coordinator_address: str | None = None,
 
 def initialize(mode: str, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
-               timeout_s: int = 300) -> bool:
+               timeout_s: int = 300, local_device_ids: list[int] | None = None) -> bool:
     """Joins the run (see the module docstring); returns whether it is multi-process.
 
     On CPU the cross-process collectives go through gloo (JAX's default). A process that
     cannot reach the others (a host missing) aborts after ``timeout_s`` seconds with JAX's
     ``DEADLINE_EXCEEDED`` instead of hanging.
     """
-    kwargs = initialize_arguments(mode, coordinator_address, num_processes, process_id)
+    kwargs = initialize_arguments(mode, coordinator_address, num_processes, process_id,
+                                  local_device_ids=local_device_ids)
     if kwargs is None:
         return False
     logging.info('joining a multi-process run (%s); a process that has not joined after '
@@ -115,19 +142,24 @@ def assert_same_config(config) -> None:
 
 
 def define_flags() -> None:
-    """Defines ``--coordinator_address``, ``--num_processes`` and ``--process_id`` (a
-    launcher calls this at import; ``initialize_from_flags`` reads them)."""
+    """Defines ``--coordinator_address``, ``--num_processes``, ``--process_id`` and
+    ``--local_device_ids`` (a launcher calls this at import; ``initialize_from_flags`` reads
+    them)."""
     flags.DEFINE_string('coordinator_address', None,
                         'host:port of process 0 for a multi-process run (all three flags or '
                         'none; without them SLURM/TPU pod/Open MPI are detected).')
     flags.DEFINE_integer('num_processes', None, 'Number of processes in the run.')
     flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
+    flags.DEFINE_list('local_device_ids', None, 'The local accelerators this process uses '
+                      '(default: all; on SLURM JAX picks GPU SLURM_LOCALID, one process per '
+                      'GPU: a process per host passes 0,1,...,7).')
 
 
 def initialize_from_flags(mode: str) -> bool:
     """``initialize`` with the flags of ``define_flags``."""
     f = flags.FLAGS
-    return initialize(mode, f.coordinator_address, f.num_processes, f.process_id)
+    return initialize(mode, f.coordinator_address, f.num_processes, f.process_id,
+                      local_device_ids=f.local_device_ids)
 
 
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
