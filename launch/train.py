@@ -6,9 +6,10 @@ r"""UniGRPO RL training.
 
 Checkpoints, metrics (TensorBoard + metrics.jsonl) and sample grids go under --workdir;
 running again with the same --workdir resumes from its latest checkpoint. A multi-process run
-gives every process --coordinator_address, --num_processes and --process_id (or is detected
-on SLURM, a TPU pod slice, Open MPI: ``unigrpo_jax.parallel.distributed``). The loop lives in
-``unigrpo_jax.train.loop`` so a notebook can call it.
+gives every process --coordinator_address, --num_processes and --process_id, or is detected
+on SLURM, Open MPI or a TPU slice (``--config.distributed=on`` on gcloud TPU VMs);
+docs/multihost.md has the commands. The loop lives in ``unigrpo_jax.train.loop`` so a notebook
+can call it.
 """
 
 import sys

@@ -10,7 +10,9 @@ Three ways in, in this order:
 - none: one process, nothing to do.
 
 ``mode`` (``config.distributed``) is 'auto' (the above), 'on' (always initialize, failing
-where JAX finds no cluster) or 'off' (never; explicit flags are then an error).
+where JAX finds no cluster; a TPU VM made with ``gcloud`` names its workers only in its
+metadata server, which JAX reads then) or 'off' (never; explicit flags are then an error).
+Commands for each cluster: docs/multihost.md.
 """
 
 from __future__ import annotations
