@@ -70,6 +70,9 @@ def train(config, workdir: str):
         distributed.initialize(config.distributed)
     distributed.assert_same_config(config)
     n = config.parallelism.num_devices
+    if 0 < n < jax.device_count() and jax.process_count() > 1:
+        raise ConfigError(f'config.parallelism.num_devices={n}: a multi-process run uses the '
+                          f'devices of every process ({jax.device_count()}); set -1')
     devices = jax.devices()[:n] if n > 0 else jax.devices()
     s = settings(config, len(devices))
     os.makedirs(workdir, exist_ok=True)
