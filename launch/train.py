@@ -21,6 +21,10 @@ from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import loop
 
+# The exit status of a run stopped by SIGTERM after saving its checkpoint (EX_TEMPFAIL: run it
+# again to resume), so that a scheduler can tell it from a finished run (0) and a failure (1).
+EXIT_PREEMPTED = 75
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.',
@@ -36,6 +40,9 @@ def main(argv):
         loop.train(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:  # a user's config: one line, no traceback (bugs keep theirs)
         sys.exit(f'launch/train.py: {e}')
+    except loop.Preempted as e:
+        print(f'launch/train.py: {e}', file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == '__main__':

@@ -83,7 +83,7 @@ def test_dead_reward_server_stops_with_the_batch_kept(tmp_path):
     assert os.path.isdir(tmp_path / 'checkpoints' / '0')  # the state to retry from
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_exits_with_its_own_code(tmp_path):
     import signal
     import subprocess
     import sys
@@ -103,7 +103,30 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 75, err[-3000:]  # launch/train.py's EXIT_PREEMPTED
+    assert 'preempted (SIGTERM) after step' in err
     steps = [r['step'] for r in _metrics(str(tmp_path))]
     assert os.path.isdir(tmp_path / 'checkpoints' / str(steps[-1]))
     assert steps[-1] < 1000
+
+
+def test_a_step_with_a_skipped_update_is_still_saved(tmp_path, monkeypatch):
+    real = loop.rl_step.rl_step
+
+    def skipping(*args, **kwargs):  # the update was skipped: the state is the one before it
+        state, scalars = real(*args, **kwargs)
+        return state, {**scalars, 'skipped_updates': 1.0}
+    monkeypatch.setattr(loop.rl_step, 'rl_step', skipping)
+    loop.train(_config(total_steps=1, checkpoint_every=10), str(tmp_path))
+    assert os.path.isdir(tmp_path / 'checkpoints' / '1')
+
+
+def test_resume_writes_each_step_of_metrics_once(tmp_path):
+    import shutil
+    workdir = str(tmp_path)
+    loop.train(_config(total_steps=2, eval_every=1), workdir)
+    # Lose the last checkpoint (a crash after the metrics of step 2, before its save).
+    shutil.rmtree(tmp_path / 'checkpoints' / '2')
+    loop.train(_config(total_steps=2, eval_every=1), workdir)
+    rows = [(r['step'], 'eval/reward_mean' in r) for r in _metrics(workdir)]
+    assert rows == [(0, True), (1, False), (1, True), (2, False), (2, True)], rows

@@ -3,9 +3,11 @@ advantages -> PPO updates), with checkpoints, preemption, logging and periodic e
 
 ``train(config, workdir)`` is what ``launch/train.py`` runs and what a notebook can call.
 Starting again with the same ``workdir`` resumes from its latest checkpoint and continues
-exactly (same prompts, same random numbers, same params). SIGTERM saves a checkpoint and
-returns; a non-finite loss skips that update (counted), and ``max_skipped_updates`` in a row
-stop the run; a non-finite state is never saved.
+exactly (same prompts, same random numbers, same params; ``metrics.jsonl`` keeps each step
+once). SIGTERM finishes the step, saves a checkpoint and raises ``Preempted`` (the launcher
+exits with its own code); a non-finite loss skips that update (counted, the params stay as they
+were, so the state stays finite and is saved as usual), and ``max_skipped_updates`` in a row
+stop the run.
 """
 
 from __future__ import annotations
@@ -38,6 +40,31 @@ from unigrpo_jax.train.settings import settings, strategy_rules
 
 class TrainingError(RuntimeError):
     """The run cannot continue (e.g. repeated non-finite losses)."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM stopped the run after saving the checkpoint of ``step``; run again to resume."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f'preempted (SIGTERM) after step {step}; its checkpoint is saved in '
+                         f'{workdir}: run again with the same --workdir to resume')
+        self.step = step
+
+
+def keep_metrics_before(path: str, start: int) -> None:
+    """Drops the rows of ``metrics.jsonl`` that a run resuming at ``start`` writes again: the
+    steps after its checkpoint, and at ``start == 0`` the starting evaluation too."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        rows = [line for line in f if line.strip()]
+    kept = [line for line in rows if json.loads(line)['step'] < start or
+            (start > 0 and json.loads(line)['step'] == start)]
+    if len(kept) != len(rows):
+        logging.info('metrics.jsonl: dropping %d rows after step %d (written again now)',
+                     len(rows) - len(kept), start)
+        with open(path, 'w') as f:
+            f.writelines(kept)
 
 
 def system_ids(config, think: bool, tokenizer, tokens) -> np.ndarray | None:
@@ -124,6 +151,8 @@ def train(config, workdir: str):
         state, meta = restored
         start = int(meta['step'])
         logging.info('resumed from step %d (%s)', start, meta)
+    if is_main:
+        keep_metrics_before(os.path.join(workdir, 'metrics.jsonl'), start)
     report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)
     preempt = _Preemption()
     base_key = jax.random.key(config.seed)
@@ -173,11 +202,13 @@ def train(config, workdir: str):
         done = step + 1 == config.total_steps
         if config.eval_every and ((step + 1) % config.eval_every == 0 or done):
             evaluate(programs.policy(state.params, frozen), ae_dev, step + 1)
-        if skipped == 0 and ((step + 1) % config.checkpoint_every == 0 or done or
-                             preempt.requested):
+        if (step + 1) % config.checkpoint_every == 0 or done or preempt.requested:
             checkpointing.save(mgr, step + 1, state, meta(step + 1))
-        if preempt.requested:
-            break
+        if preempt.requested and not done:
+            mgr.wait_until_finished()
+            mgr.close()
+            writer.flush()
+            raise Preempted(step + 1, workdir)
     mgr.wait_until_finished()
     mgr.close()
     writer.flush()
