@@ -24,6 +24,22 @@ def test_group_advantages():
         advantages.group_advantages(jnp.asarray(r), 3, std='batch')
 
 
+def test_dropped_truncated_chains_are_out_of_the_group_statistics():
+    r = np.array([1., 2., 3., 100., 4., 4., 4., 9.], np.float32)
+    closed = np.array([1, 1, 1, 0, 1, 1, 1, 0], bool)
+    adv, weight = advantages.chain_advantages(
+        r, closed, 4, truncated_think='drop', skip_zero_variance_groups=True, std='group',
+        eps=1e-4, clip=5.0)
+    g = r[:3]
+    np.testing.assert_allclose(adv[:3], (g - g.mean()) / (g.std() + 1e-4), rtol=1e-5)
+    np.testing.assert_array_equal(adv[4:7], 0.0)  # the closed chains of group 2 agree
+    np.testing.assert_array_equal(weight, [1, 1, 1, 0, 0, 0, 0, 0])
+    adv, _ = advantages.chain_advantages(
+        r, closed, 4, truncated_think='drop', skip_zero_variance_groups=False, std='global',
+        eps=1e-4, clip=5.0)
+    np.testing.assert_allclose(adv[:3], (g - g.mean()) / (r[closed].std() + 1e-4), rtol=1e-5)
+
+
 def _np_surrogate(ratio, adv, eps):
     return np.minimum(ratio * adv, np.clip(ratio, 1 - eps, 1 + eps) * adv)
 
@@ -85,6 +101,18 @@ def test_regularisers():
     k3 = losses.text_kl_k3(jnp.asarray(logp), jnp.asarray(ref), jnp.asarray(mask),
                            'token_mean')
     np.testing.assert_allclose(k3, (np.exp(ref - logp) - (ref - logp) - 1).mean(), rtol=1e-5)
+
+
+def test_regularisers_average_over_the_samples_in_the_loss_only():
+    v, v_ref = RNG.normal(size=(2, 3, 2, 4, 5)).astype(np.float32)  # [B, W, N, F]
+    weight = np.array([1.0, 0.0, 1.0], np.float32)  # chain 1 is out of the loss (weight 0)
+    keep = weight > 0
+    np.testing.assert_allclose(losses.velocity_mse(v, v_ref, weight),
+                               ((v[keep] - v_ref[keep]) ** 2).mean(), rtol=1e-5)
+    std_t = np.array([0.5, 0.2], np.float32)
+    kl = losses.latent_kl(jnp.asarray(v), jnp.asarray(v_ref), jnp.asarray(std_t), weight)
+    expected = (((v[keep] - v_ref[keep]) ** 2).mean((2, 3)) / (2 * std_t ** 2)).mean()
+    np.testing.assert_allclose(kl, expected, rtol=1e-5)
 
 
 def test_gradient_at_ratio_one_is_advantage_times_grad_logp():

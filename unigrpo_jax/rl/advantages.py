@@ -10,23 +10,37 @@ STD_MODES = ('group', 'global')
 
 
 def group_advantages(rewards: jax.Array, group_size: int, *, std: str = 'group',
-                     eps: float = 1e-4, clip: float = 5.0) -> tuple[jax.Array, jax.Array]:
+                     eps: float = 1e-4, clip: float = 5.0, counted: jax.Array | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
     """``A_i = (R_i - mean_group R) / (std R + eps)``, clipped to ``[-clip, clip]``.
 
     Args:
       rewards: ``[prompts * group_size]`` float, chains of a prompt contiguous.
       std: ``'group'`` (per-prompt std) or ``'global'`` (std over the whole batch).
+      counted: ``[B]`` bool, the chains the statistics are over (default: all), e.g. not the
+        truncated chains that ``truncated_think='drop'`` leaves out; the others get the
+        advantage their reward would have.
     Returns:
-      ``(advantages [B] float32, informative [B] bool)``: a group whose rewards are all equal
-      has zero advantage and is not informative (its chains may be skipped).
+      ``(advantages [B] float32, informative [B] bool)``: a group whose counted rewards are all
+      equal has zero advantage and is not informative (its chains may be skipped).
     """
     if std not in STD_MODES:
         raise ValueError(f'advantage std={std!r}; expected one of {STD_MODES}')
     r = rewards.astype(jnp.float32).reshape(-1, group_size)
-    centred = r - jnp.mean(r, axis=1, keepdims=True)
-    scale = jnp.std(r, axis=1, keepdims=True) if std == 'group' else jnp.std(r)
-    adv = jnp.clip(centred / (scale + eps), -clip, clip)
-    informative = jnp.broadcast_to(jnp.ptp(r, axis=1, keepdims=True) > 0, r.shape)
+    c = (jnp.ones(r.shape, jnp.float32) if counted is None
+         else counted.reshape(r.shape).astype(jnp.float32))
+
+    def moments(axis):
+        n = jnp.maximum(jnp.sum(c, axis=axis, keepdims=True), 1.0)
+        mean = jnp.sum(c * r, axis=axis, keepdims=True) / n
+        return mean, jnp.sqrt(jnp.sum(c * (r - mean) ** 2, axis=axis, keepdims=True) / n)
+
+    mean, group_std = moments(1)
+    scale = group_std if std == 'group' else moments(None)[1]
+    adv = jnp.clip((r - mean) / (scale + eps), -clip, clip)
+    spread = (jnp.max(jnp.where(c > 0, r, -jnp.inf), axis=1, keepdims=True) -
+              jnp.min(jnp.where(c > 0, r, jnp.inf), axis=1, keepdims=True))
+    informative = jnp.broadcast_to(spread > 0, r.shape)
     adv = jnp.where(informative, adv, 0.0)
     return adv.reshape(-1), informative.reshape(-1)
 
@@ -48,18 +62,14 @@ def chain_advantages(rewards: np.ndarray, closed: np.ndarray, group_size: int, *
                      eps: float, clip: float) -> tuple[np.ndarray, np.ndarray]:
     """``(advantages [B], sample_weight [B])`` float32 of a rollout batch's rewards.
 
-    Under ``truncated_think='drop'`` a truncated chain gets its group's mean reward over the
-    closed chains (so it does not shape the group's statistics) and weight 0; with
-    ``skip_zero_variance_groups`` the chains of a group whose rewards are all equal get
+    Under ``truncated_think='drop'`` the group statistics (mean, std, and the batch std of
+    ``std='global'``) are over the closed chains only and a truncated chain gets weight 0;
+    with ``skip_zero_variance_groups`` the chains of a group whose rewards are all equal get
     weight 0.
     """
-    if truncated_think == 'drop':
-        groups = rewards.reshape(-1, group_size)
-        keep = closed.reshape(groups.shape)
-        means = (groups * keep).sum(1, keepdims=True) / np.maximum(keep.sum(1, keepdims=True), 1)
-        rewards = np.where(keep, groups, means).reshape(-1)
+    counted = jnp.asarray(closed) if truncated_think == 'drop' else None
     adv, informative = group_advantages(jnp.asarray(rewards), group_size, std=std, eps=eps,
-                                        clip=clip)
+                                        clip=clip, counted=counted)
     adv, informative = np.asarray(adv), np.asarray(informative)
     weight = np.ones_like(informative, np.float32)
     if skip_zero_variance_groups:

@@ -6,7 +6,6 @@ returns a scalar to be *minimised*, so the surrogate objectives ``J`` enter with
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -122,21 +121,34 @@ def flow_policy_loss(log_ratio: jax.Array, advantages: jax.Array, *, eps: float,
     }
 
 
-def velocity_mse(v: jax.Array, v_ref: jax.Array, chains: jax.Array | int | None = None
-                 ) -> jax.Array:
-    """``mean over samples, window steps and elements of (v - v_ref)^2`` (algorithm.md §5);
-    ``chains``: the minibatch's samples when ``v [B, W, ...]`` is one micro-batch of it."""
-    sq = jnp.sum((v - jax.lax.stop_gradient(v_ref)) ** 2)
-    return sq / ((v.shape[0] if chains is None else chains) * math.prod(v.shape[1:]))
+def _sample_mean(per_sample: jax.Array, sample_weight: jax.Array | None,
+                 denominator: jax.Array | None) -> jax.Array:
+    """``sum_i w_i x_i / denominator`` (default: the mean over the samples in the loss)."""
+    if sample_weight is None:
+        sample_weight = jnp.ones_like(per_sample)
+    if denominator is None:
+        denominator = jnp.maximum(jnp.sum(sample_weight), 1.0)
+    return jnp.sum(sample_weight * per_sample) / denominator
+
+
+def velocity_mse(v: jax.Array, v_ref: jax.Array, sample_weight: jax.Array | None = None,
+                 denominator: jax.Array | None = None) -> jax.Array:
+    """``mean over samples of mean over window steps and elements of (v - v_ref)^2``
+    (algorithm.md §5). ``v [B, W, ...]``; only the samples in the loss count
+    (``sample_weight [B]``, e.g. 0 for a dropped truncated chain); ``denominator``: their
+    weight over the whole minibatch when ``v`` is one micro-batch of it."""
+    sq = jnp.mean((v - jax.lax.stop_gradient(v_ref)) ** 2, axis=tuple(range(1, v.ndim)))
+    return _sample_mean(sq, sample_weight, denominator)
 
 
 def latent_kl(mean: jax.Array, mean_ref: jax.Array, std_t: jax.Array,
-              chains: jax.Array | int | None = None) -> jax.Array:
-    """FlowGRPO's latent KL: ``mean_d (mean - mean_ref)^2 / (2 std_t^2)`` averaged over samples
-    and steps. ``mean [B, W, ...]``, ``std_t [W]``; ``chains`` as in ``velocity_mse``."""
+              sample_weight: jax.Array | None = None, denominator: jax.Array | None = None
+              ) -> jax.Array:
+    """FlowGRPO's latent KL: ``mean_d (mean - mean_ref)^2 / (2 std_t^2)`` averaged over steps
+    and samples. ``mean [B, W, ...]``, ``std_t [W]``; the samples as in ``velocity_mse``."""
     sq = jnp.mean((mean - jax.lax.stop_gradient(mean_ref)) ** 2, axis=tuple(range(2, mean.ndim)))
-    per_step = sq / (2.0 * std_t[None, :] ** 2)
-    return jnp.sum(per_step) / ((mean.shape[0] if chains is None else chains) * mean.shape[1])
+    per_sample = jnp.mean(sq / (2.0 * std_t[None, :] ** 2), axis=1)
+    return _sample_mean(per_sample, sample_weight, denominator)
 
 
 def text_kl_k3(logp: jax.Array, logp_ref: jax.Array, mask: jax.Array, aggregation: str,

@@ -173,13 +173,13 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
                                  f'reference velocities {v.shape}; the batch has '
                                  f'{v_ref.shape}: run rl.objective.reference_outputs '
                                  '(train.step.make_reference_fn) on it first')
-            mse = losses.velocity_mse(v, v_ref, totals['chains'])
+            mse = losses.velocity_mse(v, v_ref, w, totals['weight'])
             metrics['image/velocity_mse'] = mse / share
             if obj.regularizer == 'velocity_mse':
                 loss += obj.velocity_mse_weight * mse
             else:
                 _, mean_ref = window_logp(traj, v_ref, obj.schedule)
-                kl = losses.latent_kl(mean, mean_ref, std_t, totals['chains'])
+                kl = losses.latent_kl(mean, mean_ref, std_t, w, totals['weight'])
                 loss += obj.latent_kl_weight * kl
                 metrics['image/latent_kl'] = kl / share
     metrics['loss'] = loss / share

@@ -37,7 +37,7 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
     chunk_size = config.batch_size
     prompts_sharding = sharding.batch_sharding(mesh, chunk_size)
 
-    def draw(params, ae_params, chunk):
+    def draw(params, ae_params, chunk, index):
         padded = chunk + chunk[-1:] * (chunk_size - len(chunk))  # a full chunk splits evenly
         ids, lengths = tokenizer_lib.encode_segments(
             tokenizer, tokens, [it['prompt'] for it in padded], config.data.max_prompt_tokens)
@@ -45,7 +45,8 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
             params, ae_params, model, s.eval_sampler, system_ids,
             sharding.host_to_global(ids, prompts_sharding),
             sharding.host_to_global(lengths, prompts_sharding),
-            jax.random.key(config.seed + 1), think_tokens=think_tokens,
+            jax.random.fold_in(jax.random.key(config.seed + 1), index),  # a chunk's own noise
+            think_tokens=think_tokens,
             token_sampler=s.eval_tokens, image_size=rc.schedule.image_size,
             decode_pieces=chunk_size // mesh.size)
         return images, think, mask, padded
@@ -54,7 +55,7 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
         scores, grid_images, texts = [], [], []
         for i in range(0, len(items), chunk_size):
             chunk = items[i:i + chunk_size]
-            images, think, mask, padded = draw(params, ae_params, chunk)
+            images, think, mask, padded = draw(params, ae_params, chunk, i // chunk_size)
             scores.append(rl_step.score(reward_fn, images, padded)[:len(chunk)])
             # The grid's rows (a few) and the thinking tokens, whole on every process.
             wanted = min(len(chunk), GRID_IMAGES - sum(map(len, grid_images)))
