@@ -7,8 +7,11 @@ r"""Images (and thinking) from a run's latest checkpoint for a GenEval-format pr
 (``unigrpo_jax.train.run_dir``). ``--prompts``: one JSON object per line with a ``prompt``
 (GenEval's metadata format; other fields are kept in the output). Writes
 ``<prompt index>_<sample index>.png`` (prompt index = 0-based line of the file, blank lines
-counted) and ``samples.jsonl`` (one line per image: indices, prompt, thinking text) to ``--out``.
-Sampling as the run evaluates: greedy thinking (``--sample_think``: sampled at temperature 1),
+counted) and ``samples.jsonl`` (one line per image: indices, prompt, thinking text; in the order
+drawn, sample 0 of every prompt first, and written as each batch is drawn, so a stopped run
+keeps the lines of its images) to ``--out``. Every prompt
+is encoded before anything is drawn: a prompt too long for the run or with words outside its
+tokenizer stops the script with its line number. Sampling as the run evaluates: greedy thinking (``--sample_think``: sampled at temperature 1),
 then the ODE sampler with the run's text CFG (``--cfg`` overrides it).
 """
 
@@ -53,6 +56,12 @@ def main(argv):
     prompts = data_lib.read_jsonl_lines(_PROMPTS.value)  # a bad file fails before any load
     run = run_dir.load(_WORKDIR.value)
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)
+    for line, item in prompts:  # every prompt is checked before any image is drawn
+        try:
+            tokenizer_lib.encode_segments(tokenizer, tokens, [item['prompt']],
+                                          run.max_prompt_tokens)
+        except ValueError as e:  # too long for the run, or words the tokenizer does not know
+            sys.exit(f'launch/sample.py: {_PROMPTS.value}:{line + 1}: {e}')
     system_ids = (jnp.asarray(tokenizer_lib.encode_segment(tokenizer, tokens, run.system_prompt))
                   if run.think and run.system_prompt else None)
     think_tokens = run.max_think_tokens if run.think else 0
@@ -65,7 +74,8 @@ def main(argv):
     print(f'{run.kind} run {run.directory}' + (f', step {run.step}' if run.step else '') +
           f': {len(prompts)} prompts x {_SAMPLES.value} samples -> {_OUT.value}', flush=True)
     batch = min(_BATCH.value, len(prompts))
-    records, done, total = [], 0, len(prompts) * _SAMPLES.value
+    done, total = 0, len(prompts) * _SAMPLES.value
+    records = open(os.path.join(_OUT.value, 'samples.jsonl'), 'w')
     for k in range(_SAMPLES.value):
         for start in range(0, len(prompts), batch):
             chunk = prompts[start:start + batch]
@@ -81,14 +91,13 @@ def main(argv):
             for j, (index, item) in enumerate(chunk):
                 viz.save_png(images[j], os.path.join(_OUT.value, f'{index}_{k}.png'))
                 text = tokenizer.decode(think[j][mask[j]], skip_special_tokens=True)
-                records.append({'prompt_index': index, 'sample_index': k,
-                                'file': f'{index}_{k}.png', 'prompt': item['prompt'],
-                                'thinking': text, 'metadata': item})
+                records.write(json.dumps({'prompt_index': index, 'sample_index': k,
+                                          'file': f'{index}_{k}.png', 'prompt': item['prompt'],
+                                          'thinking': text, 'metadata': item}) + '\n')
+            records.flush()
             done += len(chunk)
             print(f'{done}/{total} images', flush=True)
-    with open(os.path.join(_OUT.value, 'samples.jsonl'), 'w') as f:
-        for r in sorted(records, key=lambda r: (r['prompt_index'], r['sample_index'])):
-            f.write(json.dumps(r) + '\n')
+    records.close()
 
 
 if __name__ == '__main__':

@@ -72,7 +72,7 @@ def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
     assert np.asarray(Image.open(out / '2_1.png')).shape == (32, 32, 3)
     records = [json.loads(x) for x in open(out / 'samples.jsonl')]
     assert [(r['prompt_index'], r['sample_index']) for r in records] == [
-        (0, 0), (0, 1), (2, 0), (2, 1)]
+        (0, 0), (2, 0), (0, 1), (2, 1)]  # in the order drawn
     assert all(r['thinking'].startswith('<think>') for r in records)
 
     stdout = launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
@@ -93,3 +93,23 @@ def test_sft_directories_and_errors(tmp_path):
     run_dir.save_config(str(tmp_path / 'rl'), shapes_unigrpo.get_config())
     with pytest.raises(FileNotFoundError, match='no checkpoint'):
         run_dir.load(str(tmp_path / 'rl'))
+
+
+def test_sample_checks_every_prompt_before_drawing(tmp_path):
+    import subprocess
+    import sys
+    prompts = tmp_path / 'prompts.jsonl'
+    good = {'tag': 'single_object', 'include': [{'class': 'circle', 'count': 1}],
+            'prompt': 'a photo of a circle'}
+    prompts.write_text('\n'.join(json.dumps(x) for x in [
+        good, good, {**good, 'prompt': 'a photo of a zebra'}]) + '\n')
+    out = tmp_path / 'samples'
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, 'launch/sample.py', f'--workdir={SFT_THINK}', f'--prompts={prompts}',
+         f'--out={out}'], cwd=root, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert result.returncode == 1
+    assert f'{prompts}:3:' in result.stderr and 'zebra' in result.stderr, result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr
+    assert not out.exists() or not any(p.suffix == '.png' for p in out.iterdir())
