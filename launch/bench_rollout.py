@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
+from unigrpo_jax import config_files
 from unigrpo_jax.bench import perf
 from unigrpo_jax.convert import factory
 from unigrpo_jax.model import autoencoder, context, latents
@@ -240,4 +241,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=config_files.parse_flags))

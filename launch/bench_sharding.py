@@ -21,6 +21,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
+from unigrpo_jax import config_files
 from unigrpo_jax.bench import programs, report, sweep
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
@@ -77,4 +78,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=config_files.parse_flags))

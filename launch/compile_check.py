@@ -26,6 +26,7 @@ os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from unigrpo_jax import config_files
 from unigrpo_jax.bench import compile_check, rl_programs, targets  # noqa: E402
 from unigrpo_jax.model.config import ConfigError  # noqa: E402
 
@@ -68,4 +69,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=config_files.parse_flags)

@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from unigrpo_jax import config_files
 from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import loop
@@ -46,4 +47,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    app.run(main, flags_parser=config_files.parse_flags)

@@ -15,6 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from unigrpo_jax import config_files
 from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.sft import train
@@ -37,4 +38,4 @@ def main(argv):
 
 if __name__ == '__main__':
     flags.mark_flags_as_required(['config'])
-    app.run(main)
+    app.run(main, flags_parser=config_files.parse_flags)

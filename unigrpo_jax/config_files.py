@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import ml_collections
+from absl import flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(ROOT, 'configs')
@@ -32,3 +34,19 @@ def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
     if not hasattr(module, 'get_config'):
         raise AttributeError(f'config file {path!r} has no get_config()')
     return module.get_config() if arg is None else module.get_config(arg)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for launchers with a ``--config`` file (``app.run(main,
+    flags_parser=config_files.parse_flags)``): a ``--config.<field>=value`` override naming
+    no field of the config, or a bad flag, stops with one line instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f'{argv[0]}: {e}\nPass --helpfull to see the flags.')
+    except (AttributeError, KeyError) as e:  # ml_collections: an override of a missing field
+        key = str(e).strip('"\'')
+        overrides = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+        named = [o for o in overrides if key in o[len('--config.'):].split('.')] or overrides
+        sys.exit(f'{argv[0]}: {", ".join(named)}: the config has no field {key!r} (see the '
+                 'config file for its fields)')

@@ -109,6 +109,7 @@ _SCORE_WORKER = textwrap.dedent('''
             raise RuntimeError('reward server down')
         return [float(im.sum()) + m['k'] for im, m in zip(ims, meta)]
 
+    assert distributed.any_process(pid == 1) and not distributed.any_process(False)
     items = [{'k': 1000.0 * i} for i in range(8)]
     try:
         got = rl_step.score(reward, placed, [it for it in items for _ in range(2)])

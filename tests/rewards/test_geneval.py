@@ -186,3 +186,18 @@ def test_tag_accuracy_averages_tags_equally():
 def test_tag_accuracy_needs_results():
     with pytest.raises(ValueError, match='at least one'):
         geneval.tag_accuracy([])
+
+
+@pytest.mark.parametrize('metadata, problem', [
+    ({'include': [{'class': 'dog', 'count': 1}]}, None),
+    ({'include': [{'class': 'dog', 'count': 1}, {'class': 'cat', 'count': 2,
+                                                 'position': ['left of', 0]}]}, None),
+    ({'prompt': 'a dog'}, 'no "include" list'),
+    ({'include': [{'class': 'dog'}]}, 'include clause 0 needs'),
+    ({'include': [{'class': 'dog', 'count': 1, 'position': ['near', 0]}]}, 'has position'),
+    ({'include': [{'class': 'dog', 'count': 1}], 'exclude': [{'count': 1}]},
+     'exclude clause 0 needs'),
+])
+def test_metadata_problem_names_what_geneval_scoring_lacks(metadata, problem):
+    got = geneval.metadata_problem(metadata)
+    assert (got is None) if problem is None else (problem in got), got

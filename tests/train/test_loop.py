@@ -130,3 +130,39 @@ def test_resume_writes_each_step_of_metrics_once(tmp_path):
     loop.train(_config(total_steps=2, eval_every=1), workdir)
     rows = [(r['step'], 'eval/reward_mean' in r) for r in _metrics(workdir)]
     assert rows == [(0, True), (1, False), (1, True), (2, False), (2, True)], rows
+
+
+def test_a_second_run_on_a_workdir_stops_and_a_crashed_one_leaves_no_lock(tmp_path):
+    import subprocess
+    import sys
+    owner = run_dir.lock(str(tmp_path))  # a run in progress
+    with pytest.raises(run_dir.WorkdirError, match=r'in use by another run \(pid \d+ on'):
+        loop.train(_config(total_steps=1), str(tmp_path))
+    owner.close()
+    # A run killed while it holds the lock (SIGKILL: no clean-up) does not block the next one.
+    code = ('import sys, os, signal; from unigrpo_jax.train import run_dir; '
+            'run_dir.lock(sys.argv[1]); os.kill(os.getpid(), signal.SIGKILL)')
+    assert subprocess.run([sys.executable, '-c', code, str(tmp_path)]).returncode == -9
+    run_dir.lock(str(tmp_path)).close()
+
+
+def test_a_resume_with_another_config_names_what_changed(tmp_path):
+    loop.train(_config(total_steps=1), str(tmp_path))
+    with pytest.raises(run_dir.WorkdirError,
+                       match=r"Changed: objective.velocity_mse_weight: 1.5e-05 -> 0.002"):
+        loop.train(_config(**{'total_steps': 2, 'objective.velocity_mse_weight': 2e-3}),
+                   str(tmp_path))
+    with open(tmp_path / 'rl_config.json') as f:  # the run's own config is kept
+        assert json.load(f)["objective"]["velocity_mse_weight"] == 1.5e-5
+
+
+def test_prompts_the_reward_cannot_score_stop_the_run_before_it_compiles(tmp_path):
+    prompts = tmp_path / 'prompts.jsonl'
+    prompts.write_text(''.join(json.dumps({'prompt': f'a photo of {n} circles'}) + '\n'
+                               for n in ('two', 'three') * 8))  # no GenEval "include"
+    with pytest.raises(loop.ConfigError, match=r"config.reward.name='shapes': prompt 0 of "
+                       r".*prompts.jsonl \('a photo of two circles'\) cannot be scored by "
+                       r"reward 'shapes': no \"include\" list"):
+        loop.train(_config(**{'total_steps': 1, 'data.train': str(prompts)}),
+                   str(tmp_path / 'run'))
+    assert not os.path.exists(tmp_path / 'run' / 'checkpoints')

@@ -164,6 +164,13 @@ def initialize_from_flags(mode: str) -> bool:
                       local_device_ids=f.local_device_ids)
 
 
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (every process gets the same answer)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
     """``[total, ...]`` on every process from each process's ``rows [r]`` and ``values [r, ...]``
     (every process the same ``r``, e.g. ``sharding.addressable_rows`` of a batch split evenly

@@ -69,6 +69,30 @@ def _relation_satisfiable(subjects, n_subjects, targets, n_targets, relation, th
             and _all_pairs_hold(subjects, targets, relation, threshold))
 
 
+def metadata_problem(metadata: dict) -> str | None:
+    """What makes ``metadata`` unusable for GenEval scoring (None: nothing): an ``include``
+    list of clauses with a string ``class`` and a count >= 1, positions naming another clause
+    by index with one of ``RELATIONS``, and exclude clauses with ``class`` and ``count``."""
+    include = metadata.get('include')
+    if not isinstance(include, list) or not include:
+        return 'no "include" list of GenEval clauses (e.g. [{"class": "dog", "count": 1}])'
+    for kind, clauses in (('include', include), ('exclude', metadata.get('exclude', []))):
+        if not isinstance(clauses, list):
+            return f'"{kind}" is not a list'
+        for k, c in enumerate(clauses):
+            if not (isinstance(c, dict) and isinstance(c.get('class'), str)
+                    and isinstance(c.get('count'), int) and c['count'] >= 1):
+                return f'{kind} clause {k} needs a string "class" and an integer "count" >= 1'
+            position = c.get('position') if kind == 'include' else None
+            if position is not None and not (
+                    isinstance(position, list) and len(position) == 2
+                    and position[0] in RELATIONS and isinstance(position[1], int)
+                    and 0 <= position[1] < len(include) and position[1] != k):
+                return (f'include clause {k} has position {position!r}: expected [relation, '
+                        f'index of another clause], relation one of {RELATIONS}')
+    return None
+
+
 def strict_correct(detections: list[dict], metadata: dict, *, threshold: float) -> bool:
     """GenEval's correctness: every include clause holds and no exclude clause is violated.
 

@@ -38,6 +38,7 @@ REWARDS_PACKAGE = 'rewards'   # every module of unigrpo_jax.rewards is imported
 REWARD_MODULE = 'reward'      # and the module unigrpo_jax.<package>.reward of every package
 
 _factories: dict[str, RewardFactory] = {}
+_metadata_checks: dict[str, Callable[[dict], str | None]] = {}
 _discovered = False
 
 
@@ -49,8 +50,14 @@ def _qualified_name(factory: RewardFactory) -> str:
     return f'{factory.__module__}.{factory.__qualname__}'
 
 
-def register(name: str) -> Callable[[RewardFactory], RewardFactory]:
-    """Decorator registering a reward factory under ``name``; returns the factory unchanged."""
+def register(name: str, metadata_problem: Callable[[dict], str | None] | None = None
+             ) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator registering a reward factory under ``name``; returns the factory unchanged.
+
+    ``metadata_problem(metadata) -> str | None``: what makes one prompt's metadata unusable
+    for this reward (None: usable); ``check_prompts`` runs it on a run's prompts before
+    anything is compiled (e.g. ``geneval.metadata_problem`` for a reward needing GenEval's
+    ``include`` clauses)."""
     if not name or ':' in name:
         raise ValueError(f'a reward name must be non-empty and without ":", got {name!r}')
 
@@ -61,6 +68,8 @@ def register(name: str) -> Callable[[RewardFactory], RewardFactory]:
             raise ValueError(f'reward {name!r} is already registered by {_qualified_name(known)}; '
                              f'{_qualified_name(factory)} needs another name')
         _factories[name] = factory
+        if metadata_problem is not None:
+            _metadata_checks[name] = metadata_problem
         return factory
 
     return add
@@ -122,6 +131,20 @@ def lookup(name: str) -> RewardFactory:
         raise UnknownRewardError(f'unknown reward {name!r}; registered rewards: '
                                  f'{", ".join(names())}')
     return _factories[name]
+
+
+def check_prompts(name: str, items: list[dict], source: str) -> None:
+    """Raises ``ValueError`` naming the first prompt of ``items`` (from ``source``, each with
+    its ``index``) whose metadata the reward ``name`` cannot score; a reward registered without
+    a ``metadata_problem`` accepts any."""
+    lookup(name)
+    check = _metadata_checks.get(name.rpartition(':')[2])
+    for item in items if check else []:
+        problem = check(item)
+        if problem:
+            raise ValueError(f'prompt {item.get("index", "?")} of {source} '
+                             f'({item.get("prompt", "")!r}) cannot be scored by reward '
+                             f'{name!r}: {problem}')
 
 
 def is_registered(name: str) -> bool:

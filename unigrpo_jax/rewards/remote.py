@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from unigrpo_jax.rewards import registry
+from unigrpo_jax.rewards import geneval, registry
 
 PROTOCOL = 'unigrpo-reward/1'
 
@@ -314,7 +314,7 @@ def remote_reward(options: Mapping[str, Any]) -> registry.Reward:
     return reward
 
 
-@registry.register('geneval_remote')
+@registry.register('geneval_remote', metadata_problem=geneval.metadata_problem)
 def geneval_remote_reward(options: Mapping[str, Any]) -> registry.Reward:
     """GenEval graded here from the server's detections (``details``: per image a list of
     ``{'class', 'color', 'center', 'box'}``); the server's own scores are not used.
@@ -323,8 +323,6 @@ def geneval_remote_reward(options: Mapping[str, Any]) -> registry.Reward:
     the position relations, see ``geneval.relation_holds``) and ``strict`` (False: FlowGRPO's
     partial credit, the training reward; True: 1 if every GenEval clause holds, else 0).
     """
-    from unigrpo_jax.rewards import geneval  # pylint: disable=import-outside-toplevel
-
     options = dict(options)
     if options.get('threshold') is None:
         raise ValueError(f'geneval_remote options need `threshold`, the margin in pixels of the '

@@ -20,7 +20,7 @@ def shapes_scores(images: np.ndarray, metadata: list[dict], *, strict: bool = Fa
                      for im, m in zip(np.asarray(images), metadata)], np.float32)
 
 
-@register('shapes')
+@register('shapes', metadata_problem=geneval.metadata_problem)
 def make_shapes_reward(options):
     """Options: ``strict`` (bool, default False: partial credit)."""
     options = dict(options or {})

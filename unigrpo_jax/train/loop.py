@@ -92,20 +92,39 @@ class _Preemption:
 
 
 def train(config, workdir: str):
-    """Runs (or resumes) the RL loop; returns the final ``TrainState``."""
+    """Runs (or resumes) the RL loop; returns the final ``TrainState``.
+
+    The run owns ``workdir`` while it runs (``run_dir.lock``: a second run on it stops with a
+    message); a resume must keep the run's config (``run_dir.check_resume_config``).
+    """
     if not jax.distributed.is_initialized():  # a launcher may have joined with its flags
         distributed.initialize(config.distributed)
     distributed.assert_same_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    owner, error = None, ''
+    if jax.process_index() == 0:
+        try:
+            owner = run_dir.lock(workdir)
+            run_dir.check_resume_config(workdir, config)
+        except run_dir.WorkdirError as e:
+            error = str(e)
+    if distributed.any_process(bool(error)):  # every process stops, none waits for process 0
+        raise run_dir.WorkdirError(error or 'process 0 cannot use the workdir (see its log)')
+    try:
+        return _train(config, workdir)
+    finally:
+        if owner is not None:
+            owner.close()
+
+
+def _train(config, workdir: str):
     n = config.parallelism.num_devices
     if 0 < n < jax.device_count() and jax.process_count() > 1:
         raise ConfigError(f'config.parallelism.num_devices={n}: a multi-process run uses the '
                           f'devices of every process ({jax.device_count()}); set -1')
     devices = jax.devices()[:n] if n > 0 else jax.devices()
     s = settings(config, len(devices))
-    os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        run_dir.save_config(workdir, config)
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(config.tokenizer)
@@ -122,6 +141,15 @@ def train(config, workdir: str):
     train_prompts = data_lib.PromptStream(data_lib.load_prompts(config.data.train, data_dir),
                                           config.batch_size, config.seed)
     eval_items = data_lib.load_prompts(config.data.eval, data_dir)[:config.eval_prompts]
+    for field, items, source in (('reward', train_prompts.examples, config.data.train),
+                                 ('eval_reward', eval_items if config.eval_every else [],
+                                  config.data.eval)):
+        try:  # before anything is compiled or written
+            registry.check_prompts(config[field].name, items, source)
+        except ValueError as e:
+            raise ConfigError(f'config.{field}.name={config[field].name!r}: {e}') from e
+    if is_main:  # the config is checked: record it (a resume's allowed changes included)
+        run_dir.save_config(workdir, config)
     reward_fn = registry.make_reward(config.reward.name, config.reward.options)
     system = system_ids(config, s.rollout.think, tokenizer, tokens)
 

@@ -14,9 +14,12 @@ Accepted directories:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
+import socket
+import time
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +28,7 @@ import ml_collections
 from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
-from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.model.config import BagelConfig, ConfigError
 from unigrpo_jax.rl import objective
 from unigrpo_jax.train import checkpointing, settings
 from unigrpo_jax.train import lora as lora_lib
@@ -55,10 +58,85 @@ class Run:
     eval: ml_collections.ConfigDict  # sampler settings (config ``eval`` section)
 
 
+LOCK = '.run_lock'
+# Fields a resumed run may change: its length and bookkeeping, how it is laid out on the
+# devices (the algorithm is the same; checkpoints restore onto any mesh) and how its rewards
+# are reached (a reward server's address, retries and timeouts).
+RESUMABLE_CHANGES = ('total_steps', 'eval_every', 'checkpoint_every', 'checkpoint_max_to_keep',
+                     'checkpoint_keep_period', 'max_skipped_updates', 'distributed',
+                     'parallelism.', 'reward.options.', 'eval_reward.options.')
+
+
+class WorkdirError(ConfigError):
+    """A workdir another run owns, or a resume whose config differs from the run's."""
+
+
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes the experiment config an RL run was started with (``load`` reads it)."""
     with open(os.path.join(workdir, RL_CONFIG), 'w') as f:
         f.write(config.to_json_best_effort(indent=1))
+
+
+def lock(workdir: str):
+    """Makes this process the owner of ``workdir`` until the returned file is closed (or the
+    process ends, however it ends: the kernel drops the ``flock``, so a crashed run leaves no
+    stale lock). Raises ``WorkdirError`` naming the owner when another run holds it. (Local and
+    most network file systems honour ``flock``; object stores such as GCS do not.)"""
+    path = os.path.join(workdir, LOCK)
+    handle = open(path, 'a+')
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or 'unknown'
+        handle.close()
+        raise WorkdirError(f'workdir {workdir} is in use by another run ({owner}): wait for it '
+                           'to end or stop it, or choose another --workdir') from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f'pid {os.getpid()} on {socket.gethostname()} since '
+                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n')
+    handle.flush()
+    return handle
+
+
+def _flat(tree, prefix: str = '') -> dict:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """``'field: saved -> current'`` for each field that differs between two configs (as
+    JSON dicts), except ``RESUMABLE_CHANGES``."""
+    a, b = _flat(saved), _flat(current)
+    return [f'{k}: {a.get(k, "(absent)")!r} -> {b.get(k, "(absent)")!r}'
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not any(k == c or (c.endswith('.') and k.startswith(c))
+                                                for c in RESUMABLE_CHANGES)]
+
+
+def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Raises ``WorkdirError`` listing the changed fields when ``workdir`` holds a run's
+    checkpoints and a config that differs from ``config`` outside ``RESUMABLE_CHANGES``
+    (nothing to compare in a new workdir, or one whose run never saved)."""
+    path = os.path.join(workdir, RL_CONFIG)
+    checkpoints = os.path.join(workdir, 'checkpoints')
+    if not os.path.exists(path) or not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    changes = config_changes(saved, json.loads(config.to_json_best_effort()))
+    if changes:
+        shown = '; '.join(changes[:10]) + (f'; and {len(changes) - 10} more'
+                                           if len(changes) > 10 else '')
+        raise WorkdirError(f'{workdir} holds a run with another config ({RL_CONFIG}); resuming '
+                           f'it would mix the two. Changed: {shown}. Use a new --workdir, or '
+                           'the run\'s own values (only the run length, checkpoint/eval '
+                           'cadence and parallelism may change on a resume).')
 
 
 def _read_json(path: str) -> ml_collections.ConfigDict:

@@ -190,9 +190,11 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     not needed (compiling the programs ahead of time)."""
     if check_inputs:
         _need(bool(config.model.checkpoint) or config.model.random is not None,
-              'model.checkpoint', config.model.checkpoint, 'set --config.model.checkpoint=DIR: '
-              'a Bagel-7B-MoT release converted by launch/convert_bagel.py --src=<download> '
-              '--dst=DIR (or a release directory itself)')
+              'model.checkpoint', config.model.checkpoint, 'set --config.model.checkpoint=DIR '
+              'and --config.tokenizer=DIR/tokenizer: download the Bagel-7B-MoT release '
+              '(huggingface.co/ByteDance-Seed/BAGEL-7B-MoT, e.g. huggingface-cli download '
+              'ByteDance-Seed/BAGEL-7B-MoT --local-dir=SRC), then python '
+              'launch/convert_bagel.py --src=SRC --dst=DIR (DIR may also be SRC itself)')
         _need(bool(config.tokenizer), 'tokenizer', config.tokenizer,
               'set --config.tokenizer=DIR: Bagel\'s tokenizer (launch/convert_bagel.py writes '
               'DIR/tokenizer next to the converted checkpoint)')
