@@ -20,8 +20,8 @@ LAYERS = [
     'config_files',  # get_config() files by path
     'viz',           # image grids
     'model',         # Bagel in Flax: config, layers, KV cache, latents
-    'convert',       # checkpoints, tokenizer, the model factory
-    'parallel',      # mesh, sharding
+    'parallel',      # mesh, sharding, joining a multi-process run
+    'convert',       # checkpoints, tokenizer, the model factory (placed by parallel.sharding)
     'rewards',       # GenEval rules, the registry, remote rewards
     'rollout',       # generation: think-then-draw, ODE/SDE samplers
     'shapes',        # ShapesEval: world, detector, prompts, its reward, its evaluation
