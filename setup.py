@@ -33,6 +33,9 @@ setuptools.setup(
         'matplotlib>=3.8',
         'absl-py>=2.1',
         'importlib_resources>=6',  # tensorflow-datasets builders need it at run time
+        # launch/reward_server.py: an ASGI app on a kept server (limits, timeouts, concurrency).
+        'starlette>=0.40',
+        'uvicorn>=0.30',
     ],
     extras_require={
         'test': ['pytest>=8', 'pytest-xdist>=3.5'],

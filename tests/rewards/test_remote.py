@@ -354,3 +354,98 @@ def test_reward_server_script_end_to_end(tmp_path):
         server.terminate()
         server.wait(timeout=10)
         server.stdout.close()
+
+
+@pytest.fixture(scope='module')
+def limited_server(tmp_path_factory):
+    """launch/reward_server.py with small limits: 1 MiB bodies, 1 s to read one, the default
+    image-size limit; yields (host, port)."""
+    stderr_path = tmp_path_factory.mktemp('server') / 'stderr'
+    with open(stderr_path, 'w') as stderr:
+        server = subprocess.Popen(
+            [sys.executable, os.path.join(REPO_ROOT, 'launch', 'reward_server.py'), '--port=0',
+             '--scorer=unigrpo_jax.rewards.remote:mean_brightness_scorer', '--max_body_mb=1',
+             '--read_timeout_s=1'], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr,
+            text=True)
+    try:
+        listening = re.search(r'on http://(127\.0\.0\.1):(\d+)', server.stdout.readline())
+        assert listening, stderr_path.read_text()
+        yield listening.group(1), int(listening.group(2))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        server.stdout.close()
+
+
+def _raw(address, head: bytes, body: bytes = b'', timeout: float = 10.0):
+    """Sends ``head`` and ``body`` as they are; returns (status, error message, seconds)."""
+    start = time.monotonic()
+    with socket.create_connection(address, timeout=timeout) as connection:
+        connection.sendall(head + body)
+        answer = b''
+        while b'\r\n\r\n' not in answer or len(answer.split(b'\r\n\r\n', 1)[1]) < int(
+                re.search(rb'content-length: (\d+)', answer, re.I).group(1)):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status = int(answer.split(b' ', 2)[1])
+    return status, json.loads(answer.split(b'\r\n\r\n', 1)[1])['error'], time.monotonic() - start
+
+
+def _post_head(length: int) -> bytes:
+    return (f'POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n'
+            f'Content-Length: {length}\r\n\r\n').encode()
+
+
+def _png_header(width: int, height: int) -> str:
+    """A base64 PNG that declares ``width x height`` pixels (its data is not there)."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack('>I', len(data)) + kind + data +
+                struct.pack('>I', zlib.crc32(kind + data)))
+    png = (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, 8, 2,
+                                                            0, 0, 0)) +
+           chunk(b'IDAT', zlib.compress(b'')) + chunk(b'IEND', b''))
+    return base64.b64encode(png).decode()
+
+
+def test_a_body_shorter_than_its_content_length_times_out_with_408(limited_server):
+    status, error, seconds = _raw(limited_server, _post_head(1000), b'{"protocol": ')
+    assert status == 408 and 'did not arrive within 1.0 s' in error and seconds < 8
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_read(limited_server):
+    status, error, _ = _raw(limited_server, _post_head(200 * 2**20))  # 200 MiB announced
+    assert status == 413 and 'more than the 1048576 allowed' in error
+
+
+def test_deeply_nested_json_is_400(limited_server):
+    body = b'[' * 100000 + b']' * 100000
+    status, error, _ = _raw(limited_server, _post_head(len(body)), body)
+    assert status == 400 and 'nests deeper than 32 levels' in error
+
+
+def test_a_png_bomb_is_400_from_its_header(limited_server):
+    _, metadata = random_batch(1)
+    body = json.dumps({'protocol': remote.PROTOCOL, 'images': [_png_header(20000, 20000)],
+                       'metadata': metadata}).encode()
+    status, error, _ = _raw(limited_server, _post_head(len(body)), body)
+    assert status == 400 and 'image' in error and 'too large' in error, error
+    with pytest.raises(ValueError, match='8 x 8 pixels, more than the 40 allowed'):  # ours
+        remote.decode_png(remote.encode_png(np.zeros([8, 8, 3], np.uint8)), max_pixels=40)
+
+
+def test_a_pickled_body_is_told_the_protocol_is_json(limited_server):
+    body = pickle.dumps({'images': [], 'prompts': []})
+    status, error, _ = _raw(limited_server, _post_head(len(body)), body)
+    assert status == 400 and 'pickle' in error and 'is JSON' in error
+
+
+def test_a_request_without_content_length_is_411(limited_server):
+    head = b'POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n'
+    status, error, _ = _raw(limited_server, head, b'0\r\n\r\n')
+    assert status == 411 and 'Content-Length' in error

@@ -20,7 +20,11 @@ failed. ``GET <server>/health`` answers ``{"status": "ok", "protocol": "unigrpo-
 "scorer": "<module:function>"}``.
 
 Images travel as PNG, so they arrive bit-exact; nothing on either side is ever unpickled
-(flow_grpo's servers exchange pickles, which would let a server run code on the trainer).
+(flow_grpo's servers exchange pickles, which would let a server run code on the trainer; a
+pickled body is refused with a 400 saying so). A request whose images have more than
+``MAX_IMAGE_PIXELS`` pixels each, or whose JSON nests deeper than ``MAX_JSON_DEPTH``, is refused
+(400) before anything is decoded in full; the server also bounds the body's size and the time
+it takes to arrive (``launch/reward_server.py``: 413, 408).
 
 Client
 ------
@@ -119,16 +123,41 @@ def encode_png(image: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode('ascii')
 
 
-def decode_png(text: str) -> np.ndarray:
-    """base64 text of a PNG -> uint8 ``[H, W, 3]``; raises ValueError for anything else."""
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image of a request (Bagel draws up to 1024 x 1024)
+MAX_JSON_DEPTH = 32              # nesting of a request's JSON (GenEval metadata needs 5)
+
+
+def decode_png(text: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """base64 text of a PNG -> uint8 ``[H, W, 3]``; raises ValueError for anything else,
+    including an image of more than ``max_pixels`` pixels (checked from its header, before
+    anything is decompressed)."""
     try:
         png = base64.b64decode(text, validate=True)
         with Image.open(io.BytesIO(png), formats=['PNG']) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ValueError(f'image of {width} x {height} pixels, more than the '
+                                 f'{max_pixels} allowed')
             if image.mode != 'RGB':
                 raise ValueError(f'image mode is {image.mode}, expected RGB')
             return np.asarray(image, dtype=np.uint8)
+    except Image.DecompressionBombError as error:  # PIL's own limit, met at the header
+        raise ValueError(f'image too large: {error}') from error
     except (binascii.Error, OSError, TypeError) as error:
         raise ValueError(f'not a base64 PNG: {error}') from error
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether JSON ``value`` has objects/lists nested more than ``limit`` deep (no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth + 1 > limit:
+                return True
+            stack.extend((child, depth + 1)
+                         for child in (node.values() if isinstance(node, dict) else node))
+    return False
 
 
 def encode_request(images: np.ndarray, metadata: Sequence[dict]) -> bytes:
@@ -140,12 +169,26 @@ def encode_request(images: np.ndarray, metadata: Sequence[dict]) -> bytes:
     }, allow_nan=False).encode('utf-8')
 
 
-def decode_request(body: bytes) -> tuple[np.ndarray, list[dict]]:
+def decode_request(body: bytes, max_pixels: int = MAX_IMAGE_PIXELS,
+                   max_depth: int = MAX_JSON_DEPTH) -> tuple[np.ndarray, list[dict]]:
     """A request body -> (images uint8 ``[B, H, W, 3]``, B metadata dicts).
 
-    Raises ValueError saying what is wrong with a body that does not follow the protocol.
+    Raises ValueError saying what is wrong with a body that does not follow the protocol
+    (a pickle, not JSON, JSON nested deeper than ``max_depth``, images of more than
+    ``max_pixels`` pixels, ...).
     """
-    request = json.loads(body)
+    if body[:1] == b'\x80':  # a pickle's PROTO opcode: flow_grpo's client protocol
+        raise ValueError(f'the body is a Python pickle; protocol {PROTOCOL} is JSON (a '
+                         'flow_grpo pickle client cannot talk to this server: use '
+                         'unigrpo_jax.rewards.remote, see its docstring)')
+    try:
+        request = json.loads(body)
+    except RecursionError:
+        raise ValueError(f'the JSON nests deeper than {max_depth} levels') from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f'the body is not JSON: {error}') from None
+    if _nests_deeper(request, max_depth):
+        raise ValueError(f'the JSON nests deeper than {max_depth} levels')
     if not isinstance(request, dict) or request.get('protocol') != PROTOCOL:
         found = request.get('protocol') if isinstance(request, dict) else type(request).__name__
         raise ValueError(f'request protocol is {found!r}, expected {PROTOCOL!r}')
@@ -157,7 +200,7 @@ def decode_request(body: bytes) -> tuple[np.ndarray, list[dict]]:
                          f'(one per image)')
     if not all(isinstance(m, dict) for m in metadata):
         raise ValueError('request `metadata` entries must be JSON objects')
-    decoded = [decode_png(image) for image in images]
+    decoded = [decode_png(image, max_pixels) for image in images]
     shapes = sorted({image.shape for image in decoded})
     if len(shapes) != 1:
         raise ValueError(f'request images must all have one size, got shapes {shapes}')
