@@ -12,14 +12,15 @@ import numpy as np
 from configs import bagel_grpo, shapes_unigrpo
 from unigrpo_jax.train import checkpointing, loop
 
-# Argv: PORT PROCESS_ID CONFIG WORKDIR TOTAL_STEPS. The XLA and matmul settings of conftest.
+# Argv: PORT PROCESS_ID CONFIG WORKDIR TOTAL_STEPS... : one run per total, each resuming the
+# last (in the same processes). The XLA and matmul settings of conftest.
 _RL_WORKER = textwrap.dedent('''
     import os, sys
     os.environ['XLA_FLAGS'] = ' '.join([
         '--xla_force_host_platform_device_count=4',
         '--xla_cpu_collective_timeout_seconds=900',
         '--xla_cpu_collective_call_terminate_timeout_seconds=900'])
-    port, pid, name, workdir, steps = sys.argv[1:]
+    port, pid, name, workdir, *totals = sys.argv[1:]
     from unigrpo_jax.parallel import distributed, mesh
     mesh.reserve_cpu_collective_threads()
     distributed.initialize('auto', f'127.0.0.1:{port}', 2, int(pid), timeout_s=120)
@@ -33,7 +34,8 @@ _RL_WORKER = textwrap.dedent('''
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
     from tests.parallel import test_multihost_rl
     from unigrpo_jax.train import loop
-    loop.train(test_multihost_rl.CONFIGS[name](int(steps)), workdir)
+    for steps in totals:
+        loop.train(test_multihost_rl.CONFIGS[name](int(steps)), workdir)
     print('TRAINED ON', jax.process_count(), 'PROCESSES')
 ''')
 
@@ -53,8 +55,8 @@ def _shapes_config(steps):
 CONFIGS = {'grpo': _grpo_config, 'shapes': _shapes_config}
 
 
-def _run_two(processes, name, workdir, steps):
-    results = processes(_RL_WORKER, [[name, workdir, steps]] * 2, timeout=900)
+def _run_two(processes, name, workdir, *totals):
+    results = processes(_RL_WORKER, [[name, workdir, *totals]] * 2, timeout=900)
     for rc, out in results:
         assert rc == 0 and 'TRAINED ON 2 PROCESSES' in out, out[-5000:]
     return results
@@ -78,9 +80,8 @@ def _metrics(workdir):
 
 def test_two_processes_equal_one_and_resume(processes, tmp_path):
     two = str(tmp_path / 'two')
-    _run_two(processes, 'grpo', two, 1)
-    [_, (_, resumed)] = _run_two(processes, 'grpo', two, 2)
-    assert 'resumed from step 1' in resumed
+    [(_, log), _] = _run_two(processes, 'grpo', two, 1, 2)  # 1 step, then resumed to 2
+    assert 'resumed from step 1' in log
     one = str(tmp_path / 'one')
     loop.train(_grpo_config(2), one)  # this process: 8 devices
     (got, step), (want, _) = _params(two), _params(one)

@@ -100,30 +100,30 @@ def train(config, workdir: str):
     if not jax.distributed.is_initialized():  # a launcher may have joined with its flags
         distributed.initialize(config.distributed)
     distributed.assert_same_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    owner, error = None, ''
-    if jax.process_index() == 0:
-        try:
-            owner = run_dir.lock(workdir)
-            run_dir.check_resume_config(workdir, config)
-        except run_dir.WorkdirError as e:
-            error = str(e)
-    if distributed.any_process(bool(error)):  # every process stops, none waits for process 0
-        raise run_dir.WorkdirError(error or 'process 0 cannot use the workdir (see its log)')
-    try:
-        return _train(config, workdir)
-    finally:
-        if owner is not None:
-            owner.close()
-
-
-def _train(config, workdir: str):
     n = config.parallelism.num_devices
     if 0 < n < jax.device_count() and jax.process_count() > 1:
         raise ConfigError(f'config.parallelism.num_devices={n}: a multi-process run uses the '
                           f'devices of every process ({jax.device_count()}); set -1')
     devices = jax.devices()[:n] if n > 0 else jax.devices()
-    s = settings(config, len(devices))
+    s = settings(config, len(devices))  # a bad config stops before anything is written
+    os.makedirs(workdir, exist_ok=True)
+    owner, error = None, ''
+    try:
+        if jax.process_index() == 0:
+            try:
+                owner = run_dir.lock(workdir)
+                run_dir.check_resume_config(workdir, config)
+            except run_dir.WorkdirError as e:
+                error = str(e)
+        if distributed.any_process(bool(error)):  # every process stops, none waits
+            raise run_dir.WorkdirError(error or 'process 0 cannot use the workdir (see its log)')
+        return _train(config, workdir, devices, s)
+    finally:
+        if owner is not None:
+            owner.close()
+
+
+def _train(config, workdir: str, devices, s):
     is_main = jax.process_index() == 0
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
 
@@ -204,6 +204,8 @@ def _train(config, workdir: str):
             state, scalars = rl_step.rl_step(
                 programs, s, config, state, frozen, ae_dev, system, ids, lengths, items,
                 reward_fn, jax.random.fold_in(base_key, step), step)
+        except rl_step.ParityError as e:  # this step's update is not saved
+            raise TrainingError(f'{e} The last checkpoint in {workdir} is before it.') from e
         except rl_step.RewardError as e:
             # Keep the batch retryable: the state before this step is saved, and resuming
             # regenerates exactly this rollout (prompts and random numbers depend on the step).
