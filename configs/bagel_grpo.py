@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_max_to_keep = 3
     config.checkpoint_keep_period = 250
     config.max_skipped_updates = 3  # non-finite steps in a row before the run stops
+    # Largest |log-prob| difference, text or image, between the rollout and the first update's
+    # replay of the same samples under the same params, before the run stops (ParityError).
+    config.parity_bound = 0.05
     config.distributed = 'auto'  # jax.distributed.initialize(): auto (launcher env) | on | off
 
     # Rollout (training data): temperature 1, 25 steps, shift 3, SDE window of 3 starting in

@@ -166,3 +166,21 @@ def test_prompts_the_reward_cannot_score_stop_the_run_before_it_compiles(tmp_pat
         loop.train(_config(**{'total_steps': 1, 'data.train': str(prompts)}),
                    str(tmp_path / 'run'))
     assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_the_first_update_is_exactly_on_policy_in_bfloat16(tmp_path):
+    loop.train(_config(**{'total_steps': 1, 'model.dtype': 'bfloat16'}), str(tmp_path))
+    [row] = _metrics(str(tmp_path))
+    # The ratio's old values are the update's own forward: not one window ratio is clipped.
+    assert row['parity/first_minibatch_image_max_abs_logp_diff'] <= 1e-7
+    assert row['parity/first_minibatch_text_max_abs_logp_diff'] <= 1e-7
+    assert row['image/first_minibatch_clip_fraction'] == 0.0
+    # What separates the rollout's computation from the update's is still measured.
+    assert 0 < row['parity/rollout_text_max_abs_logp_diff'] < 0.05
+
+
+def test_a_parity_breach_stops_the_run_before_it_saves(tmp_path):
+    with pytest.raises(loop.TrainingError, match=r'differ from the rollout\'s by .* > '
+                                                 r'parity_bound=1e-12'):
+        loop.train(_config(total_steps=1, parity_bound=1e-12), str(tmp_path))
+    assert not os.path.exists(tmp_path / 'checkpoints' / '1')

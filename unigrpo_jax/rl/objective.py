@@ -22,6 +22,9 @@ from unigrpo_jax.rollout.schedule import Schedule
 
 MODES = ('unigrpo', 'flowgrpo', 'textgrpo')
 REGULARIZERS = ('velocity_mse', 'latent_kl', 'none')
+# The loss's per-chain outputs among its metrics (``replay.record_old`` takes them as the old
+# values of later updates; ``train.step.make_train_step`` returns them with ``recorded=True``).
+RECORDED = 'recorded'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +121,11 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
     ``totals``: ``loss_totals`` of the whole minibatch (default: of ``batch``); the loss is
     then this micro-batch's share, and the loss terms among the metrics are scaled to
     minibatch estimates (their mean over equal micro-batches is the minibatch's value). The
-    reference's outputs come with the batch (``reference_outputs``).
+    reference's outputs come with the batch (``reference_outputs``). The ratios' old values
+    are this forward's own (stop-gradient) for the chains with ``batch.fresh_old``, else the
+    trajectory's; ``metrics[RECORDED]`` holds this forward's per-chain values
+    (``replay.record_old``), the ``parity/rollout_*`` metrics how far they are from the
+    rollout's.
     """
     if totals is None:
         totals = loss_totals(batch, obj)
@@ -128,17 +135,22 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
     w = batch.sample_weight
     traj = batch.trajectory
     cache, think_hidden = rebuild_context(params, config, batch, obj.think)
+    fresh = batch.fresh_old > 0  # [B]: the old values are this forward's own
+    recorded = {}
     if obj.text_term:
         logits, logp = think_logprobs(params, config, think_hidden, traj, obj.schedule.tokens)
         mask = traj.think_mask
+        recorded['think_logprobs'] = jax.lax.stop_gradient(logp)
+        logp_old = jnp.where(fresh[:, None], recorded['think_logprobs'], traj.think_logprobs)
         text_loss, m = losses.text_policy_loss(
-            logp, traj.think_logprobs, mask, batch.advantages, eps=obj.text_clip,
+            logp, logp_old, mask, batch.advantages, eps=obj.text_clip,
             aggregation=obj.text_aggregation, sample_weight=w, denominator=totals['text'])
         loss += text_loss
         metrics.update(m)
         metrics['text/loss'] = text_loss / share
         metrics['text/entropy'] = losses.entropy(logits, mask)
-        metrics['parity/text_max_abs_logp_diff'] = _masked_max(
+        metrics['parity/text_max_abs_logp_diff'] = _masked_max(jnp.abs(logp - logp_old), mask)
+        metrics['parity/rollout_text_max_abs_logp_diff'] = _masked_max(
             jnp.abs(logp - traj.think_logprobs), mask)
         if obj.text_kl_weight > 0:
             if batch.ref_think_logprobs.shape != logp.shape:
@@ -153,7 +165,11 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
         image_cache = cache if obj.image_grad_to_context else jax.lax.stop_gradient(cache)
         v = window_velocities(params, config, image_cache, traj, obj.schedule)
         logp, mean = window_logp(traj, v, obj.schedule)
-        log_ratio = losses.ratio_norm_log_ratio(logp, traj.logp, mean, traj.mean, s[None])
+        recorded['logp'], recorded['mean'] = jax.lax.stop_gradient((logp, mean))
+        logp_old = jnp.where(fresh[:, None], recorded['logp'], traj.logp)
+        mean_old = jnp.where(fresh.reshape((-1,) + (1,) * (mean.ndim - 1)), recorded['mean'],
+                             traj.mean)
+        log_ratio = losses.ratio_norm_log_ratio(logp, logp_old, mean, mean_old, s[None])
         step_weight = None
         if obj.dt_reweight:
             inv = 1.0 / jnp.abs(traj.t_next - traj.t)
@@ -164,8 +180,10 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
         loss += obj.flow_weight * flow_loss
         metrics.update(m)
         metrics['image/loss'] = flow_loss / share
-        metrics['parity/image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - traj.logp),
+        metrics['parity/image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - logp_old),
                                                             initial=0.0)
+        metrics['parity/rollout_image_max_abs_logp_diff'] = jnp.max(
+            jnp.abs(logp - traj.logp), initial=0.0)
         if obj.regularizer != 'none':
             v_ref = batch.ref_velocities
             if v_ref.shape != v.shape:
@@ -184,4 +202,5 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
                 metrics['image/latent_kl'] = kl / share
     metrics['loss'] = loss / share
     metrics['think/length'] = jnp.mean(traj.think_lengths.astype(jnp.float32))
+    metrics[RECORDED] = recorded
     return loss, metrics

@@ -44,18 +44,36 @@ class TrainBatch:
     sample_weight: jax.Array    # [B] float32, 0: the chain is not in the loss
     ref_think_logprobs: jax.Array  # [B, T] float32 (text KL), or [B, 0]
     ref_velocities: jax.Array      # [B, W, N, F] float32 (image regularizer), or [B, 0, N, F]
+    # [B] float32: 1 where the ratio's old log-probs and step means are the loss's own forward
+    # (stop-gradient: the ratio is exactly 1, in every dtype: a chain's first update, with the
+    # params it was sampled with), 0 where they are the trajectory's (``record_old``).
+    fresh_old: jax.Array
     system_ids: jax.Array = shared_field()
 
 
 def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
-                sample_weight: jax.Array) -> TrainBatch:
-    """The batch before its reference outputs are computed (empty until then)."""
+                sample_weight: jax.Array, fresh_old: jax.Array | None = None) -> TrainBatch:
+    """The batch before its reference outputs are computed (empty until then); ``fresh_old``
+    defaults to every chain (all of them in the first update)."""
     traj = rollout.trajectory
     b = traj.x_t.shape[0]
     return TrainBatch(trajectory=traj, system_ids=system_ids, advantages=advantages,
                       sample_weight=sample_weight,
                       ref_think_logprobs=jnp.zeros((b, 0), jnp.float32),
-                      ref_velocities=jnp.zeros((b, 0) + traj.x_t.shape[2:], jnp.float32))
+                      ref_velocities=jnp.zeros((b, 0) + traj.x_t.shape[2:], jnp.float32),
+                      fresh_old=(jnp.ones((b,), jnp.float32) if fresh_old is None
+                                 else fresh_old.astype(jnp.float32)))
+
+
+def record_old(batch: TrainBatch, chains: jax.Array, recorded: dict) -> TrainBatch:
+    """The batch whose ``chains [M]`` take ``recorded`` (a train step's own stop-gradient
+    ``think_logprobs [M, T]``, ``logp [M, W]``, ``mean [M, W, N, F]``, those its objective
+    has) as their old values, and ``fresh_old = 0``: later updates compare against exactly the
+    computation that the first one differentiated."""
+    traj = batch.trajectory
+    fields = {k: getattr(traj, k).at[chains].set(v) for k, v in recorded.items()}
+    return batch.replace(trajectory=traj.replace(**fields),
+                         fresh_old=batch.fresh_old.at[chains].set(0.0))
 
 
 def train_batch_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, prompt_len: int,

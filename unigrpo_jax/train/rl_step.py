@@ -5,6 +5,13 @@ rollout samples from, the rollout, the reference forward, minibatch selection, t
 with the placements of ``train.step``;
 ``rl_step`` runs one iteration on a batch of prompts and returns the new train state and its
 metrics. It writes nothing (no checkpoints, logs or files): ``train.loop`` drives it.
+
+The ratios' old log-probs and step means: the first update on a rollout batch takes them from
+its own forward (the params are still those that drew the samples, so they are the rollout
+policy's, and every ratio is exactly 1 in every dtype), and records them for the batch's later
+updates (``replay.record_old``); with several minibatches the chains outside the first keep
+the rollout's. The rollout's own values are compared with that first forward
+(``parity/rollout_*``); beyond ``config.parity_bound`` the step raises ``ParityError``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,11 @@ class RewardError(RuntimeError):
     """The reward function failed or returned something other than finite scores."""
 
 
+class ParityError(RuntimeError):
+    """The update's log-probs of the rollout's own samples, under the rollout's params, differ
+    from the rollout's by more than ``config.parity_bound``."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Programs:
     """The jitted functions of an RL run and the placements they were compiled for."""
@@ -45,7 +57,8 @@ class Programs:
     rollout: Callable    # (policy params, ae_params, system_ids, ids, lengths, key) -> Rollout
     reference: Callable  # (frozen, TrainBatch) -> the batch with its reference outputs
     select: Callable     # (TrainBatch, idx [M]) -> the minibatch, placed for train_step
-    train_step: Callable  # (state, frozen, TrainBatch) -> (state, metrics)
+    train_step: Callable  # (state, frozen, TrainBatch) -> (state, metrics, per-chain values)
+    record: Callable     # (TrainBatch, idx [M], per-chain values) -> replay.record_old's batch
 
 
 def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, rollout_rules,
@@ -77,7 +90,9 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         reference=step_lib.make_reference_fn(model, s.objective, place,
                                              s.reference_micro_batches),
         select=jax.jit(trajectory.select_chains, out_shardings=place.batch),
-        train_step=step_lib.make_train_step(loss, optimizer, place, s.micro_batches, totals))
+        train_step=step_lib.make_train_step(loss, optimizer, place, s.micro_batches, totals,
+                                            recorded=True),
+        record=jax.jit(replay.record_old, out_shardings=place.batch, donate_argnums=(0,)))
 
 
 def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:
@@ -132,19 +147,30 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         eps=o.advantage_eps, clip=o.advantage_clip)
     system = system_ids if system_ids is not None else np.zeros((0,), np.int32)
     chains_placement = programs.place.batch.advantages  # host -> global arrays on the mesh
+    whole = sharding.replicated(programs.place.mesh)  # minibatch indices, on every device
+    # The minibatches of every epoch (one: the batch itself, no shuffled copy of it).
+    orders = [np.random.default_rng([config.seed, step, epoch]).permutation(chains)
+              for epoch in range(config.ppo_epochs)] if config.num_minibatches > 1 else None
+    minibatches = ([np.split(order, config.num_minibatches) for order in orders] if orders
+                   else [[None]] * config.ppo_epochs)
+    # The first update takes its old log-probs and means from its own forward (exactly
+    # on-policy in every dtype), and records them for the later updates of these chains.
+    first = minibatches[0][0] if orders else np.arange(chains)
+    fresh = np.zeros(chains, np.float32)
+    fresh[first] = 1.0
     batch = programs.reference(frozen, replay.train_batch(
         out, jnp.asarray(system), sharding.host_to_global(adv, chains_placement),
-        sharding.host_to_global(weight, chains_placement)))
+        sharding.host_to_global(weight, chains_placement),
+        sharding.host_to_global(fresh, chains_placement)))
     metrics = []
-    for epoch in range(config.ppo_epochs):
-        if config.num_minibatches == 1:  # the whole batch: no shuffled copy of it
-            state, m = programs.train_step(state, frozen, batch)
+    for epoch, parts in enumerate(minibatches):
+        for k, mb in enumerate(parts):
+            idx = None if mb is None else sharding.host_to_global(mb, whole)
+            state, m, recorded = programs.train_step(
+                state, frozen, batch if idx is None else programs.select(batch, idx))
             metrics.append(m)
-            continue
-        order = np.random.default_rng([config.seed, step, epoch]).permutation(chains)
-        for mb in np.split(order, config.num_minibatches):
-            state, m = programs.train_step(state, frozen, programs.select(batch, jnp.asarray(mb)))
-            metrics.append(m)
+            if epoch == 0 and k == 0 and config.ppo_epochs > 1:
+                batch = programs.record(batch, sharding.host_to_global(first, whole), recorded)
     metrics = jax.device_get(metrics)
     t_done = time.time()
     scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
@@ -154,13 +180,31 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         'advantage/mean': float(adv.mean()), 'advantage/std': float(adv.std()),
         'advantage/min': float(adv.min()), 'advantage/max': float(adv.max()),
         'skipped_updates': sum(float(m['skipped']) for m in metrics),
+        # The first update's ratio against its own old values (0: exactly on-policy), its
+        # clipped fraction (0), and its log-probs against the rollout's (the same params:
+        # what separates the rollout's computation from the update's).
         'parity/first_minibatch_text_max_abs_logp_diff':
             float(metrics[0].get('parity/text_max_abs_logp_diff', 0.0)),
         'parity/first_minibatch_image_max_abs_logp_diff':
             float(metrics[0].get('parity/image_max_abs_logp_diff', 0.0)),
+        'image/first_minibatch_clip_fraction':
+            float(metrics[0].get('image/clip_fraction', 0.0)),
+        'parity/rollout_text_max_abs_logp_diff':
+            float(metrics[0].get('parity/rollout_text_max_abs_logp_diff', 0.0)),
+        'parity/rollout_image_max_abs_logp_diff':
+            float(metrics[0].get('parity/rollout_image_max_abs_logp_diff', 0.0)),
         'time/step_s': t_done - t0,
         'time/rollout_s': t_rollout - t0,  # until the rollout's outputs are on the host
         'time/reward_s': t_reward - t_rollout,
         'time/update_s': t_done - t_reward,
     })
+    for term in ('text', 'image'):
+        diff = scalars[f'parity/rollout_{term}_max_abs_logp_diff']
+        if diff > config.parity_bound:
+            raise ParityError(
+                f'step {step + 1}: the update\'s {term} log-probs of the rollout\'s samples, '
+                f'under the params that drew them, differ from the rollout\'s by {diff:.3g} > '
+                f'parity_bound={config.parity_bound:g}: the rollout and the update compute '
+                'different policies (dtype, attention kernel, sharding or a bug); the ratios '
+                'would be off-policy. Check them, or raise --config.parity_bound.')
     return state, scalars

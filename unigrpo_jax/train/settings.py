@@ -243,6 +243,8 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     _need(config.checkpoint_every >= 1, 'checkpoint_every', config.checkpoint_every,
           'must be >= 1')
     _need(config.eval_every >= 0, 'eval_every', config.eval_every, 'must be >= 0 (0 = off)')
+    _need(config.parity_bound > 0, 'parity_bound', config.parity_bound,
+          'must be > 0 (the largest rollout-vs-update log-prob difference that runs on)')
     _need(config.max_skipped_updates >= 1, 'max_skipped_updates', config.max_skipped_updates,
           'must be >= 1')
     try:

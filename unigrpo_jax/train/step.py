@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,10 +151,14 @@ def _combine(metrics: dict, count: int) -> dict:
 
 
 def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int = 1,
-                    totals: Callable[[Any], Any] | None = None):
+                    totals: Callable[[Any], Any] | None = None, recorded: bool = False):
     """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state: one
     optimizer update on a minibatch, its gradient accumulated over ``micro_batches`` equal
     micro-batches (``trajectory.split_micro_batches``; memory of one micro-batch).
+
+    A loss may put per-chain arrays among its metrics under ``objective.RECORDED`` (the RL
+    loss's own log-probs and step means); ``recorded=True`` returns them as a third output
+    ``{name: [B, ...]}`` placed like the batch (else they are dropped).
 
     ``loss(trainable, frozen, micro_batch, step, totals)`` (``rl_loss``, ``lora.adapter_loss``,
     ``sft.objective.sft_loss``) is differentiated in its first argument; ``totals(minibatch)``
@@ -176,9 +181,11 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
                                                      place.batch)
             (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(
                 state.params, frozen, piece, state.step, shared)
-            return jax.tree.map(jnp.add, grads, g), (value, metrics)
+            per_chain = metrics.pop(objective.RECORDED, {})
+            return jax.tree.map(jnp.add, grads, g), (value, metrics, per_chain)
 
-        grads, (values, metrics) = jax.lax.scan(accumulate, zeros, jnp.arange(micro_batches))
+        grads, (values, metrics, per_chain) = jax.lax.scan(accumulate, zeros,
+                                                           jnp.arange(micro_batches))
         loss_value = jnp.sum(values)
         norms = grad_norms(grads)
         finite = jnp.isfinite(loss_value) & jnp.isfinite(norms['grad_norm/total'])
@@ -190,10 +197,17 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
         params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params,
                                          state.opt_state)
         state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-        return state, {**_combine(metrics, micro_batches), **norms,
-                       'skipped': (~finite).astype(jnp.float32)}
+        scalars = {**_combine(metrics, micro_batches), **norms,
+                   'skipped': (~finite).astype(jnp.float32)}
+        if not recorded:
+            return state, scalars
+        # [micro_batches, B / micro_batches, ...] -> [B, ...] in the minibatch's chain order.
+        return state, scalars, jax.tree.map(
+            lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), per_chain)
 
+    outputs = (place.state, sharding.replicated(place.mesh))
+    if recorded:  # placed like the chains' advantages [B]: a prefix for every [B, ...] array
+        outputs += (place.batch.advantages,)
     return jax.jit(sharding.traced_on(place.mesh, step),
                    in_shardings=(place.state, place.ref_params, place.batch),
-                   out_shardings=(place.state, sharding.replicated(place.mesh)),
-                   donate_argnums=(0,))
+                   out_shardings=outputs, donate_argnums=(0,))
