@@ -67,6 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         noise_level=0.8,
         window_size=3,
         window_max_start=2,
+        window_min_start=0,  # the window's start is drawn from [window_min_start, window_max_start]
+        # 'chain': each chain draws its own initial noise (the paper's); 'group': the chains of a
+        # prompt share it, so a group's rewards differ only by what its chains sampled.
+        initial_noise='chain',
         image_size=(1024, 1024),
     ))
     config.batch_size = 32  # prompts per rollout batch

@@ -212,3 +212,37 @@ def test_rollout_shapes_are_the_rollouts(tiny, one_device_rollout):
     picked = trajectory.select_chains(out, jnp.array([3, 0]))
     np.testing.assert_array_equal(picked.trajectory.x_t, out.trajectory.x_t[jnp.array([3, 0])])
     np.testing.assert_array_equal(picked.trajectory.t, out.trajectory.t)
+
+
+def test_group_initial_noise_is_shared_within_groups_only(tiny, one_device_rollout):
+    """With the window at step 0 its first state is the initial noise: 'group' gives every
+    chain of a prompt its first chain's noise (the window's own noise still differs), and the
+    first chain of each group keeps what 'chain' draws."""
+    config, params, ae, rc, system, prompts, lengths = tiny
+    g = rc.group_size
+    at_zero = dataclasses.replace(rc.schedule, window_min_start=0, window_max_start=0)
+    mesh = make_mesh((1, 1, 1), jax.devices()[:1])
+    first = {}
+    for mode in ('chain', 'group'):
+        fn = R.make_rollout_fn(config, dataclasses.replace(rc, schedule=at_zero,
+                                                           initial_noise=mode), mesh)
+        out = fn(params, ae, system, prompts, lengths, jax.random.key(0))
+        assert int(out.window_start) == 0
+        first[mode] = np.asarray(out.trajectory.x_t[:, 0])   # [B, N, F]
+        x_next = np.asarray(out.trajectory.x_next[:, 0])
+        assert not np.allclose(x_next[0], x_next[1])  # the window's noise is per chain
+    groups = first['group'].reshape((-1, g) + first['group'].shape[1:])
+    np.testing.assert_array_equal(groups, np.broadcast_to(groups[:, :1], groups.shape))
+    assert not np.allclose(groups[0, 0], groups[1, 0])
+    np.testing.assert_array_equal(first['group'][::g], first['chain'][::g])
+    assert not np.allclose(first['chain'][0], first['chain'][1])
+
+
+def test_the_window_starts_in_its_configured_range(tiny):
+    config, params, ae, rc, system, prompts, lengths = tiny
+    late = dataclasses.replace(rc.schedule, window_min_start=2, window_max_start=3)
+    fn = R.make_rollout_fn(config, dataclasses.replace(rc, schedule=late, decode_images=False),
+                           make_mesh((1, 1, 1), jax.devices()[:1]))
+    starts = {int(fn(params, ae, system, prompts[:2], lengths[:2], jax.random.key(k)).window_start)
+              for k in range(6)}
+    assert starts <= {2, 3} and len(starts) == 2

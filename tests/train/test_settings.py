@@ -22,6 +22,8 @@ def _config(**kw):
 @pytest.mark.parametrize('field,value,message', [
     ('batch_size', 3, 'batch_size=3'),
     ('rollout.window_max_start', 9, 'window_max_start=9'),
+    ('rollout.window_min_start', 3, 'window_min_start=3: must be in .0, rollout.window_max_start=2.'),
+    ('rollout.initial_noise', 'prompt', "rollout.initial_noise='prompt'"),
     ('rollout.window_size', 0, "rollout.window_size=0: objective.mode='unigrpo' trains"),
     ('rollout.noise_level', 0.0, 'noise_level=0.0: the SDE window needs'),
     ('rollout.top_p', 0.0, 'rollout.top_p=0.0'),

@@ -43,6 +43,12 @@ from unigrpo_jax.rollout.schedule import Schedule
 from unigrpo_jax.rollout.trajectory import Rollout, Trajectory
 
 
+# Where a chain's initial image noise comes from: its own key ('chain'), or its group's first
+# chain's ('group': the chains of a prompt start from one noise, so their rewards differ only
+# by what they sampled: reasoning tokens and the SDE window's steps).
+INITIAL_NOISE = ('chain', 'group')
+
+
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     """Static settings of a rollout (hashable), built and checked by ``train.settings``.
@@ -56,6 +62,7 @@ class RolloutConfig:
     max_think_tokens: int
     schedule: Schedule
     decode_images: bool
+    initial_noise: str  # one of INITIAL_NOISE
 
 
 def cache_size(system_len: int, prompt_len: int, think_tokens: int) -> int:
@@ -161,15 +168,16 @@ def think_segment(tokens: jax.Array, mask: jax.Array, closed: jax.Array,
 
 
 def denoise_sde_window(params, config: BagelConfig, schedule: Schedule, cache: KVCache,
-                       keys: jax.Array, window_start: jax.Array, position_ids: jax.Array):
+                       init_keys: jax.Array, step_keys: jax.Array, window_start: jax.Array,
+                       position_ids: jax.Array):
     """The image phase: ODE steps with a stochastic window; records the window steps.
+    ``init_keys [B]`` draw the initial noise, ``step_keys [B]`` the window steps' noise.
 
     Returns ``(final [B, N, F], t [W], t_next [W], x_t, x_next, mean [B, W, N, F], logp [B, W])``.
     """
     b, n, f = cache.batch, position_ids.shape[0], config.latent_token_dim
     w = schedule.window_size
     grid = schedule.timesteps()
-    init_keys, step_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
     noise = jax.vmap(lambda k: jax.random.normal(k, (n, f), jnp.float32))(init_keys)
     empty = jnp.zeros((b, w, n, f), jnp.float32)
 
@@ -246,11 +254,15 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
     else:
         tokens = jnp.zeros((b, 0), jnp.int32)
         logps, mask, closed = jnp.zeros((b, 0)), jnp.zeros((b, 0), bool), jnp.zeros((b,), bool)
-    window_start = jax.random.randint(window_key, (), 0, rc.schedule.window_max_start + 1)
+    window_start = jax.random.randint(window_key, (), rc.schedule.window_min_start,
+                                      rc.schedule.window_max_start + 1)
     h, w = rc.schedule.token_grid(config)
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
+    init_keys, step_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(image_keys)
+    if rc.initial_noise == 'group':  # every chain of a group starts from its first chain's noise
+        init_keys = jnp.repeat(init_keys[::g], g, axis=0)
     final, t, t_next, xs, x_nexts, means, logp = denoise_sde_window(
-        params, config, rc.schedule, cache, image_keys, window_start, pos)
+        params, config, rc.schedule, cache, init_keys, step_keys, window_start, pos)
     images = (decode_latents(ae_params, config, final, rc.schedule.image_size, decode_pieces)
               if rc.decode_images else jnp.zeros((b, 0, 0, 3), jnp.uint8))
     trajectory = Trajectory(

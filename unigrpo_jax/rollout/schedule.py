@@ -21,9 +21,9 @@ class Schedule:
     """Static (hashable) sampling settings of a training chain.
 
     ``num_timesteps`` grid points ``t = shift(linspace(1, 0, N))`` give ``N - 1`` steps; a window
-    of ``window_size`` consecutive steps starting in ``{0, ..., window_max_start}`` (drawn per
-    rollout batch) is stochastic with noise level ``noise_level``; ``window_size = 0``: every
-    step is an ODE step (no image term to train).
+    of ``window_size`` consecutive steps starting in ``{window_min_start, ..., window_max_start}``
+    (drawn per rollout batch) is stochastic with noise level ``noise_level``; ``window_size = 0``:
+    every step is an ODE step (no image term to train).
     """
 
     tokens: TokenSampler
@@ -32,6 +32,7 @@ class Schedule:
     noise_level: float
     window_size: int
     window_max_start: int
+    window_min_start: int
     image_size: tuple[int, int]
 
     def timesteps(self) -> jax.Array:

@@ -27,7 +27,7 @@ from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry
 from unigrpo_jax.rl import advantages, losses, objective
 from unigrpo_jax.rollout import eval_sampler, generate
-from unigrpo_jax.rollout.rollout import RolloutConfig
+from unigrpo_jax.rollout.rollout import INITIAL_NOISE, RolloutConfig
 from unigrpo_jax.rollout.sampling import TokenSampler
 from unigrpo_jax.rollout.schedule import Schedule
 from unigrpo_jax.train.lora import EXPERTS, TARGETS, LoraSpec
@@ -86,8 +86,8 @@ def schedule(config) -> Schedule:
     if window:
         _need(r.window_size >= 1, 'rollout.window_size', r.window_size,
               f'objective.mode={config.objective.mode!r} trains the image: needs >= 1')
-        _need(r.window_max_start >= 0, 'rollout.window_max_start', r.window_max_start,
-              'must be >= 0')
+        _need(0 <= r.window_min_start <= r.window_max_start, 'rollout.window_min_start',
+              r.window_min_start, f'must be in [0, rollout.window_max_start={r.window_max_start}]')
         _need(r.window_max_start + r.window_size <= steps, 'rollout.window_max_start',
               r.window_max_start, f'the window (size {r.window_size}) must end within the '
               f'{steps} steps of rollout.num_timesteps={r.num_timesteps}')
@@ -95,6 +95,7 @@ def schedule(config) -> Schedule:
                     shift=float(r.shift), noise_level=float(r.noise_level),
                     window_size=int(r.window_size) if window else 0,
                     window_max_start=int(r.window_max_start) if window else 0,
+                    window_min_start=int(r.window_min_start) if window else 0,
                     image_size=tuple(int(x) for x in r.image_size))
 
 
@@ -108,9 +109,10 @@ def rollout_config(config, decode_images: bool = True) -> RolloutConfig:
     if think:
         _need(r.max_think_tokens >= 1, 'rollout.max_think_tokens', r.max_think_tokens,
               'must be >= 1')
+    _one_of('rollout.initial_noise', r.initial_noise, INITIAL_NOISE)
     return RolloutConfig(group_size=int(r.group_size), think=think,
                          max_think_tokens=int(r.max_think_tokens), schedule=schedule(config),
-                         decode_images=decode_images)
+                         decode_images=decode_images, initial_noise=r.initial_noise)
 
 
 def objective_config(config, sched: Schedule) -> objective.ObjectiveConfig:
