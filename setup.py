@@ -28,6 +28,7 @@ setuptools.setup(
         'tensorboard>=2.18',
         'safetensors>=0.4',
         'numpy>=1.26',
+        'scipy>=1.11',  # Student-t intervals of seed spreads (a dependency of jax too)
         'ml-dtypes>=0.5',
         'pillow>=10',
         'matplotlib>=3.8',
@@ -38,7 +39,9 @@ setuptools.setup(
         'uvicorn>=0.30',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        'test': ['pytest>=8', 'pytest-xdist>=3.5',
+                 # tests/notebooks: every notebook executed top to bottom in a kernel.
+                 'nbclient>=0.10,<0.12', 'nbformat>=5.10,<6', 'ipykernel>=6.29,<8'],
         # Compilers for ahead-of-time compile checks of targets that are not attached
         # (launch/compile_check.py; unigrpo_jax/bench/targets.py): libtpu, XLA:GPU.
         'tpu-compile': [f'jax[tpu]{JAX_VERSIONS}'],

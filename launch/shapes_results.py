@@ -9,9 +9,13 @@ FlowGRPO (no think), TextGRPO (think), UniGRPO (think), one run per seed in
 ``--latent_kl_weight``) / velocity MSE (the UniGRPO runs) at equal steps, seeds
 ``--ablation_seeds``. Evaluates every final model and both SFT models on the 240 evaluation
 prompts (greedy thinking, ODE; without CFG and with the configured text CFG; evaluation seed =
-run seed) and writes ``<out>/results.md`` (per-tag accuracy, mean ± std over seeds),
-``<out>/results.json`` and the eval-reward curves ``<out>/curves_arms.png`` and
-``<out>/curves_ablation.png``.
+run seed) and writes ``<out>/results.md`` (each arm's change over its SFT model per seed,
+with mean, sample std and minimum; the per-seed UniGRPO-minus-FlowGRPO gain difference with a
+95% t-interval; per-tag accuracy, mean ± sample std over seeds), ``<out>/results.json``,
+``<out>/gains.json`` (the summary that docs/results/shapes_gains.json, the README and the demo
+report quote) and the eval-reward curves ``<out>/curves_arms.png`` and
+``<out>/curves_ablation.png``. ``--arms`` picks the arms, ``--ablation_seeds=`` (empty) skips
+the ablation.
 """
 
 import json
@@ -25,6 +29,7 @@ from unigrpo_jax import config_files, viz
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
+from unigrpo_jax.shapes import gains as gains_lib
 from unigrpo_jax.shapes import prompts as shapes_prompts
 from unigrpo_jax.train import loop, run_dir
 
@@ -35,6 +40,8 @@ _ABLATION_SEEDS = flags.DEFINE_list('ablation_seeds', ['0'], 'Seeds of the ablat
 _LATENT_KL = flags.DEFINE_float('latent_kl_weight', 0.04, 'beta of the latent-KL arm '
                                 '(FlowGRPO\'s default).')
 _CFG = flags.DEFINE_list('cfg', ['1', '2'], 'Text CFG scales of the evaluation.')
+_ARM_LIST = flags.DEFINE_list('arms', ['flowgrpo', 'textgrpo', 'unigrpo'],
+                              'The arms compared (config names without shapes_).')
 _ONLY = flags.DEFINE_list('only', None, 'Train and evaluate only these parts (flowgrpo, '
                           'textgrpo, unigrpo, ablation) and write no report: to split the work '
                           'over processes; a final run without it reuses everything.')
@@ -42,6 +49,9 @@ _ONLY = flags.DEFINE_list('only', None, 'Train and evaluate only these parts (fl
 _SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
 _ARMS = {'FlowGRPO (no think)': 'shapes_flowgrpo', 'TextGRPO (think)': 'shapes_textgrpo',
          'UniGRPO (think)': 'shapes_unigrpo'}
+_START = {'FlowGRPO (no think)': 'SFT (no think)', 'TextGRPO (think)': 'SFT (think)',
+          'UniGRPO (think)': 'SFT (think)'}  # each arm's SFT starting point
+_PAIRED = ('UniGRPO (think)', 'FlowGRPO (no think)')  # gains differenced per seed
 _REGULARISERS = {'none': dict(regularizer='none'),
                  'latent KL': dict(regularizer='latent_kl'),
                  'velocity MSE': dict(regularizer='velocity_mse')}
@@ -103,9 +113,19 @@ def _table(rows: dict[str, list[dict]], setting: str) -> str:
         for c in columns:  # rows are keyed 'think=on cfg=2' / 'think=off cfg=2'
             values = 100 * np.array([next(v for k, v in r.items() if k.endswith(setting))[c]
                                      for r in per_seed])
-            cells.append(f'{values.mean():.1f} ± {values.std():.1f}')
+            cells.append(f'{values.mean():.1f} ± {gains_lib.sample_std(values):.1f}')
         lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def _arms() -> dict[str, str]:
+    """The compared arms of ``--arms``: ``{table row: config name}``."""
+    chosen = {f'shapes_{a}' for a in _ARM_LIST.value}
+    unknown = chosen - set(_ARMS.values())
+    if unknown:
+        raise app.UsageError(f'--arms={_ARM_LIST.value}: expected some of flowgrpo, textgrpo, '
+                             'unigrpo')
+    return {name: c for name, c in _ARMS.items() if c in chosen}
 
 
 def _plan(out: str, seeds: list[int], ablation_seeds: list[int]) -> list[tuple]:
@@ -115,7 +135,7 @@ def _plan(out: str, seeds: list[int], ablation_seeds: list[int]) -> list[tuple]:
     """
     plan = [(config_name.removeprefix('shapes_'), name, config_name, s,
              os.path.join(out, f'{config_name}_s{s}'), {})
-            for name, config_name in _ARMS.items() for s in seeds]
+            for name, config_name in _arms().items() for s in seeds]
     for reg, objective in _REGULARISERS.items():
         for s in ablation_seeds:
             suffix = '' if reg == 'velocity MSE' else f'_{objective["regularizer"]}'
@@ -156,24 +176,30 @@ def main(argv):
     settings = [f'cfg={float(c):g}' for c in _CFG.value]
     lines = [f'# ShapesEval results ({_STEPS.value} RL steps per run, seeds {seeds}; '
              f'ablation seeds {ablation_seeds})', '']
+    summary = gains_lib.gains(results, settings, _START, _PAIRED)
+    lines += ['## Change of overall strict accuracy over the SFT starting point', '',
+              gains_lib.markdown(summary, settings)]
     for setting in settings:
-        lines += [f'## Strict accuracy (%), {setting}, mean ± std over seeds', '',
+        lines += [f'## Strict accuracy (%), {setting}, mean ± sample std over seeds', '',
                   _table(results, setting)]
     lines.append(f'Wall time: {(time.time() - start) / 60:.1f} min')
     with open(os.path.join(out, 'results.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
+    with open(os.path.join(out, 'gains.json'), 'w') as f:  # docs/results/shapes_gains.json
+        json.dump({'steps': _STEPS.value, 'seeds': seeds, **summary}, f, indent=1)
     workdirs: dict[str, list[str]] = {}
     for _, name, _, _, workdir, _ in plan:
         workdirs.setdefault(name, []).append(workdir)
     viz.plot_curves(os.path.join(out, 'curves_arms.png'),
-                    {name: _mean_curve(workdirs[name]) for name in _ARMS},
+                    {name: _mean_curve(workdirs[name]) for name in _arms()},
                     title=f'Eval reward (mean of seeds {seeds})', ylabel='eval reward')
-    viz.plot_curves(os.path.join(out, 'curves_ablation.png'),
-                    {reg: _mean_curve(workdirs[f'UniGRPO, regulariser {reg}'])
-                     for reg in _REGULARISERS},
-                    title='UniGRPO regulariser ablation', ylabel='eval reward')
+    if ablation_seeds:
+        viz.plot_curves(os.path.join(out, 'curves_ablation.png'),
+                        {reg: _mean_curve(workdirs[f'UniGRPO, regulariser {reg}'])
+                         for reg in _REGULARISERS},
+                        title='UniGRPO regulariser ablation', ylabel='eval reward')
     with open(os.path.join(out, 'results.md')) as f:
         print(f.read())
 

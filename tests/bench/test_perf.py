@@ -99,3 +99,9 @@ def test_count_compiles():
     with perf.count_compiles() as second:
         fn(b).block_until_ready()
     assert first == ['jit(<lambda>)'] and second == []
+
+
+def test_measured_rates_are_positive_and_finite():
+    flops = perf.matmul_flops_per_second(size=128, repeats=2)
+    bandwidth = perf.read_bytes_per_second(megabytes=4, repeats=2)
+    assert 1e6 < flops < 1e16 and 1e6 < bandwidth < 1e14, (flops, bandwidth)

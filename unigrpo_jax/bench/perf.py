@@ -176,6 +176,24 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def matmul_flops_per_second(dtype=jnp.float32, size: int = 2048, repeats: int = 5) -> float:
+    """The default device's measured rate on one large ``[size, size] @ [size, size]`` matmul
+    (``2 size^3`` FLOPs, median of ``repeats``): what its matmuls can reach, the denominator of
+    a program's achieved fraction."""
+    a, b = (jax.random.normal(k, (size, size), dtype) for k in jax.random.split(jax.random.key(0)))
+    matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(matmul(a, b))
+    return 2 * size ** 3 / median_seconds(lambda: matmul(a, b), repeats)
+
+
+def read_bytes_per_second(megabytes: int = 512, repeats: int = 5) -> float:
+    """The default device's measured rate of reading one large float32 array (a sum)."""
+    x = jnp.ones((megabytes * 2 ** 18,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    jax.block_until_ready(total(x))
+    return x.nbytes / median_seconds(lambda: total(x), repeats)
+
+
 _BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 

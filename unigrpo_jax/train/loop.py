@@ -221,10 +221,10 @@ def _train(config, workdir: str, devices, s):
             with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
                 f.write(json.dumps({'step': step + 1, **scalars}) + '\n')
         report(step + 1)
-        logging.info('step %d/%d: reward %.3f, %.1f s (rollout %.1f, reward %.1f, update %.1f)',
-                     step + 1, config.total_steps, scalars['reward/mean'],
+        logging.info('step %d/%d: reward %.3f, %.1f s (rollout %.1f, reward %.1f, reference '
+                     '%.1f, update %.1f)', step + 1, config.total_steps, scalars['reward/mean'],
                      scalars['time/step_s'], scalars['time/rollout_s'], scalars['time/reward_s'],
-                     scalars['time/update_s'])
+                     scalars['time/reference_s'], scalars['time/update_s'])
         if skipped_in_a_row >= config.max_skipped_updates:
             raise TrainingError(f'{skipped_in_a_row} steps in a row had a non-finite loss or '
                                 'gradient (updates skipped); stopping. Lower the learning rates '

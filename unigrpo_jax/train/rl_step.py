@@ -132,10 +132,11 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     t0 = time.time()
     out = programs.rollout(programs.policy(state.params, frozen), ae_params, system_ids,
                            prompt_ids, prompt_lengths, key)
+    jax.block_until_ready(out)
+    t_rollout = time.time()
     chains = s.chains
     closed = (multihost_utils.process_allgather(out.trajectory.think_closed, tiled=True)
               if s.rollout.think else np.ones(chains, bool))
-    t_rollout = time.time()
     o = config.objective
     chain_items = [item for item in items for _ in range(s.rollout.group_size)]
     scores = advantages.chain_rewards(score(reward_fn, out.images, chain_items), closed,
@@ -163,6 +164,8 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         out, jnp.asarray(system), sharding.host_to_global(adv, chains_placement),
         sharding.host_to_global(weight, chains_placement),
         sharding.host_to_global(fresh, chains_placement)))
+    jax.block_until_ready(batch)
+    t_reference = time.time()
     metrics = []
     for epoch, parts in enumerate(minibatches):
         for k, mb in enumerate(parts):
@@ -199,9 +202,10 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         'parity/rollout_image_max_abs_logp_diff':
             float(metrics[0].get('parity/rollout_image_max_abs_logp_diff', 0.0)),
         'time/step_s': t_done - t0,
-        'time/rollout_s': t_rollout - t0,  # until the rollout's outputs are on the host
-        'time/reward_s': t_reward - t_rollout,
-        'time/update_s': t_done - t_reward,
+        'time/rollout_s': t_rollout - t0,
+        'time/reward_s': t_reward - t_rollout,  # with the images' copy to the host
+        'time/reference_s': t_reference - t_reward,  # and the advantages
+        'time/update_s': t_done - t_reference,
     })
     for term in ('text', 'image'):
         diff = scalars[f'parity/rollout_{term}_max_abs_logp_diff']
