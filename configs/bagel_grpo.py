@@ -17,6 +17,8 @@ GEN_THINK_SYSTEM_PROMPT = (
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    # Seed of everything random: a random model's params, the prompt order, the rollout noise,
+    # the minibatch order, LoRA's initial adapters, the evaluation noise.
     config.seed = 0
 
     config.model = ml_collections.ConfigDict(dict(
@@ -26,26 +28,41 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # 'flash': image blocks through a fused kernel (Pallas on TPU, cuDNN on GPUs); 'xla':
         # the float32 parity path (model/attention.py).
         attention='flash',
+        # A random model of these sizes (model/config.py config_from_dict) when checkpoint is
+        # '' (tests, the tiny config); None: the checkpoint's.
         random=ml_collections.FieldReference(None, field_type=ml_collections.ConfigDict),
     ))
     config.tokenizer = ''  # Bagel's tokenizer dir; launch/convert_bagel.py writes <dst>/tokenizer
+    # The system segment before every prompt of a thinking run ('': none).
     config.system_prompt = GEN_THINK_SYSTEM_PROMPT
 
     config.total_steps = 1000  # RL iterations (rollout batches)
-    # Prompts: 'geneval' | 'shapes_train' | 'shapes_eval' | a GenEval-format .jsonl path.
-    # GenEval ships only its 553 evaluation prompts: train on your own prompt file.
+    # Prompts (data/prompts.py): TFDS builders over the named sources, prepared once.
     config.data = ml_collections.ConfigDict(dict(
-        train='geneval', eval='geneval', data_dir='', max_prompt_tokens=64))
+        # Prompts to train on: 'geneval' | 'shapes_train' | 'shapes_eval' | a GenEval-format
+        # .jsonl path. GenEval ships only its 553 evaluation prompts: train on your own file.
+        train='geneval',
+        eval='geneval',  # prompts of the evaluations (the same choices)
+        data_dir='',  # where the prompt builders are prepared ('': <workdir>/tfds)
+        max_prompt_tokens=64,  # prompt segment length incl. bos/eos (a longer prompt stops the run)
+    ))
     config.reward = ml_collections.ConfigDict(dict(
+        # A registered reward (unigrpo_jax/rewards, ShapesEval's 'shapes') or 'module:name'.
         name='geneval_remote',
-        options=ml_collections.ConfigDict(dict(url='http://127.0.0.1:18085', threshold=16.0))))
+        # The reward's options; geneval_remote: the fields of rewards/remote.py ServerSettings
+        # (url, batch_size, timeout_s, retries, ...) and threshold.
+        options=ml_collections.ConfigDict(dict(
+            url='http://127.0.0.1:18085',  # the reward server (launch/reward_server.py)
+            threshold=16.0,  # GenEval's position margin in pixels (rewards/geneval.py)
+        ))))
+    # The reward of the evaluations (a copy of the training reward unless set).
     config.eval_reward = config.reward.copy_and_resolve_references()
     config.truncated_think = 'keep'  # a chain that never closed its reasoning: keep|zero|drop
-    config.eval_every = 50
-    config.eval_prompts = 64
-    config.checkpoint_every = 25
-    config.checkpoint_max_to_keep = 3
-    config.checkpoint_keep_period = 250
+    config.eval_every = 50  # RL steps between evaluations (and one before the first; 0: off)
+    config.eval_prompts = 64  # the first N prompts of data.eval
+    config.checkpoint_every = 25  # RL steps between checkpoints (also at the end, on SIGTERM)
+    config.checkpoint_max_to_keep = 3  # the latest checkpoints kept
+    config.checkpoint_keep_period = 250  # also keep every N-th step's checkpoint (0: none)
     config.max_skipped_updates = 3  # non-finite steps in a row before the run stops
     # Largest |log-prob| difference, text or image, between the rollout and the first update's
     # replay of the same samples under the same params, before the run stops (ParityError).
@@ -57,81 +74,101 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # thinks and whether there is a window follow from objective.mode (train/settings.py):
     # flowgrpo draws without reasoning, textgrpo draws by the ODE alone (no window).
     config.rollout = ml_collections.ConfigDict(dict(
-        group_size=24,
-        max_think_tokens=1024,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
-        num_timesteps=25,
-        shift=3.0,
-        noise_level=0.8,
-        window_size=3,
-        window_max_start=2,
+        group_size=24,  # chains per prompt (G), the group of the advantages
+        max_think_tokens=1024,  # reasoning tokens sampled at most (incl. the closing eos)
+        temperature=1.0,  # of the reasoning tokens (0: greedy)
+        top_k=0,  # sample among the k likeliest tokens (0: off)
+        top_p=1.0,  # nucleus sampling (1: off)
+        num_timesteps=25,  # denoising grid points: N points, N - 1 steps
+        shift=3.0,  # timestep shift s: t <- s t / (1 + (s - 1) t)
+        noise_level=0.8,  # SDE noise level a of the window steps
+        window_size=3,  # consecutive SDE steps, the trained ones (the others are ODE steps)
+        window_max_start=2,  # the latest step the window starts at
         window_min_start=0,  # the window's start is drawn from [window_min_start, window_max_start]
         # 'chain': each chain draws its own initial noise (the paper's); 'group': the chains of a
         # prompt share it, so a group's rewards differ only by what its chains sampled.
         initial_noise='chain',
-        image_size=(1024, 1024),
+        image_size=(1024, 1024),  # (height, width) in pixels
     ))
     config.batch_size = 32  # prompts per rollout batch
 
     # Objective (algorithm.md §2-§6): modes unigrpo | flowgrpo | textgrpo.
     config.objective = ml_collections.ConfigDict(dict(
+        # unigrpo: both terms, thinking; flowgrpo: image term, no thinking; textgrpo: text
+        # term, thinking, images by the ODE (algorithm.md §8).
         mode='unigrpo',
-        advantage_std='group',  # or 'global'
-        advantage_eps=1e-4,
-        advantage_clip=5.0,
-        skip_zero_variance_groups=True,
-        text_clip=0.2,
-        flow_clip=1e-6,
-        text_aggregation='seq_mean_token_mean',  # or 'token_mean'
-        flow_weight=1.0,
+        advantage_std='group',  # std of A = (R - mean) / (std + eps): 'group' or 'global' (batch)
+        advantage_eps=1e-4,  # the eps of the advantage's denominator
+        advantage_clip=5.0,  # advantages clipped to [-clip, clip]
+        skip_zero_variance_groups=True,  # a group whose rewards are all equal leaves the loss
+        text_clip=0.2,  # PPO clip range of the reasoning tokens' ratio (eps_t)
+        flow_clip=1e-6,  # clip range of the window steps' RatioNorm ratio (eps_f)
+        # 'seq_mean_token_mean': each chain's token mean, then the mean over chains (GRPO);
+        # 'token_mean': the mean over all reasoning tokens of the minibatch.
+        text_aggregation='seq_mean_token_mean',
+        flow_weight=1.0,  # lambda, the image term's weight
         regularizer='velocity_mse',  # 'velocity_mse' | 'latent_kl' | 'none'
-        velocity_mse_weight=1.5e-5,
-        latent_kl_weight=0.0,
-        text_kl_weight=0.0,
-        dt_reweight=False,
+        velocity_mse_weight=1.5e-5,  # w of the window velocities' MSE to the frozen reference
+        latent_kl_weight=0.0,  # beta of FlowGRPO's latent KL (regularizer='latent_kl')
+        text_kl_weight=0.0,  # k3 KL of the reasoning tokens to the reference (0: not computed)
+        dt_reweight=False,  # GRPO-Guard's 1/|dt| weight of the window steps
+        # The image term back-propagates through the context KV into the understanding expert
+        # (False: it stops there).
         image_grad_to_context=True,
     ))
-    config.ppo_epochs = 2
+    config.ppo_epochs = 2  # optimizer passes over each rollout batch
     config.num_minibatches = 1  # per rollout batch and epoch
+    # AdamW with a learning rate per expert (train/optimizer.py: which params are whose).
     config.optimizer = ml_collections.ConfigDict(dict(
-        lr_und=1e-6, lr_gen=3e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0,
+        lr_und=1e-6,  # the understanding (reasoning) expert's rate
+        lr_gen=3e-5,  # the generation (denoising) expert's rate
+        b1=0.9,  # Adam's first-moment decay
+        b2=0.999,  # Adam's second-moment decay
+        eps=1e-8,  # Adam's eps
+        weight_decay=0.0,  # AdamW's decoupled weight decay
+        grad_clip=1.0,  # global gradient-norm clip
         warmup_steps=0,  # linear warm-up updates (0: none)
         final_lr_fraction=1.0))  # 1: constant rates (the paper); < 1: cosine decay to it
 
     # LoRA on both experts' projections (the reference is then the base: adapters off).
     config.lora = ml_collections.ConfigDict(dict(
-        enabled=False, rank=64, alpha=128.0,
+        enabled=False,  # train adapters instead of the full model
+        rank=64,  # the adapters' rank r
+        alpha=128.0,  # the update is scaled by alpha / rank
+        # The projections that get adapters (train/lora.py TARGETS).
         targets=('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'),
-        experts=('und', 'gen')))
+        experts=('und', 'gen')))  # whose projections: 'und' (understanding), 'gen' (generation)
 
     # Mesh (data, fsdp, tensor); -1 = the remaining devices. Strategies: dp | fsdp | fsdp_tp |
     # tp, or a name from `rules` (a table {logical axis: mesh axis} of your own).
     config.parallelism = ml_collections.ConfigDict(dict(
-        mesh=(1, -1, 1), strategy='fsdp',
+        mesh=(1, -1, 1),  # devices along (data, fsdp, tensor); -1: the remaining devices
+        strategy='fsdp',  # how the train state is sharded: dp | fsdp | fsdp_tp | tp | a rules name
         num_devices=-1,  # -1: all devices; N: the first N (e.g. tests, a slice of a host)
-        rules=ml_collections.ConfigDict(),
+        rules=ml_collections.ConfigDict(),  # {name: {logical axis: mesh axis}}: strategies of yours
+        # Rematerialisation of the decoder layers in the backward pass: a jax.checkpoint_policies
+        # name, or None (keep every activation).
         remat_policy='nothing_saveable',
-        # Memory settings (the algorithm is unchanged): chains per device per gradient
-        # micro-step (and per reference-forward piece; 0 = a whole minibatch at once), prompts
-        # per device per rollout call (0 = all), and the strategy placing the compute-dtype copy
-        # of the policy the rollout samples from ('dp': replicated; 'fsdp': sharded).
+        # Memory settings (the algorithm is unchanged):
+        # chains per device per gradient micro-step (and per reference-forward piece; 0 = a
+        # whole minibatch at once).
         micro_batch_per_device=1,
-        rollout_prompts_per_device=1,
+        rollout_prompts_per_device=1,  # prompts per device per rollout call (0 = all)
+        # The strategy placing the compute-dtype copy of the policy the rollout samples from
+        # ('dp': replicated; 'fsdp': sharded).
         rollout_strategy='dp',
     ))
 
     # Evaluation: Bagel defaults, 50 steps, text CFG 4.0 on (0.4, 1.0].
     config.eval = ml_collections.ConfigDict(dict(
-        num_timesteps=50,
-        shift=3.0,
-        cfg_text_scale=4.0,
-        cfg_img_scale=1.0,
-        cfg_interval=(0.4, 1.0),
-        cfg_renorm_type='global',
-        cfg_renorm_min=0.0,
-        greedy_think=True,
+        num_timesteps=50,  # ODE grid points: N points, N - 1 Euler steps
+        shift=3.0,  # timestep shift of the evaluation grid
+        cfg_text_scale=4.0,  # text classifier-free guidance scale (1: off)
+        cfg_img_scale=1.0,  # image classifier-free guidance scale (1: off)
+        cfg_interval=(0.4, 1.0),  # guidance is on for steps with lo < t <= hi
+        cfg_renorm_type='global',  # 'global' | 'channel' | 'text_channel' (model/guidance.py)
+        cfg_renorm_min=0.0,  # lower clip of the renorm ratio |v_cond| / |v_cfg|
+        greedy_think=True,  # greedy reasoning (False: sampled as in the rollout)
     ))
 
     if arg == 'tiny':

@@ -41,28 +41,36 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         raise ValueError(f'unknown config argument {arg!r}; expected think | nothink, '
                          'optionally with ,stage1 | ,stage2 and ,test (or test alone)')
     config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.think = 'nothink' not in args
-    config.tokenizer = 'data/shapes_eval/tokenizer'
-    config.eval_prompts = 'data/shapes_eval/eval_prompts.jsonl'
+    config.seed = 0  # seed of the model's init, the training samples, the flow times and noise
+    config.think = 'nothink' not in args  # the :think layout (a plan before the image) or not
+    config.tokenizer = 'data/shapes_eval/tokenizer'  # the ShapesEval word-level tokenizer
+    config.eval_prompts = 'data/shapes_eval/eval_prompts.jsonl'  # the evaluation prompts' file
 
     config.model = ml_collections.ConfigDict(dict(
         dtype='float32',
         attention='xla',
+        # The sizes of the model (model/config.py config_from_dict), drawn at random unless
+        # init_from is set.
         random=_model(hidden=128, layers=4, heads=4, kv_heads=4, mlp=512),
     ))
 
     # Sequence layout: fixed padded segment lengths (tokens incl. bos/eos) for a static shape.
     config.data = ml_collections.ConfigDict(dict(
-        batch_size=64,
-        max_prompt_tokens=12,    # "a photo of a red circle and a blue square" + bos/eos
-        max_think_tokens=22,     # sampled tokens incl. eos: a 4-object plan is 21 words + eos
+        batch_size=64,           # samples per SFT step
+        # Prompt segment: "a photo of a red circle and a blue square" + bos/eos.
+        max_prompt_tokens=12,
+        # Plan tokens incl. eos (the RL rollout's max_think_tokens): a 4-object plan is 21
+        # words + eos.
+        max_think_tokens=22,
         text_dropout=0.1,        # drop all text (empty context) for classifier-free guidance
-        image_size=(32, 32),
+        image_size=(32, 32),     # (height, width) in pixels
         num_examples=0,          # 0: fresh samples every step; N: a fixed TFDS dataset of N
         data_dir='',             # where that dataset is prepared ('': <workdir>/tfds)
     ))
-    config.loss = ml_collections.ConfigDict(dict(ce_weight=1.0, mse_weight=1.0))
+    config.loss = ml_collections.ConfigDict(dict(
+        ce_weight=1.0,   # weight of the plan tokens' cross-entropy
+        mse_weight=1.0,  # weight of the flow-matching velocity MSE on the image
+    ))
     # The RL optimizer (train/optimizer.py) with one rate for both experts.
     config.optimizer = ml_collections.ConfigDict(dict(
         lr_und=1e-3, lr_gen=1e-3, warmup_steps=50 if 'stage2' in args else 100,
@@ -74,9 +82,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         mesh=(-1, 1, 1), strategy='dp', num_devices=1, rules=ml_collections.ConfigDict()))
 
     config.init_from = ''  # a checkpoint directory to start from (fresh optimizer), or ''
-    # Batch 64 takes 0.56 s/step on 2 idle cores: 1000 steps ~10 min (59% with thinking: a
-    # drawer that cannot yet put two colours where planned, which RL does not teach); 3500
-    # steps reach 97.5% (checkpoints/shapes_sft_think_long), which leaves RL nothing to measure.
+    # Steps of the learning-rate schedule (and of the run, unless stop_after). Batch 64 takes
+    # 0.56 s/step on 2 idle cores: 1000 steps ~10 min (59% with thinking: a drawer that cannot
+    # yet put two colours where planned, which RL does not teach); 3500 steps reach 97.5%
+    # (checkpoints/shapes_sft_think_long), which leaves RL nothing to measure.
     config.steps = 1000
     # End at this step of the `steps`-long schedule (an intermediate model, the learning rate not
     # yet decayed); 0: train all `steps`.
@@ -89,9 +98,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.steps, config.stop_after = 3500, 500
     if 'stage2' in args:
         config.steps, config.stop_after = 3000, 1500
-    config.log_every = 50
-    config.checkpoint_every = 500  # params-only checkpoints workdir/step_{k}/
-    config.eval_every = 500        # quick eval (eval.quick_per_tag prompts per tag), 0 = off
+    config.log_every = 50  # steps between the logged (averaged) training metrics
+    config.checkpoint_every = 500  # steps between params-only checkpoints step_{k}/, 0 = off
+    config.eval_every = 500        # steps between quick evals (eval.quick_per_tag per tag), 0 = off
 
     # Evaluation: greedy think, Euler ODE (24 steps, shift 3), text CFG on the empty context.
     config.eval = ml_collections.ConfigDict(dict(
@@ -102,10 +111,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         cfg_interval=(0.0, 1.0),
         cfg_renorm_type='global',
         cfg_renorm_min=0.0,
-        batch_size=80,
+        batch_size=80,        # prompts per evaluation batch
         quick_per_tag=10,     # prompts per tag of the evaluations during training
-        final_per_tag=0,      # of the final evaluation (0: all 40)
-        seed=0,
+        final_per_tag=0,      # prompts per tag of the final evaluation (0: all 40)
+        seed=0,               # seed of the evaluation's noise
     ))
 
     if 'test' in args:

@@ -29,6 +29,7 @@ LAYERS = [
     'rl',            # advantages, objectives, replay
     'train',         # the RL loop, optimizer, checkpoints, run directories
     'sft',           # supervised fine-tuning
+    'config_reference',  # docs/configuration.md from the configs and the dataclasses they become
     'bench',         # benchmarks, parity checks
 ]
 

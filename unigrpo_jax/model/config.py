@@ -49,14 +49,14 @@ class ConfigError(ValueError):
 class LLMConfig:
     """Qwen2 Mixture-of-Transformers decoder (both experts share every size)."""
 
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    rope_theta: float = 1e6
-    rms_norm_eps: float = 1e-6
+    vocab_size: int  # rows of the token embedding and of lm_head
+    hidden_size: int  # width of the residual stream
+    intermediate_size: int  # width of the SwiGLU MLPs
+    num_hidden_layers: int  # decoder layers, each with an understanding and a generation expert
+    num_attention_heads: int  # query heads (head_dim = hidden_size / num_attention_heads)
+    num_key_value_heads: int  # key/value heads (grouped-query attention), divides the query heads
+    rope_theta: float = 1e6  # RoPE base frequency
+    rms_norm_eps: float = 1e-6  # eps of the RMSNorms
 
     @property
     def head_dim(self) -> int:
@@ -80,14 +80,14 @@ class LLMConfig:
 class ViTConfig:
     """SigLIP NaViT vision tower. ``num_hidden_layers`` is the number of layers *used*."""
 
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    patch_size: int
-    image_size: int
-    num_channels: int = 3
-    layer_norm_eps: float = 1e-6
+    hidden_size: int  # width of the tower
+    intermediate_size: int  # width of its MLPs
+    num_hidden_layers: int  # layers used (vit_config.json's count minus one, as Bagel uses it)
+    num_attention_heads: int  # attention heads
+    patch_size: int  # pixels per patch side
+    image_size: int  # pixels per side of the image the learned position table was trained at
+    num_channels: int = 3  # input image channels
+    layer_norm_eps: float = 1e-6  # eps of the LayerNorms
 
     @property
     def head_dim(self) -> int:
@@ -111,18 +111,19 @@ class AEConfig:
     themselves; no params, ``z_channels == in_channels``, downsample 1, the conv fields unused.
     """
 
-    in_channels: int = 3
-    out_ch: int = 3
-    ch: int = 128
+    in_channels: int = 3  # image channels the encoder reads
+    out_ch: int = 3  # image channels the decoder writes
+    ch: int = 128  # base width of the conv levels
+    # Widths of the conv levels in units of ch; every level but the last halves the resolution.
     ch_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    z_channels: int = 16
-    scale_factor: float = 0.3611
-    shift_factor: float = 0.1159
-    groupnorm_groups: int = 32
-    groupnorm_eps: float = 1e-6
-    resolution: int = 256
-    kind: str = 'flux'
+    num_res_blocks: int = 2  # ResNet blocks per encoder level (the decoder has one more)
+    z_channels: int = 16  # latent channels
+    scale_factor: float = 0.3611  # latents are scale_factor * (z - shift_factor)
+    shift_factor: float = 0.1159  # subtracted before the scale (see scale_factor)
+    groupnorm_groups: int = 32  # groups of the GroupNorms
+    groupnorm_eps: float = 1e-6  # eps of the GroupNorms
+    resolution: int = 256  # the release's nominal resolution (exported; no size depends on it)
+    kind: str = 'flux'  # one of AE_KINDS: 'flux' (the FLUX autoencoder) or 'identity' (pixels)
 
     def __post_init__(self):
         if self.kind not in AE_KINDS:
@@ -134,6 +135,9 @@ class AEConfig:
 
     @property
     def downsample(self) -> int:
+        """Image pixels per latent pixel side: ``2^(len(ch_mult) - 1)``, 1 for ``identity``. A
+        ``downsample`` key beside the fields (``ae_config.json``, ``model.random.ae``) is
+        checked against it (when absent: 8 for flux, 1 for identity)."""
         if self.kind == 'identity':
             return 1
         return 2 ** (len(self.ch_mult) - 1)
@@ -153,20 +157,25 @@ class SpecialTokens:
 class BagelConfig:
     """The whole model: LLM, optional ViT, autoencoder and Bagel's connectors."""
 
-    llm: LLMConfig
-    vit: ViTConfig | None
-    ae: AEConfig
-    tokens: SpecialTokens
-    latent_patch_size: int = 2
+    llm: LLMConfig  # the Mixture-of-Transformers decoder
+    vit: ViTConfig | None  # the vision tower (None: none; text-to-image does not read it)
+    ae: AEConfig  # the autoencoder between images and latents
+    tokens: SpecialTokens  # the special token ids (a run takes them from its tokenizer)
+    latent_patch_size: int = 2  # latent pixels per latent token side
+    # Side of the latent tokens' position grid: an image has at most this many tokens per side
+    # (max_latent_size * latent_downsample pixels).
     max_latent_size: int = 64
-    vit_max_num_patch_per_side: int = 70
+    vit_max_num_patch_per_side: int = 70  # patches per side of the ViT position grid
+    # Shift of the flow times SFT trains on (sft/objective.py); the RL and evaluation grids take
+    # theirs from rollout.shift and eval.shift.
     timestep_shift: float = 1.0
-    frequency_embedding_size: int = 256
-    # Compute dtype of the transformer ('float32' for parity, 'bfloat16' for speed). Params,
-    # log-probs, the ODE/SDE state and the autoencoder stay float32.
+    frequency_embedding_size: int = 256  # width of the sinusoidal timestep features
+    # Compute dtype of the transformer ('float32' for parity, 'bfloat16' for speed; a config's
+    # ``model.dtype``). Params, log-probs, the ODE/SDE state and the autoencoder stay float32.
     dtype: str = 'float32'
     # Rematerialisation of the decoder layers in the backward pass: None, or a policy name of
-    # ``jax.checkpoint_policies`` (e.g. 'nothing_saveable', 'dots_with_no_batch_dims_saveable').
+    # ``jax.checkpoint_policies`` (e.g. 'nothing_saveable', 'dots_with_no_batch_dims_saveable';
+    # a config's ``parallelism.remat_policy``).
     remat_policy: str | None = None
     # Attention kernel (``attention.KERNELS``, from a config's ``model.attention`` by
     # ``attention.kernel_for``): 'xla' (explicit float32 softmax; the parity path) or a fused

@@ -37,12 +37,12 @@ from unigrpo_jax.train.lora import EXPERTS, TARGETS, LoraSpec
 class Settings:
     """Everything the RL programs are built from, derived from one config."""
 
-    mesh_shape: tuple[int, ...]
-    rollout: RolloutConfig
-    objective: objective.ObjectiveConfig
-    eval_sampler: eval_sampler.SamplerConfig
+    mesh_shape: tuple[int, ...]   # parallelism.mesh with -1 resolved: (data, fsdp, tensor)
+    rollout: RolloutConfig        # the rollout section, thinking by objective.mode
+    objective: objective.ObjectiveConfig  # the objective section, with the rollout's schedule
+    eval_sampler: eval_sampler.SamplerConfig  # the eval section's ODE sampler and CFG
     eval_tokens: TokenSampler     # how evaluation samples reasoning (greedy or the rollout's)
-    lora: LoraSpec | None
+    lora: LoraSpec | None         # the lora section; None: the full model trains
     chains: int                   # per rollout batch: batch_size * group_size
     minibatch: int                # chains per optimizer update
     micro_batches: int            # gradient micro-steps per update (a memory setting)
