@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # A registered reward (unigrpo_jax/rewards, ShapesEval's 'shapes') or 'module:name'.
         name='geneval_remote',
         # The reward's options; geneval_remote: the fields of rewards/remote.py ServerSettings
-        # (url, batch_size, timeout_s, retries, ...) and threshold.
+        # (url, batch_size, timeout_s, retries, ...), threshold and strict (False: FlowGRPO's
+        # partial credit; True: 1 only if every GenEval clause holds).
         options=ml_collections.ConfigDict(dict(
             url='http://127.0.0.1:18085',  # the reward server (launch/reward_server.py)
             threshold=16.0,  # GenEval's position margin in pixels (rewards/geneval.py)
