@@ -81,3 +81,16 @@ def test_algorithm_notebook_plots_every_section():
     assert len(outputs(nb, 'image/png')) == 6  # schedule, SDE steps, chains, ratios, KL, group
     out = text(nb)
     assert 'paper window: steps 0..4' in out and 'RatioNorm' in out and 'advantages' in out
+
+
+def test_quickstart_thinks_draws_trains_and_draws_again(tmp_path):
+    workdir = tmp_path / 'quickstart'
+    nb = run('quickstart.ipynb', {'QUICKSTART_WORKDIR': str(workdir)})
+    with open(workdir / 'metrics.jsonl') as f:
+        rows = [json.loads(line) for line in f]
+    assert [r['step'] for r in rows] == [1, 2, 3, 4]
+    assert all(0 <= r['reward/mean'] <= 1 for r in rows)
+    assert len(outputs(nb, 'image/png')) == 3  # before, the reward curve, before and after
+    out = text(nb)
+    assert 'strict accuracy of the SFT model' in out
+    assert re.search(r'after 4 UniGRPO steps \d+%; \d+ of 12 plans changed', out), out
