@@ -50,11 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # A registered reward (unigrpo_jax/rewards, ShapesEval's 'shapes') or 'module:name'.
         name='geneval_remote',
         # The reward's options; geneval_remote: the fields of rewards/remote.py ServerSettings
-        # (url, batch_size, timeout_s, retries, ...), threshold and strict (False: FlowGRPO's
-        # partial credit; True: 1 only if every GenEval clause holds).
+        # (url, batch_size, timeout_s, retries, ...), threshold and strict.
         options=ml_collections.ConfigDict(dict(
             url='http://127.0.0.1:18085',  # the reward server (launch/reward_server.py)
             threshold=16.0,  # GenEval's position margin in pixels (rewards/geneval.py)
+            strict=False,  # GenEval graded with FlowGRPO's partial credit (True: 0/1 strict)
         ))))
     # The reward of the evaluations (a copy of the training reward unless set).
     config.eval_reward = config.reward.copy_and_resolve_references()
