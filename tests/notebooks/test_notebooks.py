@@ -53,9 +53,11 @@ def execute(name: str, env: dict | None = None, timeout: int = 600):
 def run(name: str, env: dict | None = None):
     """``execute`` that fails the test when a cell raises, with that cell's source and error."""
     nb, error = execute(name, env)
-    if error is not None:
-        pytest.fail(f'notebooks/{name}: a cell raised\n{_ANSI.sub("", str(error))[-6000:]}',
-                    pytrace=False)
+    if error is not None:  # the cell's source, its printed output, then the error
+        message = _ANSI.sub('', str(error))
+        if len(message) > 8000:
+            message = message[:2000] + '\n[...]\n' + message[-6000:]
+        pytest.fail(f'notebooks/{name}: a cell raised\n{message}', pytrace=False)
     return nb
 
 
