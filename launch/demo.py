@@ -45,6 +45,12 @@ _PER_TAG = flags.DEFINE_integer('eval_per_tag', None, 'Evaluate only the first N
 _SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
 
 
+# The distribution over seeds this demo's run is compared with (launch/shapes_results.py's
+# gains.json of the documented runs), and its row.
+DOCUMENTED = os.path.join(config_files.ROOT, 'docs', 'results', 'shapes_gains.json')
+_ARM = 'UniGRPO (think)'
+
+
 def _say(message: str) -> None:
     print(f'[demo {time.strftime("%H:%M:%S")}] {message}', flush=True)
 
@@ -99,6 +105,28 @@ def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
             'eval reward (240 held-out prompts, ODE + CFG)': evals}
 
 
+def _documented(before: dict, after: dict) -> list[str]:
+    """This run's change next to the documented distribution over seeds (``DOCUMENTED``,
+    written by ``launch/shapes_results.py``), one line per setting."""
+    if not os.path.exists(DOCUMENTED):
+        return [f'(no documented distribution: {DOCUMENTED} is missing)']
+    with open(DOCUMENTED) as f:
+        documented = json.load(f)
+    arm = documented.get(_ARM, {})
+    lines = []
+    for k in before:
+        change = 100 * (after[k]['overall'] - before[k]['overall'])
+        setting = k.split()[-1]  # 'think=on cfg=2' -> 'cfg=2'
+        if setting not in arm:
+            lines.append(f'{k}: this run {change:+.1f} points (no documented value)')
+            continue
+        g = arm[setting]['gain']
+        lines.append(f'{k}: this run {change:+.1f} points; documented over seeds '
+                     f'{documented["seeds"]} ({documented["steps"]} steps): {g["mean"]:+.1f} ± '
+                     f'{g["std"]:.1f} (per seed {" / ".join(f"{v:+.1f}" for v in g["values"])})')
+    return lines
+
+
 def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step: int,
             minutes: dict) -> str:
     rows = {f'SFT (think), {k}': v for k, v in before.items()}
@@ -108,8 +136,11 @@ def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step
         'Strict accuracy (%) on the evaluation prompts of `data/shapes_eval/` (greedy '
         'thinking, Euler ODE). `cfg=1`: no guidance, as the RL rollout samples; `cfg=2`: the '
         'configured text CFG.', '',
-        shapes_eval.markdown_table(rows), 'Change in overall accuracy (points): ' + ', '.join(
-            f'{k}: {100 * (after[k]["overall"] - before[k]["overall"]):+.1f}' for k in before),
+        shapes_eval.markdown_table(rows), '## This run against the documented seeds', '',
+        'RL trajectories differ across machines (float reductions, thread counts), so a fresh '
+        'run lands somewhere in the distribution over seeds that docs/results.md reports, not '
+        'on one documented number:', '',
+        *[f'- {line}' for line in _documented(before, after)],
         '', '## The drawer alone', '',
         'One random plan per prompt (free colours and cells uniform, as in the SFT data) given '
         'as the thinking, no CFG: % of images with exactly the planned objects / % strictly '
@@ -166,6 +197,8 @@ def main(argv):
     path = _report(out, before, after, (drawer_before, drawer_after), after_run.step, minutes)
     for k in before:
         _say(f'{k}: overall {100 * before[k]["overall"]:.1f}% -> {100 * after[k]["overall"]:.1f}%')
+    for line in _documented(before, after):
+        _say(line)
     _say(f'report: {path} ({minutes["total"]:.1f} min)')
 
 

@@ -14,6 +14,8 @@ def test_demo_writes_runs_and_report(tmp_path, launch):
     report = (out / 'report.md').read_text()
     assert '| SFT (think), think=on cfg=1 |' in report
     assert '| UniGRPO step 2, think=on cfg=2 |' in report
+    assert '## This run against the documented seeds' in report
+    assert '- think=on cfg=2: this run ' in report  # beside the documented spread over seeds
     assert '## The drawer alone' in report and '| 1 object | 2 |' in report  # 2 single-object prompts
     for path in ('reward_curve.png', 'eval_unigrpo/grid_think_on_cfg_2.png',
                  'sft_think/MANIFEST.json', 'unigrpo/rl_config.json'):
