@@ -108,22 +108,26 @@ def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
 def _documented(before: dict, after: dict) -> list[str]:
     """This run's change next to the documented distribution over seeds (``DOCUMENTED``,
     written by ``launch/shapes_results.py``), one line per setting."""
-    if not os.path.exists(DOCUMENTED):
-        return [f'(no documented distribution: {DOCUMENTED} is missing)']
-    with open(DOCUMENTED) as f:
-        documented = json.load(f)
-    arm = documented.get(_ARM, {})
+    documented, arm = {}, {}
+    if os.path.exists(DOCUMENTED):
+        with open(DOCUMENTED) as f:
+            documented = json.load(f)
+        arm = documented.get(_ARM, {})
     lines = []
     for k in before:
         change = 100 * (after[k]['overall'] - before[k]['overall'])
         setting = k.split()[-1]  # 'think=on cfg=2' -> 'cfg=2'
-        if setting not in arm:
+        if not documented:
+            lines.append(f'{k}: this run {change:+.1f} points (no documented distribution: '
+                         f'{DOCUMENTED} is missing)')
+        elif setting not in arm:
             lines.append(f'{k}: this run {change:+.1f} points (no documented value)')
-            continue
-        g = arm[setting]['gain']
-        lines.append(f'{k}: this run {change:+.1f} points; documented over seeds '
-                     f'{documented["seeds"]} ({documented["steps"]} steps): {g["mean"]:+.1f} ± '
-                     f'{g["std"]:.1f} (per seed {" / ".join(f"{v:+.1f}" for v in g["values"])})')
+        else:
+            g = arm[setting]['gain']
+            lines.append(f'{k}: this run {change:+.1f} points; documented over seeds '
+                         f'{documented["seeds"]} ({documented["steps"]} steps): '
+                         f'{g["mean"]:+.1f} ± {g["std"]:.1f} (per seed '
+                         f'{" / ".join(f"{v:+.1f}" for v in g["values"])})')
     return lines
 
 
