@@ -1,5 +1,6 @@
 """launch/demo.py end to end at test scale: run directories, report, plot and grids."""
 
+import json
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,6 +17,11 @@ def test_demo_writes_runs_and_report(tmp_path, launch):
     assert '| UniGRPO step 2, think=on cfg=2 |' in report
     assert '## This run against the documented seeds' in report
     assert '- think=on cfg=2: this run ' in report  # beside the documented spread over seeds
+    with open(os.path.join(REPO, 'docs', 'results', 'shapes_gains.json')) as f:
+        documented = json.load(f)
+    gain = documented['UniGRPO (think)']['cfg=2']['gain']
+    assert (f'documented over seeds {documented["seeds"]} ({documented["steps"]} steps): '
+            f'{gain["mean"]:+.1f} ± {gain["std"]:.1f}') in report
     assert '## The drawer alone' in report and '| 1 object | 2 |' in report  # 2 single-object prompts
     for path in ('reward_curve.png', 'eval_unigrpo/grid_think_on_cfg_2.png',
                  'sft_think/MANIFEST.json', 'unigrpo/rl_config.json'):
