@@ -7,7 +7,7 @@ r"""UniGRPO on ShapesEval (shapes_eval.md): think, then draw, from the shipped S
 The paper's recipe (algorithm.md §7: temperature 1, 25 training timesteps, shift 3, noise 0.8,
 SDE window of 3 steps, flow clip 1e-6, 2 PPO epochs, CFG-free rollout) on the tiny pixel-space
 Bagel of ``configs/shapes_sft.py``, scaled to a 2-core CPU (8 prompts x group 8 per step,
-40 steps: about 5 min; the validation probes of docs/results.md chose 40 over 80 and 120). Three
+40 steps: about 6 min at 8.3 s per step; the validation probes of docs/results.md chose 40 over 80 and 120). Three
 deviations, each measured (docs/results.md, "Tuning"):
 
 * learning rates 1e-5 (understanding) / 1e-4 (generation) for a 2.2M-parameter model (the
