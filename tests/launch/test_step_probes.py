@@ -7,7 +7,7 @@ import json
 def test_bench_rl_step_splits_the_step_and_rates_each_phase(tmp_path, launch):
     out = tmp_path / 'bench.json'
     stdout = launch(['launch/bench_rl_step.py', '--config=configs/bagel_grpo.py:tiny',
-                     f'--workdir={tmp_path / "run"}', '--steps=2', f'--out={out}'])
+                     f'--workdir={tmp_path / "run"}', '--steps=2', f'--out={out}'], timeout=900)
     assert 'mean of steps 2-2' in stdout and '| update |' in stdout, stdout
     result = json.loads(out.read_text())
     phases = result['phases']
@@ -20,7 +20,7 @@ def test_bench_rl_step_splits_the_step_and_rates_each_phase(tmp_path, launch):
 
 def test_probe_flow_signal_reports_each_variant(tmp_path, launch):
     stdout = launch(['launch/probe_flow_signal.py', '--config=configs/bagel_grpo.py:tiny',
-                     f'--out={tmp_path}', '--steps=1', '--window_starts=1'])
+                     f'--out={tmp_path}', '--steps=1', '--window_starts=1'], timeout=900)
     results = json.loads((tmp_path / 'signal.json').read_text())
     assert list(results) == ['initial_noise=chain, window start in [0, 2]',
                              'initial_noise=group, window start in [0, 2]',
