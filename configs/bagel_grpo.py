@@ -119,6 +119,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ))
     config.ppo_epochs = 2  # optimizer passes over each rollout batch
     config.num_minibatches = 1  # per rollout batch and epoch
+    # The chains the reference forward and the updates run on: 'signal' (those with a nonzero
+    # advantage and weight, gathered into the smallest of `update_buckets` fixed sizes; the
+    # policy-gradient terms are exactly those of 'all', the regularisers average over the kept
+    # chains: rl/compaction.py) or 'all' (every chain of the rollout batch).
+    config.update_chains = 'signal'
+    config.update_buckets = 4  # batch sizes a 'signal' update may take (compiled once each)
     # AdamW with a learning rate per expert (train/optimizer.py: which params are whose).
     config.optimizer = ml_collections.ConfigDict(dict(
         lr_und=1e-6,  # the understanding (reasoning) expert's rate

@@ -4,8 +4,9 @@ r"""Where an RL step's time goes, and how much of the machine's matmul rate each
     python launch/bench_rl_step.py --config=configs/shapes_flowgrpo.py --workdir=/tmp/bench_flow
 
 Runs ``--steps`` RL steps of the config (evaluation off, from its starting model) and averages
-the loop's own time split (``time/*`` in ``metrics.jsonl``) over the steps after the first
-(which compiles). Then measures this device's rate on one large matmul and on reading a large
+the loop's own time split (``time/*`` in ``metrics.jsonl``) over the steps that compiled
+nothing: after the first (the rollout's compile), each update size (``update/chains``, one of
+the config's ``rl.compaction`` buckets) counts from its second step on. Then measures this device's rate on one large matmul and on reading a large
 array (``bench.perf``), makes them the peaks of a local ``targets.Target`` and prints, per
 phase, its share of the step and the analytic roofline time at those peaks
 (``rl_programs.iteration_estimate``: matmul FLOPs / rate, or bytes / bandwidth) as a fraction of
@@ -39,6 +40,18 @@ _PHASES = {'rollout': ('rollout_decode_s', 'rollout_denoise_s'), 'reward': (),
            'reference': ('reference_s',), 'update': ('train_s',)}
 
 
+def compiled_nothing(rows: list[dict]) -> list[dict]:
+    """The metrics rows of the steps that compiled nothing: not the first, and not the first
+    of each update size (``update/chains``; absent: one size)."""
+    seen, out = set(), []
+    for i, row in enumerate(rows):
+        size = row.get('update/chains')
+        if i and size in seen:
+            out.append(row)
+        seen.add(size)
+    return out
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
@@ -50,7 +63,10 @@ def main(argv):
     config.checkpoint_every = _STEPS.value
     loop.train(config, _WORKDIR.value)
     with open(os.path.join(_WORKDIR.value, 'metrics.jsonl')) as f:
-        rows = [json.loads(line) for line in f if line.strip()][1:]  # the first step compiles
+        rows = compiled_nothing([json.loads(line) for line in f if line.strip()])
+    if not rows:
+        raise app.UsageError(f'every one of the {_STEPS.value} steps compiled a program: give '
+                             'more --steps')
     measured = {p: float(np.mean([r[f'time/{p}_s'] for r in rows])) for p in _PHASES}
     step_s = float(np.mean([r['time/step_s'] for r in rows]))
 
@@ -66,7 +82,8 @@ def main(argv):
     print(f'{config.model.checkpoint or "random model"}, {config.objective.mode}: '
           f'{config.batch_size} prompts x {config.rollout.group_size} chains, '
           f'{config.ppo_epochs * config.num_minibatches} updates per step, {n} device(s) '
-          f'({devices[0].device_kind}); mean of steps 2-{_STEPS.value}')
+          f'({devices[0].device_kind}); mean of the {len(rows)} of {_STEPS.value} steps that '
+          'compiled nothing')
     print(f'measured: one {config.model.dtype} 2048^3 matmul {flops / 1e9:.1f} GFLOP/s per '
           f'device, reading {bandwidth / 1e9:.1f} GB/s')
     print(f'step {step_s:.2f} s\n')

@@ -7,8 +7,9 @@ import json
 def test_bench_rl_step_splits_the_step_and_rates_each_phase(tmp_path, launch):
     out = tmp_path / 'bench.json'
     stdout = launch(['launch/bench_rl_step.py', '--config=configs/bagel_grpo.py:tiny',
-                     f'--workdir={tmp_path / "run"}', '--steps=2', f'--out={out}'], timeout=900)
-    assert 'mean of steps 2-2' in stdout and '| update |' in stdout, stdout
+                     f'--workdir={tmp_path / "run"}', '--steps=2', f'--out={out}',
+                     '--config.update_chains=all'], timeout=900)  # one update size
+    assert 'mean of the 1 of 2 steps' in stdout and '| update |' in stdout, stdout
     result = json.loads(out.read_text())
     phases = result['phases']
     assert set(phases) == {'rollout', 'reward', 'reference', 'update'}

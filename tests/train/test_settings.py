@@ -38,6 +38,8 @@ def _config(**kw):
     ('parallelism.strategy', 'zero3', "parallelism.strategy='zero3'"),
     ('parallelism.mesh', (3, 1, 1), 'needs 3 devices'),
     ('truncated_think', 'maybe', "truncated_think='maybe'"),
+    ('update_chains', 'some', "update_chains='some'"),
+    ('update_buckets', 0, 'update_buckets=0'),
     ('optimizer.final_lr_fraction', 0.0, 'optimizer.final_lr_fraction=0.0'),
     ('eval.cfg_interval', (0.5, 0.2), 'cfg interval'),
     ('parallelism.micro_batch_per_device', 3, 'micro_batch_per_device=3: 6 chains'),
@@ -83,6 +85,22 @@ def test_the_paper_s_step_splits_into_micro_steps_not_more_updates():
     cfg.parallelism.micro_batch_per_device = 0  # a whole minibatch at once: same updates
     s0 = settings.settings(cfg, 8, check_inputs=False)
     assert (s0.micro_batches, s0.total_updates) == (1, s.total_updates)
+
+
+def test_signal_updates_take_a_few_fixed_sizes_that_split_like_the_batch():
+    """32 chains on 2 devices: 'all' updates the whole batch; 'signal' compacts it to one of 4
+    sizes, each split into 2 minibatches over 2 devices (a multiple of 4), or into micro-steps
+    of 2 chains per device (a multiple of 2 x 2 x 2 = 8)."""
+    assert settings.settings(_config(update_chains='all'), 2).buckets == (32,)
+    s = settings.settings(_config(num_minibatches=2), 2)
+    assert s.buckets == (8, 16, 24, 32) and s.num_minibatches == 2
+    assert (s.micro_batches_of(12), s.reference_pieces_of(24)) == (1, 2)
+    s = settings.settings(_config(**{'num_minibatches': 2,
+                                     'parallelism.micro_batch_per_device': 2}), 2)
+    assert s.buckets == (8, 16, 24, 32)
+    assert (s.micro_batches_of(12), s.reference_pieces_of(24)) == (3, 6)
+    s = settings.settings(_config(update_buckets=8), 2)  # no more sizes than the unit allows
+    assert s.buckets == (4, 8, 12, 16, 20, 24, 28, 32)
 
 
 @pytest.mark.parametrize('mode,think,window', [

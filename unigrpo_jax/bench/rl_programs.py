@@ -126,8 +126,9 @@ def rl_programs(config, devices, system_len: int | None = None,
         ('policy', built.policy, (state.params, frozen), state.opt_state),
         ('rollout', rollout, (policy, ae, system, *prompts(per_call), key, offset),
          (state, frozen)),
-        ('reference', built.reference, (frozen, batch), state),
-        ('train_step', built.train_step,
+        # The whole rollout batch: the largest bucket of a compacted update (rl.compaction).
+        ('reference', built.reference[s.chains], (frozen, batch), state),
+        ('train_step', built.train_step[s.minibatch],
          (state, frozen, placed_shapes(minibatch, place.batch)),
          batch if config.num_minibatches > 1 else ()),
     ]

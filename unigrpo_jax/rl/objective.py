@@ -105,12 +105,17 @@ def batch_shapes(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig,
 
 def loss_totals(batch: TrainBatch, obj: ObjectiveConfig) -> dict[str, jax.Array]:
     """The minibatch-wide denominators of the terms (see ``losses``): the loss of a
-    micro-batch divided by them is its share, and the shares add up to the minibatch's loss."""
+    micro-batch divided by them is its share, and the shares add up to the minibatch's loss.
+    ``weight`` and ``text`` (the policy-gradient terms') are scaled by the batch's
+    ``weight_scale`` / ``token_scale`` (``rl.compaction``); ``reg_weight`` and ``reg_text``
+    (the regularisers') are this batch's own."""
     w = batch.sample_weight
-    totals = {'chains': jnp.float32(w.shape[0]), 'weight': jnp.maximum(jnp.sum(w), 1.0)}
+    reg_weight = jnp.maximum(jnp.sum(w), 1.0)
+    totals = {'chains': jnp.float32(w.shape[0]), 'weight': reg_weight * batch.weight_scale,
+              'reg_weight': reg_weight}
     if obj.text_term:
-        totals['text'] = losses.token_denominator(batch.trajectory.think_mask,
-                                                  obj.text_aggregation, w)
+        reg_text = losses.token_denominator(batch.trajectory.think_mask, obj.text_aggregation, w)
+        totals.update(text=reg_text * batch.token_scale, reg_text=reg_text)
     return totals
 
 
@@ -157,7 +162,7 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
                 raise ValueError('objective.text_kl_weight > 0 needs the reference log-probs; '
                                  'run rl.objective.reference_outputs on the batch first')
             kl = losses.text_kl_k3(logp, batch.ref_think_logprobs, mask, obj.text_aggregation,
-                                   w, totals['text'])
+                                   w, totals['reg_text'])
             loss += obj.text_kl_weight * kl
             metrics['text/kl_ref'] = kl / share
     if obj.flow_term:
@@ -191,13 +196,13 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
                                  f'reference velocities {v.shape}; the batch has '
                                  f'{v_ref.shape}: run rl.objective.reference_outputs '
                                  '(train.step.make_reference_fn) on it first')
-            mse = losses.velocity_mse(v, v_ref, w, totals['weight'])
+            mse = losses.velocity_mse(v, v_ref, w, totals['reg_weight'])
             metrics['image/velocity_mse'] = mse / share
             if obj.regularizer == 'velocity_mse':
                 loss += obj.velocity_mse_weight * mse
             else:
                 _, mean_ref = window_logp(traj, v_ref, obj.schedule)
-                kl = losses.latent_kl(mean, mean_ref, std_t, w, totals['weight'])
+                kl = losses.latent_kl(mean, mean_ref, std_t, w, totals['reg_weight'])
                 loss += obj.latent_kl_weight * kl
                 metrics['image/latent_kl'] = kl / share
     metrics['loss'] = loss / share

@@ -49,6 +49,11 @@ class TrainBatch:
     # params it was sampled with), 0 where they are the trajectory's (``record_old``).
     fresh_old: jax.Array
     system_ids: jax.Array = shared_field()
+    # [] float32 each: the whole rollout batch's policy-gradient denominators over this batch's
+    # (chain weights; reasoning tokens), 1 unless the batch holds only the chains with signal
+    # (``rl.compaction``): the policy-gradient terms then divide as the whole batch would.
+    weight_scale: jax.Array = shared_field()
+    token_scale: jax.Array = shared_field()
 
 
 def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
@@ -62,7 +67,8 @@ def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
                       ref_think_logprobs=jnp.zeros((b, 0), jnp.float32),
                       ref_velocities=jnp.zeros((b, 0) + traj.x_t.shape[2:], jnp.float32),
                       fresh_old=(jnp.ones((b,), jnp.float32) if fresh_old is None
-                                 else fresh_old.astype(jnp.float32)))
+                                 else fresh_old.astype(jnp.float32)),
+                      weight_scale=jnp.float32(1.0), token_scale=jnp.float32(1.0))
 
 
 def record_old(batch: TrainBatch, chains: jax.Array, recorded: dict) -> TrainBatch:

@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import distributed, sharding
-from unigrpo_jax.rl import advantages, objective, replay
+from unigrpo_jax.rl import advantages, compaction, objective, replay
 from unigrpo_jax.rollout import rollout as rollout_lib
 from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train import lora as lora_lib
@@ -55,9 +55,13 @@ class Programs:
     policy_sharding: Any  # where the params the rollout samples from live
     policy: Callable     # (state.params, frozen) -> those params, in the compute dtype
     rollout: Callable    # (policy params, ae_params, system_ids, ids, lengths, key) -> Rollout
-    reference: Callable  # (frozen, TrainBatch) -> the batch with its reference outputs
+    # (TrainBatch, chains [M], in_update [M]) -> the chains with signal (rl.compaction)
+    compact: Callable
+    # {chains of a bucket: (frozen, TrainBatch) -> the batch with its reference outputs}
+    reference: dict[int, Callable]
     select: Callable     # (TrainBatch, idx [M]) -> the minibatch, placed for train_step
-    train_step: Callable  # (state, frozen, TrainBatch) -> (state, metrics, per-chain values)
+    # {minibatch chains: (state, frozen, TrainBatch) -> (state, metrics, per-chain values)}
+    train_step: dict[int, Callable]
     record: Callable     # (TrainBatch, idx [M], per-chain values) -> replay.record_old's batch
 
 
@@ -87,11 +91,14 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         place=place, policy_sharding=policy_sharding, policy=policy,
         rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh, policy_sharding,
                                             s.rollout_calls),
-        reference=step_lib.make_reference_fn(model, s.objective, place,
-                                             s.reference_micro_batches),
+        compact=jax.jit(functools.partial(compaction.compact, obj=s.objective),
+                        out_shardings=place.batch),
+        reference={m: step_lib.make_reference_fn(model, s.objective, place,
+                                                 s.reference_pieces_of(m)) for m in s.buckets},
         select=jax.jit(trajectory.select_chains, out_shardings=place.batch),
-        train_step=step_lib.make_train_step(loss, optimizer, place, s.micro_batches, totals,
-                                            recorded=True),
+        train_step={m // s.num_minibatches: step_lib.make_train_step(
+            loss, optimizer, place, s.micro_batches_of(m // s.num_minibatches), totals,
+            recorded=True) for m in s.buckets},
         record=jax.jit(replay.record_old, out_shardings=place.batch, donate_argnums=(0,)))
 
 
@@ -150,27 +157,36 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     system = system_ids if system_ids is not None else np.zeros((0,), np.int32)
     chains_placement = programs.place.batch.advantages  # host -> global arrays on the mesh
     whole = sharding.replicated(programs.place.mesh)  # minibatch indices, on every device
+    batch = replay.train_batch(out, jnp.asarray(system),
+                               sharding.host_to_global(adv, chains_placement),
+                               sharding.host_to_global(weight, chains_placement))
+    signal = compaction.has_signal(adv, weight)
+    n = chains
+    if config.update_chains == 'signal':  # the update runs on the chains with signal only
+        kept, in_update = compaction.select(signal, s.buckets)
+        n = len(kept)
+        batch = programs.compact(batch, sharding.host_to_global(kept, whole),
+                                 sharding.host_to_global(in_update, whole))
     # The minibatches of every epoch (one: the batch itself, no shuffled copy of it).
-    orders = [np.random.default_rng([config.seed, step, epoch]).permutation(chains)
+    orders = [np.random.default_rng([config.seed, step, epoch]).permutation(n)
               for epoch in range(config.ppo_epochs)] if config.num_minibatches > 1 else None
     minibatches = ([np.split(order, config.num_minibatches) for order in orders] if orders
                    else [[None]] * config.ppo_epochs)
     # The first update takes its old log-probs and means from its own forward (exactly
     # on-policy in every dtype), and records them for the later updates of these chains.
-    first = minibatches[0][0] if orders else np.arange(chains)
-    fresh = np.zeros(chains, np.float32)
+    first = minibatches[0][0] if orders else np.arange(n)
+    fresh = np.zeros(n, np.float32)
     fresh[first] = 1.0
-    batch = programs.reference(frozen, replay.train_batch(
-        out, jnp.asarray(system), sharding.host_to_global(adv, chains_placement),
-        sharding.host_to_global(weight, chains_placement),
-        sharding.host_to_global(fresh, chains_placement)))
+    batch = programs.reference[n](frozen, batch.replace(
+        fresh_old=sharding.host_to_global(fresh, chains_placement)))
     jax.block_until_ready(batch)
     t_reference = time.time()
+    train_step = programs.train_step[n // config.num_minibatches]
     metrics = []
     for epoch, parts in enumerate(minibatches):
         for k, mb in enumerate(parts):
             idx = None if mb is None else sharding.host_to_global(mb, whole)
-            state, m, recorded = programs.train_step(
+            state, m, recorded = train_step(
                 state, frozen, batch if idx is None else programs.select(batch, idx))
             metrics.append(m)
             if epoch == 0 and k == 0 and config.ppo_epochs > 1:
@@ -188,6 +204,9 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         'advantage/mean': float(adv.mean()), 'advantage/std': float(adv.std()),
         'advantage/min': float(adv.min()), 'advantage/max': float(adv.max()),
         'skipped_updates': sum(float(m['skipped']) for m in metrics),
+        # The chains with signal, and the chains the reference and the updates ran on.
+        'update/signal_fraction': float(signal.mean()),
+        'update/chains': float(n),
         # The first update's ratio against its own old values (0: exactly on-policy), its
         # clipped fraction (0), and its log-probs against the rollout's (the same params:
         # what separates the rollout's computation from the update's).

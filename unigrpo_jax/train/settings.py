@@ -25,7 +25,7 @@ from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry
-from unigrpo_jax.rl import advantages, losses, objective
+from unigrpo_jax.rl import advantages, compaction, losses, objective
 from unigrpo_jax.rollout import eval_sampler, generate
 from unigrpo_jax.rollout.rollout import INITIAL_NOISE, RolloutConfig
 from unigrpo_jax.rollout.sampling import TokenSampler
@@ -47,12 +47,29 @@ class Settings:
     minibatch: int                # chains per optimizer update
     micro_batches: int            # gradient micro-steps per update (a memory setting)
     reference_micro_batches: int  # pieces of the reference forward of a rollout batch
+    # The batch sizes an update may run on (``rl.compaction``): ``(chains,)`` with
+    # ``update_chains='all'``, else ``update_buckets`` sizes up to ``chains``.
+    buckets: tuple[int, ...]
+    micro_step_chains: int        # chains per gradient micro-step (0: a whole minibatch)
     rollout_calls: int            # rollout program calls per rollout batch (a memory setting)
     total_updates: int            # optimizer updates of the whole run
 
     @property
     def schedule(self) -> Schedule:
         return self.rollout.schedule
+
+    def micro_batches_of(self, minibatch: int) -> int:
+        """Gradient micro-steps of an update on ``minibatch`` chains."""
+        return minibatch // self.micro_step_chains if self.micro_step_chains else 1
+
+    def reference_pieces_of(self, chains: int) -> int:
+        """Pieces of the reference forward of a batch of ``chains`` (a bucket)."""
+        return (chains // self.micro_step_chains if self.micro_step_chains
+                else self.num_minibatches)
+
+    @property
+    def num_minibatches(self) -> int:
+        return self.chains // self.minibatch
 
 
 def _need(ok: bool, field: str, value, allowed: str) -> None:
@@ -228,6 +245,11 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     _need(minibatch % piece == 0, 'parallelism.micro_batch_per_device', per_device,
           f'{piece} chains per micro-step (x {dp} data-parallel devices) must divide the '
           f'minibatch of {minibatch} chains')
+    _one_of('update_chains', config.update_chains, compaction.UPDATE_CHAINS)
+    _need(config.update_buckets >= 1, 'update_buckets', config.update_buckets, 'must be >= 1')
+    unit = config.num_minibatches * (piece if per_device else dp)
+    buckets = ((chains,) if config.update_chains == 'all' else
+               compaction.bucket_sizes(chains, min(config.update_buckets, chains // unit), unit))
     prompts_per_device = int(p.rollout_prompts_per_device)
     local = config.batch_size // num_devices
     _need(prompts_per_device >= 0 and (prompts_per_device == 0 or local % prompts_per_device == 0),
@@ -258,5 +280,6 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         eval_tokens=generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens,
         lora=lora_spec(config.lora), chains=chains, minibatch=minibatch,
         micro_batches=minibatch // piece, reference_micro_batches=chains // piece,
+        buckets=buckets, micro_step_chains=piece if per_device else 0,
         rollout_calls=local // prompts_per_device if prompts_per_device else 1,
         total_updates=total_updates(config))
