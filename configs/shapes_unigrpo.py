@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.update(train='shapes_train', eval='shapes_eval',
                        max_prompt_tokens=sft.data.max_prompt_tokens)
     config.reward = ml_collections.ConfigDict(dict(name='shapes',
-                                                   options=ml_collections.ConfigDict()))
+                                                   options=ml_collections.ConfigDict(
+                                                       dict(strict=False))))
     config.eval_reward = config.reward.copy_and_resolve_references()
     config.rollout.update(group_size=8, max_think_tokens=sft.data.max_think_tokens,
                           image_size=tuple(sft.data.image_size), window_max_start=21)

@@ -48,3 +48,15 @@ def test_registered_as_shapes(options):
 def test_unknown_options_are_refused():
     with pytest.raises(ValueError, match=r"unknown options \['threshold'\].*has: strict"):
         registry.make_reward('shapes', {'threshold': 2.0})
+
+
+def test_color_fraction_counts_the_canvas_in_one_colour_and_can_be_negated():
+    images = np.full((2, 4, 4, 3), 255, np.uint8)
+    images[0, :2] = world.COLORS['red']  # half the canvas
+    images[1, 0, 0] = world.COLORS['blue']
+    fn = registry.make_reward('color_fraction', ml_collections.ConfigDict(dict(color='red')))
+    np.testing.assert_allclose(fn(images, [{}, {}]), [0.5, 0.0])
+    negated = registry.make_reward('color_fraction', dict(color='blue', sign=-1))
+    np.testing.assert_allclose(negated(images, [{}, {}]), [0.0, -1 / 16])
+    with pytest.raises(ValueError, match='takes color'):
+        registry.make_reward('color_fraction', dict(color='pink'))

@@ -28,3 +28,24 @@ def make_shapes_reward(options):
     if options:
         raise ValueError(f'unknown options {sorted(options)} for reward "shapes" (has: strict)')
     return lambda images, metadata: shapes_scores(images, metadata, strict=strict)
+
+
+def color_fraction(images: np.ndarray, color: str, sign: float = 1.0) -> np.ndarray:
+    """``[B]`` float32: ``sign`` x the fraction of each ``[B, H, W, 3]`` image's pixels within
+    ``detector.MAX_COLOR_DISTANCE`` of ``world.COLORS[color]``."""
+    rgb = np.asarray(world.COLORS[color], np.float32)
+    distance = np.linalg.norm(np.asarray(images, np.float32) - rgb, axis=-1)
+    return (sign * (distance < detector.MAX_COLOR_DISTANCE).mean(axis=(1, 2))).astype(np.float32)
+
+
+@register('color_fraction')
+def make_color_fraction_reward(options):
+    """A reward whose optimum is obvious (the learning check, ``shapes.learning_check``): the
+    fraction of the canvas in one colour. Options: ``color`` (a ``world.COLORS`` name, default
+    'red'), ``sign`` (1, or -1: the same reward negated, so GRPO's advantages flip sign)."""
+    options = dict(options or {})
+    color, sign = options.pop('color', 'red'), float(options.pop('sign', 1.0))
+    if options or color not in world.COLORS or sign not in (1.0, -1.0):
+        raise ValueError(f'reward "color_fraction" takes color (one of {tuple(world.COLORS)}) '
+                         f'and sign (1 or -1); got {dict(options, color=color, sign=sign)}')
+    return lambda images, metadata: color_fraction(images, color, sign)
