@@ -202,6 +202,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval_reward = config.reward.copy_and_resolve_references()
         config.eval_every = 3
         config.eval_prompts = 8
+        config.update_buckets = 2  # fewer programs to compile in a 3-step run
         config.checkpoint_every = 2
         config.distributed = 'off'
         config.parallelism.update(mesh=(-1, 1, 1), strategy='dp', remat_policy=None,

@@ -75,5 +75,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.eval.num_timesteps = 6
         config.eval_every = 2
         config.eval_prompts = 8
+        config.update_buckets = 2  # fewer programs to compile in a 2-step run
         config.checkpoint_every = 1
     return config

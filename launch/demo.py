@@ -49,6 +49,7 @@ _SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
 # gains.json of the documented runs), and its row.
 DOCUMENTED = os.path.join(config_files.ROOT, 'docs', 'results', 'shapes_gains.json')
 _ARM = 'UniGRPO (think)'
+SMOOTHING = 10  # steps in the smoothed training-reward curve
 
 
 def _say(message: str) -> None:
@@ -101,7 +102,11 @@ def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
             if 'eval/reward_mean' in record:
                 evals[0].append(record['step'])
                 evals[1].append(record['eval/reward_mean'])
+    # A batch's mean reward moves with its 8 prompts' difficulty: the trend shows in a mean
+    # over the last SMOOTHING steps.
     return {'training reward (rollout: SDE window, no CFG)': train,
+            f'training reward, mean of the last {SMOOTHING} steps':
+                (train[0], viz.moving_average(train[1], SMOOTHING)),
             'eval reward (240 held-out prompts, ODE + CFG)': evals}
 
 

@@ -36,6 +36,18 @@ def save_png(array: np.ndarray, path: str) -> None:
     Image.fromarray(np.asarray(array, np.uint8)).save(path)
 
 
+def moving_average(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the up to ``window - 1`` values before it (a trailing
+    average, as long as ``values``)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
 def plot_curves(path: str, curves: dict[str, tuple[list, list]], *, title: str = '',
                 xlabel: str = 'RL step', ylabel: str = 'reward') -> None:
     """A line plot PNG of ``{label: (steps, values)}`` (e.g. training and eval reward)."""
