@@ -92,10 +92,10 @@ def test_signal_updates_take_a_few_fixed_sizes_that_split_like_the_batch():
     sizes, each split into 2 minibatches over 2 devices (a multiple of 4), or into micro-steps
     of 2 chains per device (a multiple of 2 x 2 x 2 = 8)."""
     assert settings.settings(_config(update_chains='all'), 2).buckets == (32,)
-    s = settings.settings(_config(num_minibatches=2), 2)
+    s = settings.settings(_config(num_minibatches=2, update_buckets=4), 2)
     assert s.buckets == (8, 16, 24, 32) and s.num_minibatches == 2
     assert (s.micro_batches_of(12), s.reference_pieces_of(24)) == (1, 2)
-    s = settings.settings(_config(**{'num_minibatches': 2,
+    s = settings.settings(_config(**{'num_minibatches': 2, 'update_buckets': 4,
                                      'parallelism.micro_batch_per_device': 2}), 2)
     assert s.buckets == (8, 16, 24, 32)
     assert (s.micro_batches_of(12), s.reference_pieces_of(24)) == (3, 6)
