@@ -45,8 +45,6 @@ class Settings:
     lora: LoraSpec | None         # the lora section; None: the full model trains
     chains: int                   # per rollout batch: batch_size * group_size
     minibatch: int                # chains per optimizer update
-    micro_batches: int            # gradient micro-steps per update (a memory setting)
-    reference_micro_batches: int  # pieces of the reference forward of a rollout batch
     # The batch sizes an update may run on (``rl.compaction``): ``(chains,)`` with
     # ``update_chains='all'``, else ``update_buckets`` sizes up to ``chains``.
     buckets: tuple[int, ...]
@@ -70,6 +68,16 @@ class Settings:
     @property
     def num_minibatches(self) -> int:
         return self.chains // self.minibatch
+
+    @property
+    def micro_batches(self) -> int:
+        """Gradient micro-steps per update of the whole rollout batch (a memory setting)."""
+        return self.micro_batches_of(self.minibatch)
+
+    @property
+    def reference_micro_batches(self) -> int:
+        """Pieces of the reference forward of the whole rollout batch."""
+        return self.reference_pieces_of(self.chains)
 
 
 def _need(ok: bool, field: str, value, allowed: str) -> None:
@@ -279,7 +287,6 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         mesh_shape=shape, rollout=rc, objective=obj, eval_sampler=sampler,
         eval_tokens=generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens,
         lora=lora_spec(config.lora), chains=chains, minibatch=minibatch,
-        micro_batches=minibatch // piece, reference_micro_batches=chains // piece,
         buckets=buckets, micro_step_chains=piece if per_device else 0,
         rollout_calls=local // prompts_per_device if prompts_per_device else 1,
         total_updates=total_updates(config))
