@@ -35,6 +35,9 @@ _CFG = flags.DEFINE_list('cfg', None, 'Text CFG scales (1 = off); default: 1 and
 _PER_TAG = flags.DEFINE_integer('per_tag', None, 'Only the first N prompts of each tag.')
 _NUM_TIMESTEPS = flags.DEFINE_integer('num_timesteps', None, 'Override the ODE grid points.')
 _STEP = flags.DEFINE_integer('step', None, 'An RL run\'s checkpoint step (default: the latest).')
+_SAMPLES = flags.DEFINE_integer('samples_per_prompt', 1, 'Images per prompt, each from its own '
+                                'initial noise (less sampling noise in the score).',
+                                lower_bound=1)
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 
 
@@ -60,7 +63,7 @@ def main(argv):
     print(f'evaluating {run.checkpoint}' + (f' (step {run.step})' if run.step else ''),
           flush=True)
     shapes_eval.sweep(run, tokenizer, metadata, thinks=thinks, cfg_scales=scales, out_dir=out,
-                      log=lambda s: print(s, flush=True))
+                      samples_per_prompt=_SAMPLES.value, log=lambda s: print(s, flush=True))
     with open(os.path.join(out, 'results.md')) as f:
         print(f.read())
 

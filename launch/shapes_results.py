@@ -42,8 +42,16 @@ _LATENT_KL = flags.DEFINE_float('latent_kl_weight', 0.04, 'beta of the latent-KL
 _CFG = flags.DEFINE_list('cfg', ['1', '2'], 'Text CFG scales of the evaluation.')
 _ARM_LIST = flags.DEFINE_list('arms', ['flowgrpo', 'textgrpo', 'unigrpo'],
                               'The arms compared (config names without shapes_).')
-_ONLY = flags.DEFINE_list('only', None, 'Train and evaluate only these parts (flowgrpo, '
-                          'textgrpo, unigrpo, ablation) and write no report: to split the work '
+_EVAL_SAMPLES = flags.DEFINE_integer('eval_samples', 1, 'Images per evaluation prompt, each '
+                                     'from its own initial noise.', lower_bound=1)
+_EVAL_EVERY = flags.DEFINE_integer('eval_every', None, 'In-training evaluation interval '
+                                   '(default: the config\'s).', lower_bound=0)
+_KEEP_PERIOD = flags.DEFINE_integer('keep_period', None, 'Also keep every checkpoint whose step '
+                                    'is a multiple of this (e.g. to score a mid-run step on the '
+                                    'validation prompts); default: the config\'s.', lower_bound=0)
+_PARTS = ('sft', 'flowgrpo', 'textgrpo', 'unigrpo', 'ablation')
+_ONLY = flags.DEFINE_list('only', None, f'Train and evaluate only these parts ({", ".join(_PARTS)}; '
+                          'sft: evaluate the SFT models) and write no report: to split the work '
                           'over processes; a final run without it reuses everything.')
 
 _SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
@@ -65,6 +73,9 @@ def _train(config_name: str, seed: int, workdir: str, objective: dict | None = N
     config = config_files.load(os.path.join(config_files.CONFIGS, config_name + '.py'))
     config.seed = seed
     config.total_steps = _STEPS.value
+    for field, flag in (('eval_every', _EVAL_EVERY), ('checkpoint_keep_period', _KEEP_PERIOD)):
+        if flag.value is not None:
+            config[field] = flag.value
     config.objective.update(objective or {})
     if config.objective.regularizer == 'latent_kl':
         config.objective.latent_kl_weight = _LATENT_KL.value
@@ -84,7 +95,7 @@ def _evaluate(directory: str, seed: int, out_dir: str) -> dict:
     metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
     return shapes_eval.sweep(run, tokenizer, metadata, thinks=[run.think],
                              cfg_scales=[float(c) for c in _CFG.value], out_dir=out_dir,
-                             seed=seed, log=_say)
+                             seed=seed, samples_per_prompt=_EVAL_SAMPLES.value, log=_say)
 
 
 def _eval_curve(workdir: str) -> tuple[list, list]:
@@ -153,12 +164,11 @@ def main(argv):
     seeds = [int(s) for s in _SEEDS.value]
     ablation_seeds = [int(s) for s in _ABLATION_SEEDS.value]
     only = set(_ONLY.value or [])
-    if only - {'flowgrpo', 'textgrpo', 'unigrpo', 'ablation'}:
-        raise app.UsageError(f'--only={_ONLY.value}: expected flowgrpo, textgrpo, unigrpo, '
-                             'ablation')
+    if only - set(_PARTS):
+        raise app.UsageError(f'--only={_ONLY.value}: expected some of {", ".join(_PARTS)}')
     start = time.time()
     results: dict[str, list[dict]] = {}
-    if not only:
+    if not only or 'sft' in only:
         for name, ckpt in _SFT.items():
             directory = os.path.join(config_files.ROOT, 'checkpoints', ckpt)
             results[name] = [_evaluate(directory, s, os.path.join(out, f'{ckpt}_eval_s{s}'))
@@ -175,7 +185,8 @@ def main(argv):
 
     settings = [f'cfg={float(c):g}' for c in _CFG.value]
     lines = [f'# ShapesEval results ({_STEPS.value} RL steps per run, seeds {seeds}; '
-             f'ablation seeds {ablation_seeds})', '']
+             f'ablation seeds {ablation_seeds}; {_EVAL_SAMPLES.value} evaluation image(s) per '
+             'prompt)', '']
     summary = gains_lib.gains(results, settings, _START, _PAIRED)
     lines += ['## Change of overall strict accuracy over the SFT starting point', '',
               gains_lib.markdown(summary, settings)]
