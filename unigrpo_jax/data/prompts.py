@@ -24,8 +24,7 @@ from collections.abc import Iterator
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from jax.experimental import multihost_utils
-
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.shapes import prompts as shapes_prompts
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -112,20 +111,39 @@ class Prompts(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield i, {'index': i, 'prompt': item['prompt'], 'metadata': json.dumps(item)}
 
 
+def builder_name(source: str) -> str:
+    """The builder config's name of ``source``: a hash of the named source, or of a JSONL
+    file's content (an edited file is prepared again; copies of one file on several hosts,
+    whatever their paths and modification times, are one builder)."""
+    if source in NAMED:
+        stamp = source.encode()
+    else:
+        with open(source, 'rb') as f:
+            stamp = f.read()
+    return 'p' + hashlib.sha1(stamp).hexdigest()[:12]
+
+
 def _builder(source: str, data_dir: str) -> Prompts:
-    """The prepared builder of ``source`` (its config is named by a hash of the source, and of
-    the file's modification time for a JSONL path, so an edited file is prepared again)."""
+    """The prepared builder of ``source`` (``builder_name``). In a multi-process run process 0
+    prepares it while the others check their own copy of the file; a failure anywhere, or
+    copies that differ, stops every process with the failed processes' messages."""
     key = source if source in NAMED else os.path.abspath(source)
-    if source not in NAMED:
-        source_examples(source)  # a clear error for a missing or malformed file
-    stamp = key if source in NAMED else f'{key}:{os.path.getmtime(key)}'
-    name = 'p' + hashlib.sha1(stamp.encode()).hexdigest()[:12]
-    builder = Prompts(data_dir=data_dir, config=PromptsConfig(name=name, source=key))
-    if jax.process_count() > 1:  # never two processes writing one shared directory
+    name, error = '', None
+    try:
+        if source not in NAMED:
+            source_examples(source)  # a clear error for a missing or malformed file
+        name = builder_name(key)
         if jax.process_index() == 0:
-            builder.download_and_prepare()
-        multihost_utils.sync_global_devices(f'prompts {name} prepared')
-        builder = Prompts(data_dir=data_dir, config=PromptsConfig(name=name, source=key))
+            Prompts(data_dir=data_dir,
+                    config=PromptsConfig(name=name, source=key)).download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised on every process)
+        error = e
+    distributed.raise_if_failed_anywhere(error, f'preparing the prompts {source}', DataError)
+    names = distributed.gather_text(name)
+    if len(set(names)) > 1:
+        raise DataError(f'the processes read different prompts from {source}: content hashes '
+                        f'{names} (process order); give every host the same file')
+    builder = Prompts(data_dir=data_dir, config=PromptsConfig(name=name, source=key))
     builder.download_and_prepare()  # a no-op where it is prepared
     return builder
 

@@ -171,6 +171,38 @@ def any_process(flag: bool) -> bool:
     return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
 
 
+_TEXT_BYTES = 4096  # what ``gather_text`` carries of each process's text
+
+
+def gather_text(text: str) -> list[str]:
+    """Every process's ``text`` on every process, in process order (UTF-8, cut at 4 KiB);
+    a collective: every process must call it."""
+    if jax.process_count() == 1:
+        return [text]
+    data = np.frombuffer(text.encode()[:_TEXT_BYTES], np.uint8)
+    padded = np.zeros(_TEXT_BYTES + 1, np.uint8)  # the last byte: 1 where text is set
+    padded[:len(data)], padded[-1] = data, 1
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(-1, _TEXT_BYTES + 1)
+    return [bytes(row[:-1]).rstrip(b'\0').decode(errors='replace') for row in rows]
+
+
+def raise_if_failed_anywhere(error: BaseException | None, what: str,
+                             kind: type[Exception] = RuntimeError) -> None:
+    """Agreement on a failure: where ``error`` is set on any process, every process raises
+    ``kind`` naming each failed process and its message (one process: ``error`` itself), so
+    no process goes on to wait in a collective the failed one never reaches. A collective:
+    every process must call it, with ``None`` where it succeeded."""
+    if jax.process_count() == 1:
+        if error is not None:
+            raise error
+        return
+    messages = gather_text('' if error is None else f'{type(error).__name__}: {error}')
+    failed = [f'process {i}: {m}' for i, m in enumerate(messages) if m]
+    if failed:
+        raise kind(f'{what} failed on {len(failed)} of {len(messages)} processes; '
+                   + '; '.join(failed)) from error
+
+
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
     """``[total, ...]`` on every process from each process's ``rows [r]`` and ``values [r, ...]``
     (every process the same ``r``, e.g. ``sharding.addressable_rows`` of a batch split evenly

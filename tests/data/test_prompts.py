@@ -1,0 +1,71 @@
+"""Prompt sources as TFDS builders: named by content, prepared once, and in a multi-process run
+a bad or differing file on any host stops every process with its message."""
+
+import json
+import os
+import textwrap
+
+import pytest
+
+from unigrpo_jax.data import prompts
+
+_LINES = [{'tag': 'single_object', 'prompt': 'a photo of a circle'},
+          {'tag': 'single_object', 'prompt': 'a photo of a square'}]
+
+
+def _write(path, items, text=None):
+    path.write_text(text if text is not None else ''.join(json.dumps(x) + '\n' for x in items))
+    return str(path)
+
+
+def test_builder_names_follow_the_content_not_the_path_or_time(tmp_path):
+    a = _write(tmp_path / 'a.jsonl', _LINES)
+    os.makedirs(tmp_path / 'host2')
+    b = _write(tmp_path / 'host2' / 'a.jsonl', _LINES)
+    os.utime(b, (1e9, 1e9))  # another host's copy: another path, another modification time
+    assert prompts.builder_name(a) == prompts.builder_name(b)
+    edited = _write(tmp_path / 'host2' / 'a.jsonl', _LINES[:1])
+    assert prompts.builder_name(edited) != prompts.builder_name(a)
+    assert prompts.builder_name('shapes_eval') != prompts.builder_name('geneval')
+
+
+def test_an_edited_file_is_prepared_again(tmp_path):
+    path = _write(tmp_path / 'p.jsonl', _LINES)
+    data_dir = str(tmp_path / 'tfds')
+    got = prompts.load_prompts(path, data_dir)
+    assert [(e['index'], e['prompt']) for e in got] == [(0, 'a photo of a circle'),
+                                                        (1, 'a photo of a square')]
+    _write(tmp_path / 'p.jsonl', _LINES[1:])
+    assert [e['prompt'] for e in prompts.load_prompts(path, data_dir)] == ['a photo of a square']
+    with pytest.raises(prompts.DataError, match=r'p.jsonl:1 is not valid JSON'):
+        prompts.load_prompts(_write(tmp_path / 'p.jsonl', [], text='{oops\n'), data_dir)
+
+
+_WORKER = textwrap.dedent('''
+    import sys
+    port, pid, path, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    from unigrpo_jax.parallel import distributed
+    distributed.initialize('auto', f'127.0.0.1:{port}', 2, pid, timeout_s=60)
+    from unigrpo_jax.data import prompts
+    try:
+        got = prompts.load_prompts(path, data_dir)
+    except prompts.DataError as e:
+        print('DATA ERROR:', e)
+        sys.exit(3)
+    print('LOADED', [e['prompt'] for e in got])
+''')
+
+
+def test_every_process_stops_when_one_copy_is_bad_or_differs(tmp_path, processes):
+    data_dir = str(tmp_path / 'tfds')  # shared by both processes, as on a shared file system
+    good = [_write(tmp_path / f'good{i}.jsonl', _LINES) for i in range(2)]
+    os.utime(good[1], (1e9, 1e9))
+    for rc, out in processes(_WORKER, [[good[0], data_dir], [good[1], data_dir]]):
+        assert rc == 0 and "LOADED ['a photo of a circle', 'a photo of a square']" in out, out
+    bad = _write(tmp_path / 'bad.jsonl', [], text='{oops\n')
+    for rc, out in processes(_WORKER, [[good[0], data_dir], [bad, data_dir]]):
+        assert rc == 3 and 'failed on 1 of 2 processes; process 1: DataError' in out, out
+        assert 'bad.jsonl:1 is not valid JSON' in out, out
+    other = _write(tmp_path / 'other.jsonl', _LINES[:1])
+    for rc, out in processes(_WORKER, [[good[0], data_dir], [other, data_dir]]):
+        assert rc == 3 and 'the processes read different prompts' in out, out
