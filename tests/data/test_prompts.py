@@ -69,3 +69,13 @@ def test_every_process_stops_when_one_copy_is_bad_or_differs(tmp_path, processes
     other = _write(tmp_path / 'other.jsonl', _LINES[:1])
     for rc, out in processes(_WORKER, [[good[0], data_dir], [other, data_dir]]):
         assert rc == 3 and 'the processes read different prompts' in out, out
+
+
+def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / 'p.jsonl'
+    path.write_bytes(json.dumps(_LINES[0]).encode() + b'\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(prompts.DataError, match=r'p.jsonl:2 is not UTF-8 text'):
+        prompts.read_jsonl_lines(str(path))
+    assert prompts.where(_write(tmp_path / 'q.jsonl', [], text='\n' + json.dumps(_LINES[0])
+                                + '\n\n' + json.dumps(_LINES[1]) + '\n'), 1).endswith('q.jsonl:4')
+    assert prompts.where('shapes_eval', 7) == 'shapes_eval prompt 7'

@@ -131,3 +131,23 @@ def test_a_reward_failing_on_one_process_fails_every_process(processes):
     (rc0, out0), (rc1, out1) = processes(_SCORE_WORKER, [[1]] * 2)
     assert rc0 == 3 and 'failed on another process' in out0, out0
     assert rc1 == 3 and 'reward server down' in out1, out1
+
+
+def test_a_bad_reward_is_named_precisely():
+    import jax.numpy as jnp
+    import pytest
+    from unigrpo_jax.train import rl_step
+    images = jnp.zeros((4, 2, 2, 3), jnp.uint8)
+    items = [{}] * 4
+    with pytest.raises(rl_step.RewardError, match=r'returned 3 scores \(shape \(3,\)\) for 4 '):
+        rl_step.score(lambda ims, meta: [1.0] * 3, images, items)
+    with pytest.raises(rl_step.RewardError,
+                       match=r'non-finite scores for 1 of 4 images \(e.g. nan for image 2\)'):
+        rl_step.score(lambda ims, meta: [1.0, 1.0, float('nan'), 1.0], images, items)
+
+    def broken(ims, meta):
+        raise KeyError('color')
+
+    with pytest.raises(rl_step.RewardError, match="KeyError: 'color'") as e:
+        rl_step.score(broken, images, items)
+    assert isinstance(e.value.__cause__, KeyError)  # the scorer's own traceback is kept

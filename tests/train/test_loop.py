@@ -127,9 +127,16 @@ def test_resume_writes_each_step_of_metrics_once(tmp_path):
     loop.train(_config(total_steps=2, eval_every=1), workdir)
     # Lose the last checkpoint (a crash after the metrics of step 2, before its save).
     shutil.rmtree(tmp_path / 'checkpoints' / '2')
+    with open(tmp_path / 'metrics.jsonl', 'a') as f:
+        f.write('{"step": 3, "reward/me')  # and a last row cut by the crash
     loop.train(_config(total_steps=2, eval_every=1), workdir)
     rows = [(r['step'], 'eval/reward_mean' in r) for r in _metrics(workdir)]
     assert rows == [(0, True), (1, False), (1, True), (2, False), (2, True)], rows
+    # A resume asking for fewer steps than the run has says so and leaves the run as it was.
+    saved = (tmp_path / 'rl_config.json').read_text()
+    with pytest.raises(run_dir.WorkdirError, match=r'checkpoint at step 2, past total_steps=1'):
+        loop.train(_config(total_steps=1, eval_every=1), workdir)
+    assert (tmp_path / 'rl_config.json').read_text() == saved
 
 
 def test_a_second_run_on_a_workdir_stops_and_a_crashed_one_leaves_no_lock(tmp_path):
@@ -165,6 +172,23 @@ def test_prompts_the_reward_cannot_score_stop_the_run_before_it_compiles(tmp_pat
                        r"reward 'shapes': no \"include\" list"):
         loop.train(_config(**{'total_steps': 1, 'data.train': str(prompts)}),
                    str(tmp_path / 'run'))
+    assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
+
+
+def test_a_prompt_too_long_stops_the_run_before_its_first_step(tmp_path):
+    prompts = tmp_path / 'prompts.jsonl'
+    long_prompt = 'a photo of ' + 'two circles and ' * 400 + 'a square'
+    include = [{'class': 'circle', 'count': 1}]
+    items = [{'prompt': 'a photo of a circle', 'include': include}] * 8 + [
+        {'prompt': long_prompt, 'include': include}]
+    prompts.write_text('\n'.join(json.dumps(x) for x in items[:2]) + '\n\n'
+                       + ''.join(json.dumps(x) + '\n' for x in items[2:]))
+    with pytest.raises(loop.ConfigError) as e:
+        loop.train(_config(**{'total_steps': 1, 'data.train': str(prompts)}),
+                   str(tmp_path / 'run'))
+    message = str(e.value)
+    assert message.startswith(f'{prompts}:10: prompt ') and 'config.data.max_prompt_tokens' in message
+    assert f'({len(long_prompt)} characters)' in message and len(message) < 400, message
     assert not os.path.exists(tmp_path / 'run' / 'checkpoints')
 
 

@@ -100,6 +100,11 @@ def encode_segment(tokenizer: Any, tokens: SpecialTokens, text: str) -> list[int
     return [tokens.bos, *tokenizer.encode(text, add_special_tokens=False), tokens.eos]
 
 
+def _quoted(text: str, limit: int = 80) -> str:
+    """``text`` quoted for an error message, cut to its first ``limit`` characters."""
+    return repr(text) if len(text) <= limit else f'{text[:limit]!r}... ({len(text)} characters)'
+
+
 def encode_segments(tokenizer: Any, tokens: SpecialTokens, texts: Sequence[str], length: int,
                     what: str = 'prompt') -> tuple[np.ndarray, np.ndarray]:
     """Bagel's text segments of ``texts`` (``encode_segment``) as a static-shape batch.
@@ -120,10 +125,10 @@ def encode_segments(tokenizer: Any, tokens: SpecialTokens, texts: Sequence[str],
     for i, text in enumerate(texts):
         segment = encode_segment(tokenizer, tokens, text)
         if unk is not None and unk in segment[1:-1]:
-            raise TokenizerError(f'{what} {text!r} has words outside the tokenizer\'s '
+            raise TokenizerError(f'{what} {_quoted(text)} has words outside the tokenizer\'s '
                                  f'vocabulary (they encode to its unk token, id {unk})')
         if len(segment) > length:
-            raise ConfigError(f'{what} {text!r} has {len(segment)} tokens with its bos and eos, '
+            raise ConfigError(f'{what} {_quoted(text)} has {len(segment)} tokens with its bos and eos, '
                               f'more than its padded segment of {length}: raise '
                               f'config.data.max_{what}_tokens')
         ids[i, :len(segment)], lengths[i] = segment, len(segment)

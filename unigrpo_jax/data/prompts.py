@@ -44,8 +44,13 @@ def read_jsonl_lines(path: str) -> list[tuple[int, dict]]:
     if not os.path.exists(path):
         raise DataError(f'prompt file {path} does not exist')
     out = []
-    with open(path) as f:
-        for i, line in enumerate(f):
+    with open(path, 'rb') as f:
+        for i, raw in enumerate(f):
+            try:
+                line = raw.decode('utf-8')
+            except UnicodeDecodeError as e:
+                raise DataError(f'{path}:{i + 1} is not UTF-8 text ({e.reason} at byte '
+                                f'{e.start})') from e
             if not line.strip():
                 continue
             try:
@@ -58,6 +63,14 @@ def read_jsonl_lines(path: str) -> list[tuple[int, dict]]:
     if not out:
         raise DataError(f'prompt file {path} has no prompts')
     return out
+
+
+def where(source: str, index: int) -> str:
+    """Where prompt ``index`` (its ``load_prompts`` index) of ``source`` is written:
+    ``file:line`` of a JSONL path, else the named source and the index."""
+    if source in NAMED:
+        return f'{source} prompt {index}'
+    return f'{source}:{read_jsonl_lines(source)[index][0] + 1}'
 
 
 def read_jsonl(path: str) -> list[dict]:

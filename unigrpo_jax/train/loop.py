@@ -58,13 +58,39 @@ def keep_metrics_before(path: str, start: int) -> None:
         return
     with open(path) as f:
         rows = [line for line in f if line.strip()]
-    kept = [line for line in rows if json.loads(line)['step'] < start or
-            (start > 0 and json.loads(line)['step'] == start)]
+    steps = []
+    for i, line in enumerate(rows):
+        try:
+            steps.append(json.loads(line)['step'])
+        except json.JSONDecodeError:
+            if i + 1 < len(rows):
+                raise TrainingError(f'{path}: row {i + 1} of {len(rows)} is not JSON; only a '
+                                    'last row cut by a crash is dropped on a resume') from None
+            logging.warning('%s: dropping its last row, cut by a crash: %r', path, line[:80])
+            steps.append(start + 1)  # dropped below (written again)
+    kept = [line for line, step in zip(rows, steps)
+            if step < start or (start > 0 and step == start)]
     if len(kept) != len(rows):
         logging.info('metrics.jsonl: dropping %d rows after step %d (written again now)',
                      len(rows) - len(kept), start)
         with open(path, 'w') as f:
             f.writelines(kept)
+
+
+def check_prompts_fit(tokenizer, tokens, items: list[dict], source: str, length: int) -> None:
+    """Raises ``ConfigError`` naming the first prompt of ``items`` (``load_prompts`` examples
+    of ``source``) that does not encode into a segment of ``length`` tokens (too long, or
+    words outside the vocabulary), with where it is written: a run checks every prompt before
+    its first step, not when the prompt's batch comes up."""
+    seen = set()
+    for item in items:
+        if item['prompt'] in seen:
+            continue
+        seen.add(item['prompt'])
+        try:
+            tokenizer_lib.encode_segments(tokenizer, tokens, [item['prompt']], length)
+        except ValueError as e:
+            raise ConfigError(f'{data_lib.where(source, item["index"])}: {e}') from e
 
 
 def system_ids(config, think: bool, tokenizer, tokens) -> np.ndarray | None:
@@ -141,6 +167,9 @@ def _train(config, workdir: str, devices, s):
     train_prompts = data_lib.PromptStream(data_lib.load_prompts(config.data.train, data_dir),
                                           config.batch_size, config.seed)
     eval_items = data_lib.load_prompts(config.data.eval, data_dir)[:config.eval_prompts]
+    for items, source in ((train_prompts.examples, config.data.train),
+                          (eval_items if config.eval_every else [], config.data.eval)):
+        check_prompts_fit(tokenizer, tokens, items, source, config.data.max_prompt_tokens)
     for field, items, source in (('reward', train_prompts.examples, config.data.train),
                                  ('eval_reward', eval_items if config.eval_every else [],
                                   config.data.eval)):

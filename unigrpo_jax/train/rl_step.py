@@ -109,18 +109,23 @@ def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:
     the reward fails or returns bad scores on any of them.
     """
     rows, local = sharding.addressable_rows(images)
-    error = ''
+    error, cause = '', None
     try:
         scores = np.asarray(reward_fn(local, [metadata[r] for r in rows]), np.float32)
-        if scores.shape != rows.shape or not np.isfinite(scores).all():
-            error = f'the reward returned {scores!r} for {len(rows)} images'
+        if scores.shape != rows.shape:
+            error = (f'the reward returned {scores.size} scores (shape {scores.shape}) for '
+                     f'{len(rows)} images')
+        elif not np.isfinite(scores).all():
+            bad = np.flatnonzero(~np.isfinite(scores))
+            error = (f'the reward returned non-finite scores for {len(bad)} of {len(rows)} '
+                     f'images (e.g. {scores[bad[0]]} for image {int(rows[bad[0]])})')
     except Exception as e:  # the reward is user code (or a remote server): say where it broke
-        error = f'{type(e).__name__}: {e}'
+        error, cause = f'{type(e).__name__}: {e}', e
     if error:
         scores = np.full(rows.shape, np.nan, np.float32)
     every = distributed.gather_rows(rows, scores, len(metadata))
     if error:
-        raise RewardError(error)
+        raise RewardError(error) from cause  # the scorer's own traceback stays attached
     if not np.isfinite(every).all():
         raise RewardError('the reward failed on another process (see its log)')
     return every

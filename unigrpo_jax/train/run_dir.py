@@ -127,6 +127,12 @@ def check_resume_config(workdir: str, config: ml_collections.ConfigDict) -> None
     checkpoints = os.path.join(workdir, 'checkpoints')
     if not os.path.exists(path) or not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
         return
+    steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()]
+    if steps and max(steps) > config.total_steps:
+        raise WorkdirError(f'{workdir} holds a checkpoint at step {max(steps)}, past '
+                           f'total_steps={config.total_steps}: nothing to train. Raise '
+                           '--config.total_steps to continue the run, or evaluate it '
+                           '(launch/evaluate.py --workdir).')
     with open(path) as f:
         saved = json.load(f)
     changes = config_changes(saved, json.loads(config.to_json_best_effort()))
