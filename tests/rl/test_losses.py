@@ -146,3 +146,38 @@ def test_gradient_at_ratio_one_is_advantage_times_grad_logp():
 
     manual = jax.grad(lambda m: -jnp.mean(adv[:, None] * s * gauss(m)))(mean0)
     np.testing.assert_allclose(jax.grad(flow)(mean0), manual, atol=1e-6)
+
+
+def test_diagnostics_count_only_the_chains_in_the_loss():
+    """A chain of weight 0 changes no diagnostic: every metric equals that of the others alone
+    (the same holds for the signal statistics of ``advantages.signal_metrics``)."""
+    logp_old = RNG.normal(size=(3, 5)).astype(np.float32) - 2
+    logp = logp_old + RNG.normal(scale=0.3, size=(3, 5)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    adv = np.array([1.0, -0.5, 2.0], np.float32)
+    w = np.array([1.0, 0.0, 1.0], np.float32)
+    keep = np.array([0, 2])
+    _, with_zero = losses.text_policy_loss(logp, logp_old, mask, adv, eps=0.1,
+                                           aggregation='token_mean', sample_weight=w)
+    _, alone = losses.text_policy_loss(logp[keep], logp_old[keep], mask[keep], adv[keep],
+                                       eps=0.1, aggregation='token_mean')
+    log_ratio = RNG.normal(scale=1e-3, size=(3, 2)).astype(np.float32)
+    _, flow_zero = losses.flow_policy_loss(log_ratio, adv, eps=5e-4, sample_weight=w)
+    _, flow_alone = losses.flow_policy_loss(log_ratio[keep], adv[keep], eps=5e-4)
+    for got, want in ((with_zero, alone), (flow_zero, flow_alone)):
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+    logits = RNG.normal(size=(3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(losses.entropy(logits, mask, w),
+                               losses.entropy(logits[keep], mask[keep]), rtol=1e-6)
+    # Group statistics over the counted (closed) chains, advantages over the weighted ones.
+    r = np.array([1., 2., 3., 100., 4., 4., 4., 9.])
+    closed = np.array([1, 1, 1, 0, 1, 1, 1, 0], bool)
+    a, weight = advantages.chain_advantages(
+        r, closed, 4, truncated_think='drop', skip_zero_variance_groups=True, std='group',
+        eps=1e-4, clip=5.0)
+    m = advantages.signal_metrics(r, a, weight, closed, 4)
+    assert m['reward/constant_group_fraction'] == 0.5  # group 2's closed chains all scored 4
+    np.testing.assert_allclose(m['reward/group_std'], np.std([1., 2., 3.]) / 2)
+    np.testing.assert_allclose([m['advantage/mean'], m['advantage/max']],
+                               [a[:3].mean(), a[:3].max()], rtol=1e-6)

@@ -184,7 +184,11 @@ def test_micro_batches_give_the_minibatch_update(setup, aggregation, shape, micr
     assert moved > 5e-4  # the update is real
     for a, b in zip(jax.tree.leaves(split.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    for key in ('loss', 'text/loss', 'image/loss', 'image/velocity_mse'):
+    # The diagnostics too: weighted like the loss, their micro-batch shares add up to the
+    # minibatch's value (chain 1, weight 0, is in neither).
+    for key in ('loss', 'text/loss', 'image/loss', 'image/velocity_mse', 'text/ratio_mean',
+                'text/clip_fraction', 'text/approx_kl', 'text/entropy', 'image/ratio_mean',
+                'image/clip_fraction', 'image/approx_kl'):
         np.testing.assert_allclose(split_m[key], whole_m[key], rtol=1e-4, atol=1e-7,
                                    err_msg=key)
 

@@ -77,3 +77,25 @@ def chain_advantages(rewards: np.ndarray, closed: np.ndarray, group_size: int, *
     if truncated_think == 'drop':
         weight *= closed
     return adv, weight
+
+
+def signal_metrics(rewards: np.ndarray, advantages: np.ndarray, sample_weight: np.ndarray,
+                   counted: np.ndarray, group_size: int) -> dict[str, float]:
+    """The signal a rollout batch gives GRPO, over the chains the statistics count
+    (``counted [B]``: the closed chains under ``truncated_think='drop'``, else all):
+    ``reward/group_std`` (the spread within a prompt's group, mean over groups) and
+    ``reward/constant_group_fraction`` (groups whose counted chains all scored the same: no
+    advantage), and ``advantage/*`` over the chains in the loss (``sample_weight > 0``; 0 when
+    there are none)."""
+    r = rewards.astype(np.float64).reshape(-1, group_size)
+    c = counted.astype(bool).reshape(r.shape)
+    n = np.maximum(c.sum(1), 1)
+    mean = np.where(c, r, 0).sum(1) / n
+    std = np.sqrt(np.where(c, (r - mean[:, None]) ** 2, 0).sum(1) / n)
+    spread = np.where(c, r, -np.inf).max(1) - np.where(c, r, np.inf).min(1)
+    in_loss = advantages[sample_weight > 0]
+    stats = {'mean': np.mean, 'std': np.std, 'min': np.min, 'max': np.max}
+    return {'reward/group_std': float(std.mean()),
+            'reward/constant_group_fraction': float(np.mean(~(spread > 0))),
+            **{f'advantage/{k}': float(f(in_loss)) if in_loss.size else 0.0
+               for k, f in stats.items()}}

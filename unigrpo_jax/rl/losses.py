@@ -55,25 +55,36 @@ def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
     return jnp.sum(per_sample * w * (jnp.sum(mask, 1) > 0)) / denominator
 
 
+def _weights(values: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
+    """``[B]`` float32 sample weights (all ones when None)."""
+    if sample_weight is None:
+        return jnp.ones(values.shape[:1], jnp.float32)
+    return sample_weight.astype(jnp.float32)
+
+
 def text_policy_loss(logp: jax.Array, logp_old: jax.Array, mask: jax.Array,
                      advantages: jax.Array, *, eps: float, aggregation: str,
                      sample_weight: jax.Array | None = None,
-                     denominator: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                     denominator: jax.Array | None = None,
+                     tokens: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``-J_text``: clipped GRPO surrogate over reasoning tokens.
 
     Args:
       logp, logp_old: ``[B, T]`` log-probs of the sampled tokens, current and rollout.
       mask: ``[B, T]`` sampled tokens; advantages: ``[B]``.
       denominator: see ``aggregate_tokens``.
+      tokens: the weighted token count the diagnostics divide by (``sum(mask * w)``, at least
+        1; of the whole minibatch when this is one micro-batch of it; default: of these).
     Returns:
-      ``(loss, metrics)`` with the mean ratio and the clip fraction over tokens.
+      ``(loss, metrics)`` with the mean ratio, the clip fraction and the k3 KL(old || new)
+      over the tokens of the chains in the loss (weighted by ``sample_weight``).
     """
     ratio = jnp.exp(logp - logp_old)
     adv = advantages[:, None]
     objective = clipped_surrogate(ratio, adv, eps, eps)
     loss = -aggregate_tokens(objective, mask, aggregation, sample_weight, denominator)
-    m = mask.astype(jnp.float32)
-    n = jnp.maximum(jnp.sum(m), 1.0)
+    m = mask.astype(jnp.float32) * _weights(logp, sample_weight)[:, None]
+    n = jnp.maximum(jnp.sum(m), 1.0) if tokens is None else tokens
     clipped = (jnp.abs(ratio - 1.0) > eps).astype(jnp.float32)
     delta = logp_old - logp
     return loss, {
@@ -101,23 +112,33 @@ def ratio_norm_log_ratio(logp: jax.Array, logp_old: jax.Array, mean: jax.Array,
 def flow_policy_loss(log_ratio: jax.Array, advantages: jax.Array, *, eps: float,
                      step_weight: jax.Array | None = None,
                      sample_weight: jax.Array | None = None,
-                     denominator: jax.Array | None = None) -> tuple[jax.Array, dict]:
+                     denominator: jax.Array | None = None,
+                     diagnostic_weight: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``-J_flow``: clipped surrogate on the (RatioNorm) ratio, mean over window steps and
     samples. ``step_weight [W]`` (mean 1) reweights steps, e.g. GRPO-Guard's ``1/|dt|``.
     ``denominator``: the summed sample weight of the whole minibatch when this is one
-    micro-batch of it (default: of these samples, at least 1)."""
+    micro-batch of it (default: of these samples, at least 1). The diagnostics (mean ratio,
+    clip fraction, KL) are over the window steps of the chains in the loss, weighted by
+    ``sample_weight`` and divided by ``diagnostic_weight`` (the samples' summed weight, of the
+    minibatch or of these, as ``denominator`` but never rescaled by ``rl.compaction``)."""
     ratio = jnp.exp(log_ratio)
     objective = clipped_surrogate(ratio, advantages[:, None], eps, eps)
     if step_weight is not None:
         objective = objective * step_weight[None, :]
-    w = jnp.ones(ratio.shape[:1]) if sample_weight is None else sample_weight.astype(jnp.float32)
+    w = _weights(ratio, sample_weight)
     if denominator is None:
         denominator = jnp.maximum(jnp.sum(w), 1.0)
+    if diagnostic_weight is None:
+        diagnostic_weight = jnp.maximum(jnp.sum(w), 1.0)
     loss = -jnp.sum(jnp.mean(objective, 1) * w) / denominator
+
+    def mean(x):  # [B, W] -> the weighted mean over the chains in the loss
+        return jnp.sum(jnp.mean(x, 1) * w) / diagnostic_weight
+
     return loss, {
-        'image/ratio_mean': jnp.mean(ratio),
-        'image/clip_fraction': jnp.mean((jnp.abs(ratio - 1.0) > eps).astype(jnp.float32)),
-        'image/approx_kl': jnp.mean(jnp.exp(log_ratio) - 1.0 - log_ratio),
+        'image/ratio_mean': mean(ratio),
+        'image/clip_fraction': mean((jnp.abs(ratio - 1.0) > eps).astype(jnp.float32)),
+        'image/approx_kl': mean(jnp.exp(log_ratio) - 1.0 - log_ratio),
     }
 
 
@@ -160,9 +181,12 @@ def text_kl_k3(logp: jax.Array, logp_ref: jax.Array, mask: jax.Array, aggregatio
     return aggregate_tokens(jnp.exp(d) - d - 1.0, mask, aggregation, sample_weight, denominator)
 
 
-def entropy(logits: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean entropy of the token distributions ``logits [B, T, V]`` over the masked tokens."""
+def entropy(logits: jax.Array, mask: jax.Array, sample_weight: jax.Array | None = None,
+            tokens: jax.Array | None = None) -> jax.Array:
+    """Mean entropy of the token distributions ``logits [B, T, V]`` over the masked tokens of
+    the chains in the loss (weighted by ``sample_weight``; ``tokens`` as in
+    ``text_policy_loss``)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     h = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-    m = mask.astype(jnp.float32)
-    return jnp.sum(h * m) / jnp.maximum(jnp.sum(m), 1.0)
+    m = mask.astype(jnp.float32) * _weights(logits, sample_weight)[:, None]
+    return jnp.sum(h * m) / (jnp.maximum(jnp.sum(m), 1.0) if tokens is None else tokens)

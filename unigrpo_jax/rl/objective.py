@@ -108,14 +108,17 @@ def loss_totals(batch: TrainBatch, obj: ObjectiveConfig) -> dict[str, jax.Array]
     micro-batch divided by them is its share, and the shares add up to the minibatch's loss.
     ``weight`` and ``text`` (the policy-gradient terms') are scaled by the batch's
     ``weight_scale`` / ``token_scale`` (``rl.compaction``); ``reg_weight`` and ``reg_text``
-    (the regularisers') are this batch's own."""
+    (the regularisers') and ``tokens`` (the weighted reasoning tokens the text diagnostics
+    average over; the image diagnostics use ``reg_weight``) are this batch's own."""
     w = batch.sample_weight
     reg_weight = jnp.maximum(jnp.sum(w), 1.0)
     totals = {'chains': jnp.float32(w.shape[0]), 'weight': reg_weight * batch.weight_scale,
               'reg_weight': reg_weight}
     if obj.text_term:
-        reg_text = losses.token_denominator(batch.trajectory.think_mask, obj.text_aggregation, w)
-        totals.update(text=reg_text * batch.token_scale, reg_text=reg_text)
+        mask = batch.trajectory.think_mask
+        reg_text = losses.token_denominator(mask, obj.text_aggregation, w)
+        totals.update(text=reg_text * batch.token_scale, reg_text=reg_text,
+                      tokens=losses.token_denominator(mask, 'token_mean', w))
     return totals
 
 
@@ -149,11 +152,12 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
         logp_old = jnp.where(fresh[:, None], recorded['think_logprobs'], traj.think_logprobs)
         text_loss, m = losses.text_policy_loss(
             logp, logp_old, mask, batch.advantages, eps=obj.text_clip,
-            aggregation=obj.text_aggregation, sample_weight=w, denominator=totals['text'])
+            aggregation=obj.text_aggregation, sample_weight=w, denominator=totals['text'],
+            tokens=totals['tokens'])
         loss += text_loss
-        metrics.update(m)
+        metrics.update({k: v / share for k, v in m.items()})  # shares -> minibatch estimates
         metrics['text/loss'] = text_loss / share
-        metrics['text/entropy'] = losses.entropy(logits, mask)
+        metrics['text/entropy'] = losses.entropy(logits, mask, w, totals['tokens']) / share
         metrics['parity/text_max_abs_logp_diff'] = _masked_max(jnp.abs(logp - logp_old), mask)
         metrics['parity/rollout_text_max_abs_logp_diff'] = _masked_max(
             jnp.abs(logp - traj.think_logprobs), mask)
@@ -181,9 +185,10 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
             step_weight = inv / jnp.mean(inv)
         flow_loss, m = losses.flow_policy_loss(log_ratio, batch.advantages, eps=obj.flow_clip,
                                                step_weight=step_weight, sample_weight=w,
-                                               denominator=totals['weight'])
+                                               denominator=totals['weight'],
+                                               diagnostic_weight=totals['reg_weight'])
         loss += obj.flow_weight * flow_loss
-        metrics.update(m)
+        metrics.update({k: v / share for k, v in m.items()})  # shares -> minibatch estimates
         metrics['image/loss'] = flow_loss / share
         metrics['parity/image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - logp_old),
                                                             initial=0.0)

@@ -154,7 +154,6 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     scores = advantages.chain_rewards(score(reward_fn, out.images, chain_items), closed,
                                       config.truncated_think)
     t_reward = time.time()
-    groups = scores.reshape(-1, s.rollout.group_size)  # [prompts, group]
     adv, weight = advantages.chain_advantages(
         scores, closed, s.rollout.group_size, truncated_think=config.truncated_think,
         skip_zero_variance_groups=o.skip_zero_variance_groups, std=o.advantage_std,
@@ -201,13 +200,12 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     scalars = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
     scalars.update({
         'reward/mean': float(scores.mean()), 'reward/std': float(scores.std()),
-        # The signal GRPO has: the spread of rewards within a prompt's group, and the groups
-        # whose chains all scored the same (zero advantage: nothing to learn from them).
-        'reward/group_std': float(groups.std(axis=1).mean()),
-        'reward/constant_group_fraction': float(np.mean(np.ptp(groups, axis=1) == 0)),
+        # The signal GRPO has (the spread of rewards within a prompt's group, the groups
+        # whose chains all scored the same), over the chains its statistics count.
+        **advantages.signal_metrics(
+            scores, adv, weight, closed if config.truncated_think == 'drop'
+            else np.ones_like(closed), s.rollout.group_size),
         'think/closed_fraction': float(closed.mean()),
-        'advantage/mean': float(adv.mean()), 'advantage/std': float(adv.std()),
-        'advantage/min': float(adv.min()), 'advantage/max': float(adv.max()),
         'skipped_updates': sum(float(m['skipped']) for m in metrics),
         # The chains with signal, and the chains the reference and the updates ran on.
         'update/signal_fraction': float(signal.mean()),
