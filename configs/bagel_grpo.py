@@ -58,6 +58,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         ))))
     # The reward of the evaluations (a copy of the training reward unless set).
     config.eval_reward = config.reward.copy_and_resolve_references()
+    # Seconds a reward call may take before the step fails (its state kept to retry); a
+    # remote reward's own per-request timeout and retries are in its options.
+    config.reward_timeout_s = 600.0
     config.truncated_think = 'keep'  # a chain that never closed its reasoning: keep|zero|drop
     config.eval_every = 50  # RL steps between evaluations (and one before the first; 0: off)
     config.eval_prompts = 64  # the first N prompts of data.eval

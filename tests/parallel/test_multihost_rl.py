@@ -111,3 +111,37 @@ def test_a_shapes_eval_step_on_two_processes_equals_one(processes, tmp_path):
                 assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
     assert sorted(os.listdir(os.path.join(two, 'samples'))) == ['step_000000.png',
                                                                  'step_000001.png']
+
+
+# Argv: PORT PROCESS_ID WORKDIR: process 1 alone gets SIGTERM after its first step (a
+# preempted VM); every process must stop after that same step.
+_PREEMPTED_WORKER = _RL_WORKER.split('from tests.parallel')[0].replace(
+    'port, pid, name, workdir, *totals = sys.argv[1:]', 'port, pid = sys.argv[1:3]') + textwrap.dedent('''
+    import signal
+    from tests.parallel import test_multihost_rl
+    from unigrpo_jax.train import loop
+    real = loop.rl_step.rl_step
+
+    def step_then_signal(*args, **kwargs):
+        out = real(*args, **kwargs)
+        if jax.process_index() == 1 and args[-1] == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    loop.rl_step.rl_step = step_then_signal
+    try:
+        loop.train(test_multihost_rl.CONFIGS['grpo'](3), sys.argv[3])
+    except loop.Preempted as e:
+        print('PREEMPTED:', e)
+        sys.exit(75)
+''')
+
+
+def test_sigterm_on_one_process_stops_every_process_at_the_same_step(processes, tmp_path):
+    workdir = str(tmp_path / 'run')
+    for rc, out in processes(_PREEMPTED_WORKER, [[workdir]] * 2, timeout=600):
+        assert rc == 75 and 'preempted (SIGTERM) after step 1' in out, out[-5000:]
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1']
+    assert [r['step'] for r in _metrics(workdir)] == [1]
+    _run_two(processes, 'grpo', workdir, 3)  # and the run resumes from it
+    assert [r['step'] for r in _metrics(workdir)] == [1, 2, 3]

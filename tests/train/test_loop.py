@@ -3,6 +3,7 @@ server without losing the batch (its config checks: test_settings.py)."""
 
 import json
 import os
+import textwrap
 
 import jax
 import numpy as np
@@ -208,3 +209,67 @@ def test_a_parity_breach_stops_the_run_before_it_saves(tmp_path):
                                                  r'parity_bound=1e-12'):
         loop.train(_config(total_steps=1, parity_bound=1e-12), str(tmp_path))
     assert not os.path.exists(tmp_path / 'checkpoints' / '1')
+
+
+def test_a_reward_that_never_returns_times_out_or_yields_to_sigterm():
+    import threading
+    import time
+    from unigrpo_jax.train import rl_step
+    release = threading.Event()
+
+    def hang(images, metadata):
+        release.wait()
+        return [1.0] * len(images)
+
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match='did not return within reward_timeout_s=0.5 s'):
+        rl_step.reward_with_deadline(hang, 0.5, lambda: False)(np.zeros((2,)), [{}, {}])
+    assert time.monotonic() - start < 5
+    with pytest.raises(InterruptedError, match='while waiting'):
+        rl_step.reward_with_deadline(hang, 60, lambda: time.monotonic() - start > 1)(
+            np.zeros((2,)), [{}, {}])
+    release.set()
+    assert rl_step.reward_with_deadline(hang, 60, lambda: False)(np.zeros((3,)), []) == [1.0] * 3
+
+    def broken(images, metadata):
+        raise KeyError('color')
+
+    with pytest.raises(KeyError, match='color'):  # the reward's own error, unchanged
+        rl_step.reward_with_deadline(broken, 60, lambda: False)(np.zeros((1,)), [{}])
+
+
+def test_sigterm_while_the_reward_hangs_saves_and_exits_75(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    (tmp_path / 'hanging_reward.py').write_text(textwrap.dedent(f'''
+        import pathlib, time
+        from unigrpo_jax.rewards import registry
+
+        @registry.register('hang')
+        def hang(options):
+            def reward(images, metadata):
+                pathlib.Path({str(tmp_path / 'called')!r}).touch()
+                time.sleep(10 ** 6)
+            return reward
+    '''))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               PYTHONPATH=f'{tmp_path}:{root}')
+    workdir = tmp_path / 'run'
+    cmd = [sys.executable, 'launch/train.py', '--config=configs/bagel_grpo.py:tiny',
+           f'--workdir={workdir}', '--config.total_steps=3', '--config.eval_every=0',
+           '--config.reward.name=hanging_reward:hang', '--config.parallelism.num_devices=1',
+           '--config.parallelism.mesh=(1,1,1)']
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 400
+    while not (tmp_path / 'called').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-3000:]
+    assert 'preempted (SIGTERM) after step 0' in err, err[-3000:]
+    assert os.path.isdir(workdir / 'checkpoints' / '0')  # the state to retry the batch from

@@ -4,10 +4,12 @@ advantages -> PPO updates), with checkpoints, preemption, logging and periodic e
 ``train(config, workdir)`` is what ``launch/train.py`` runs and what a notebook can call.
 Starting again with the same ``workdir`` resumes from its latest checkpoint and continues
 exactly (same prompts, same random numbers, same params; ``metrics.jsonl`` keeps each step
-once). SIGTERM finishes the step, saves a checkpoint and raises ``Preempted`` (the launcher
-exits with its own code); a non-finite loss skips that update (counted, the params stay as they
-were, so the state stays finite and is saved as usual), and ``max_skipped_updates`` in a row
-stop the run.
+once). SIGTERM finishes the step (or abandons a reward call still running, keeping the state
+before the step), saves a checkpoint and raises ``Preempted`` (the launcher exits with its own
+code), on every process of a multi-process run even where only one got the signal; a reward
+call longer than ``reward_timeout_s`` fails the step the same way, its state kept to retry. A
+non-finite loss skips that update (counted, the params stay as they were, so the state stays
+finite and is saved as usual), and ``max_skipped_updates`` in a row stop the run.
 """
 
 from __future__ import annotations
@@ -179,7 +181,10 @@ def _train(config, workdir: str, devices, s):
             raise ConfigError(f'config.{field}.name={config[field].name!r}: {e}') from e
     if is_main:  # the config is checked: record it (a resume's allowed changes included)
         run_dir.save_config(workdir, config)
-    reward_fn = registry.make_reward(config.reward.name, config.reward.options)
+    preempt = _Preemption()
+    reward_fn = rl_step.reward_with_deadline(
+        registry.make_reward(config.reward.name, config.reward.options), config.reward_timeout_s,
+        lambda: preempt.requested)
     system = system_ids(config, s.rollout.think, tokenizer, tokens)
 
     mesh = mesh_lib.make_mesh(s.mesh_shape, devices)
@@ -211,14 +216,14 @@ def _train(config, workdir: str, devices, s):
     if is_main:
         keep_metrics_before(os.path.join(workdir, 'metrics.jsonl'), start)
     report = periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)
-    preempt = _Preemption()
     base_key = jax.random.key(config.seed)
     skipped_in_a_row = 0
     ae_dev = jax.device_put(ae, sharding.replicated(mesh))
     evaluate = evaluation.make_evaluator(
         config, s, model, mesh, tokenizer, tokens, system, eval_items,
-        registry.make_reward(config.eval_reward.name, config.eval_reward.options), writer,
-        workdir)
+        rl_step.reward_with_deadline(
+            registry.make_reward(config.eval_reward.name, config.eval_reward.options),
+            config.reward_timeout_s, lambda: preempt.requested), writer, workdir)
 
     def meta(step):
         return {'step': step, 'seed': config.seed, 'data_position': step * config.batch_size}
@@ -240,6 +245,9 @@ def _train(config, workdir: str, devices, s):
             # regenerates exactly this rollout (prompts and random numbers depend on the step).
             checkpointing.save(mgr, step, state, meta(step))
             mgr.wait_until_finished()
+            if distributed.any_process(preempt.requested):  # SIGTERM while the reward ran
+                mgr.close()
+                raise Preempted(step, workdir) from e
             raise TrainingError(f'reward for step {step + 1} failed: {e}. The state before this '
                                 f'step is checkpointed in {workdir}; fix the reward and run '
                                 'again with the same --workdir to retry this batch.') from e
@@ -261,9 +269,12 @@ def _train(config, workdir: str, devices, s):
         done = step + 1 == config.total_steps
         if config.eval_every and ((step + 1) % config.eval_every == 0 or done):
             evaluate(programs.policy(state.params, frozen), ae_dev, step + 1)
-        if (step + 1) % config.checkpoint_every == 0 or done or preempt.requested:
+        # Every process stops at the same step (a SIGTERM may reach one host only, or land
+        # on different sides of a step boundary): none enters a step the others left.
+        stop = distributed.any_process(preempt.requested)
+        if (step + 1) % config.checkpoint_every == 0 or done or stop:
             checkpointing.save(mgr, step + 1, state, meta(step + 1))
-        if preempt.requested and not done:
+        if stop and not done:
             mgr.wait_until_finished()
             mgr.close()
             writer.flush()

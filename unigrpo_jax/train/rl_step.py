@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from unigrpo_jax.model import bagel
@@ -100,6 +102,47 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
             loss, optimizer, place, s.micro_batches_of(m // s.num_minibatches), totals,
             recorded=True) for m in s.buckets},
         record=jax.jit(replay.record_old, out_shardings=place.batch, donate_argnums=(0,)))
+
+
+def reward_with_deadline(reward_fn, timeout_s: float, interrupted: Callable[[], bool],
+                         log_every_s: float = 30.0):
+    """``reward_fn`` run in a daemon thread that the caller waits on: it raises
+    ``TimeoutError`` after ``timeout_s`` seconds and ``InterruptedError`` as soon as
+    ``interrupted()`` (e.g. SIGTERM), so a reward that never returns can neither hang the run
+    nor keep it from saving; every ``log_every_s`` seconds the log says it is waiting.
+    (A thread that never returns is left behind; it does not keep the process alive.)"""
+    def call(images, metadata):
+        result = {}
+
+        def run():
+            try:
+                result['scores'] = reward_fn(images, metadata)
+            except BaseException as e:  # pylint: disable=broad-except  (re-raised below)
+                result['error'] = e
+
+        worker = threading.Thread(target=run, name='reward', daemon=True)
+        start = time.monotonic()
+        worker.start()
+        logged = start
+        while worker.is_alive():
+            worker.join(0.2)
+            now = time.monotonic()
+            if not worker.is_alive():
+                break
+            if interrupted():
+                raise InterruptedError(f'stopped while waiting {now - start:.0f} s on the reward')
+            if now - start > timeout_s:
+                raise TimeoutError(f'the reward did not return within reward_timeout_s='
+                                   f'{timeout_s:g} s')
+            if now - logged >= log_every_s:
+                logging.info('waiting on the reward: %.0f s of reward_timeout_s=%g', now - start,
+                             timeout_s)
+                logged = now
+        if 'error' in result:
+            raise result['error']
+        return result['scores']
+
+    return call
 
 
 def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:

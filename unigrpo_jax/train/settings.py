@@ -272,6 +272,8 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         _need(registry.is_registered(name), f'{field}.name', name,
               f'expected one of {tuple(registry.names())} or "module:name" (a module of yours '
               'that registers name)')
+    _need(config.reward_timeout_s > 0, 'reward_timeout_s', config.reward_timeout_s,
+          'must be > 0 (seconds a reward call may take)')
     _need(config.checkpoint_every >= 1, 'checkpoint_every', config.checkpoint_every,
           'must be >= 1')
     _need(config.eval_every >= 0, 'eval_every', config.eval_every, 'must be >= 0 (0 = off)')
