@@ -151,3 +151,39 @@ def test_a_bad_reward_is_named_precisely():
     with pytest.raises(rl_step.RewardError, match="KeyError: 'color'") as e:
         rl_step.score(broken, images, items)
     assert isinstance(e.value.__cause__, KeyError)  # the scorer's own traceback is kept
+
+
+_REPLICATED_WORKER = textwrap.dedent('''
+    import os, sys
+    os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+    port, pid = sys.argv[1], int(sys.argv[2])
+    from unigrpo_jax.parallel import distributed, sharding
+    distributed.initialize('auto', f'127.0.0.1:{port}', 2, pid, timeout_s=60)
+    import jax, numpy as np
+    from jax.sharding import Mesh
+    from unigrpo_jax.train import rl_step
+    # data 4 x tensor 2, the tensor axis across the two processes: each holds every row.
+    devices = np.stack([np.array(jax.devices()[:4]), np.array(jax.devices()[4:])], -1)
+    mesh = Mesh(devices.reshape(4, 1, 2), ('data', 'fsdp', 'tensor'))
+    images = np.arange(16 * 2 * 2 * 3, dtype=np.uint8).reshape(16, 2, 2, 3)
+    placed = sharding.host_to_global(images, sharding.batch_sharding(mesh))
+    scored = []
+
+    def reward(ims, meta):
+        scored.extend(m['i'] for m in meta)
+        return [float(im.sum()) for im in ims]
+
+    got = rl_step.score(reward, placed, [{'i': i} for i in range(16)])
+    assert np.array_equal(got, images.reshape(16, -1).sum(1).astype(np.float32))
+    print('SCORED', sorted(scored))
+''')
+
+
+def test_rows_replicated_across_processes_are_scored_once(processes):
+    import ast
+    scored = []
+    for rc, out in processes(_REPLICATED_WORKER, [[]] * 2):
+        assert rc == 0 and 'SCORED' in out, out
+        scored.append(ast.literal_eval(out.split('SCORED ')[1].splitlines()[0]))
+    assert sorted(scored[0] + scored[1]) == list(range(16))  # every image once, in all
+    assert len(scored[0]) == len(scored[1]) == 8  # the two copies share the work

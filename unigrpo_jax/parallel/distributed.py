@@ -205,13 +205,18 @@ def raise_if_failed_anywhere(error: BaseException | None, what: str,
 
 def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
     """``[total, ...]`` on every process from each process's ``rows [r]`` and ``values [r, ...]``
-    (every process the same ``r``, e.g. ``sharding.addressable_rows`` of a batch split evenly
-    over processes; a row given twice must carry the same value)."""
+    (``r`` may differ between processes, e.g. ``sharding.addressable_rows``: each row given by
+    exactly one process). A collective: every process must call it."""
     if jax.process_count() > 1:
+        counts = np.asarray(multihost_utils.process_allgather(np.int32(len(rows)))).reshape(-1)
+        pad = int(counts.max()) - len(rows)  # equal shapes for the gather; row -1 is padding
+        rows = np.concatenate([rows, np.full(pad, -1, rows.dtype)])
+        values = np.concatenate([values, np.zeros((pad,) + values.shape[1:], values.dtype)])
         rows, values = (np.asarray(x) for x in multihost_utils.process_allgather((rows, values)))
         rows, values = rows.reshape(-1), values.reshape((-1,) + values.shape[2:])
-    if sorted(set(rows.tolist())) != list(range(total)):
-        raise ValueError(f'rows {sorted(set(rows.tolist()))} do not cover 0..{total - 1}')
+        values, rows = values[rows >= 0], rows[rows >= 0]
+    if sorted(rows.tolist()) != list(range(total)):
+        raise ValueError(f'rows {sorted(rows.tolist())} do not cover 0..{total - 1} once each')
     out = np.empty((total,) + values.shape[1:], values.dtype)
     out[rows] = values
     return out

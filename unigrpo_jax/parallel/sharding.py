@@ -107,12 +107,26 @@ def host_to_global(host, placement: NamedSharding) -> jax.Array:
 
 def addressable_rows(array: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """``(rows [r] int64, values [r, ...])``: the rows of ``array`` (split along axis 0 only)
-    that this process's devices hold, each once and in order. One process: every row."""
-    pieces = {}
+    that this process owns, in order: of the devices holding a copy of row piece k (its
+    replicas, e.g. over a tensor axis), replica ``k mod copies`` owns it, so every row is owned
+    by exactly one device of the run, and the copies share the work (e.g. scoring). One
+    process: every row."""
+    pieces, copies = {}, _copies(array)
     for shard in array.addressable_shards:
         rows = shard.index[0] if shard.index else slice(None)
         start, stop, _ = rows.indices(array.shape[0])
-        pieces.setdefault(start, (np.arange(start, stop), shard.data))
+        piece = start // max(stop - start, 1)
+        if shard.replica_id == piece % copies:
+            pieces[start] = (np.arange(start, stop), shard.data)
     order = sorted(pieces)
+    if not order:
+        return np.zeros((0,), np.int64), np.zeros((0,) + array.shape[1:], array.dtype)
     return (np.concatenate([pieces[k][0] for k in order]),
             np.concatenate([np.asarray(pieces[k][1]) for k in order]))
+
+
+def _copies(array: jax.Array) -> int:
+    """How many devices of the run hold each piece of ``array`` (its replicas)."""
+    indices = array.sharding.devices_indices_map(array.shape)
+    first = next(iter(indices.values()))
+    return sum(1 for index in indices.values() if index == first)

@@ -154,7 +154,8 @@ def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:
     rows, local = sharding.addressable_rows(images)
     error, cause = '', None
     try:
-        scores = np.asarray(reward_fn(local, [metadata[r] for r in rows]), np.float32)
+        scores = (np.asarray(reward_fn(local, [metadata[r] for r in rows]), np.float32)
+                  if len(rows) else np.zeros((0,), np.float32))  # its devices' copies' share
         if scores.shape != rows.shape:
             error = (f'the reward returned {scores.size} scores (shape {scores.shape}) for '
                      f'{len(rows)} images')
