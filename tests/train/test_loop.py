@@ -273,3 +273,32 @@ def test_sigterm_while_the_reward_hangs_saves_and_exits_75(tmp_path):
     assert proc.returncode == 75, err[-3000:]
     assert 'preempted (SIGTERM) after step 0' in err, err[-3000:]
     assert os.path.isdir(workdir / 'checkpoints' / '0')  # the state to retry the batch from
+
+
+def test_a_failed_background_save_stops_the_run_in_one_line(tmp_path, monkeypatch):
+    from unigrpo_jax.train import checkpointing
+    real = checkpointing.manager
+
+    def failing_after_the_first_save(*args, **kwargs):
+        mgr = real(*args, **kwargs)
+        check = mgr.check_for_errors
+
+        def check_for_errors():
+            check()
+            if mgr.latest_step() is not None and mgr.latest_step() >= 1:
+                raise OSError(28, 'No space left on device')
+        mgr.check_for_errors = check_for_errors
+        return mgr
+
+    monkeypatch.setattr(checkpointing, 'manager', failing_after_the_first_save)
+    with pytest.raises(checkpointing.CheckpointError) as e:
+        loop.train(_config(total_steps=4), str(tmp_path))
+    message = str(e.value)
+    assert '\n' not in message and 'No space left on device' in message, message
+    assert 'resumes from step 1' in message and str(tmp_path / 'checkpoints') in message
+    assert [r['step'] for r in _metrics(str(tmp_path))] == [1]  # it stopped at once
+    # A save cut short leaves a temporary directory; the next start ignores and removes it.
+    monkeypatch.setattr(checkpointing, 'manager', real)
+    os.makedirs(tmp_path / 'checkpoints' / '2.orbax-checkpoint-tmp-1234')
+    loop.train(_config(total_steps=2), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']

@@ -23,6 +23,7 @@ def manager(workdir: str, *, max_to_keep: int, keep_period: int | None) -> ocp.C
         policies.append(ocp.checkpoint_managers.EveryNSteps(keep_period))
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=True,
+        cleanup_tmp_directories=True,  # a save cut short (a crash, a full disk) leaves none
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                  options=options)
@@ -32,6 +33,24 @@ def save(mgr: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
     """Saves ``state`` (must be finite: the loop never saves a non-finite state) and ``meta``."""
     mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                            meta=ocp.args.JsonSave(meta)), force=True)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written."""
+
+
+def raise_if_save_failed(mgr: ocp.CheckpointManager) -> None:
+    """Raises ``CheckpointError`` in one line (where, why, what to do) when a background save
+    has failed (e.g. a full disk), so the run stops at once instead of training on unsaved."""
+    try:
+        mgr.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except  (any failure of the writer)
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        latest = mgr.latest_step()
+        raise CheckpointError(
+            f'saving a checkpoint under {mgr.directory} failed ({type(e).__name__}: {reason}); '
+            'free disk space or fix the directory, then run again with the same --workdir: it '
+            f'resumes from step {latest if latest is not None else 0}') from e
 
 
 def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] | None:

@@ -231,6 +231,7 @@ def _train(config, workdir: str, devices, s):
     if config.eval_every and start == 0:
         evaluate(programs.policy(state.params, frozen), ae_dev, 0)  # the curve's start
     for step in range(start, config.total_steps):
+        checkpointing.raise_if_save_failed(mgr)  # a save that failed in the background
         items = train_prompts.batch(step)
         ids, lengths = tokenizer_lib.encode_segments(tokenizer, tokens,
                                                      [it['prompt'] for it in items], max_len)
@@ -280,6 +281,7 @@ def _train(config, workdir: str, devices, s):
             writer.flush()
             raise Preempted(step + 1, workdir)
     mgr.wait_until_finished()
+    checkpointing.raise_if_save_failed(mgr)
     mgr.close()
     writer.flush()
     return state
