@@ -302,3 +302,23 @@ def test_a_failed_background_save_stops_the_run_in_one_line(tmp_path, monkeypatc
     os.makedirs(tmp_path / 'checkpoints' / '2.orbax-checkpoint-tmp-1234')
     loop.train(_config(total_steps=2), str(tmp_path))
     assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']
+
+
+def test_a_damaged_checkpoint_is_named_with_the_way_back(tmp_path):
+    import shutil
+    from unigrpo_jax.train import checkpointing
+    loop.train(_config(total_steps=2), str(tmp_path))
+    state_dir = tmp_path / 'checkpoints' / '2' / 'state'
+    for entry in os.listdir(state_dir):  # a partly deleted checkpoint: its arrays are gone
+        if entry.startswith(('d', 'ocdbt', 'manifest')):
+            path = state_dir / entry
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.raises(checkpointing.CheckpointError) as e:
+        loop.train(_config(total_steps=3), str(tmp_path))
+    message = str(e.value)
+    assert '\n' not in message and len(message) < 600, message
+    assert f'checkpoint of step 2 ({tmp_path / "checkpoints" / "2"}) cannot be read' in message
+    assert f'remove {tmp_path / "checkpoints" / "2"} to resume from step 1' in message
+    shutil.rmtree(tmp_path / 'checkpoints' / '2')  # as the message says
+    loop.train(_config(total_steps=3), str(tmp_path))
+    assert [r['step'] for r in _metrics(str(tmp_path))] == [1, 2, 3]

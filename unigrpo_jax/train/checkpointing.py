@@ -60,8 +60,18 @@ def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] |
         return None
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           abstract_state)
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                    meta=ocp.args.JsonRestore()))
+    try:
+        out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                        meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except  (Orbax's many ways to fail a read)
+        damaged = os.path.join(mgr.directory, str(step))
+        earlier = [s for s in mgr.all_steps() if s < step]
+        advice = (f'remove {damaged} to resume from step {max(earlier)}' if earlier else
+                  'no earlier checkpoint is left: use a new --workdir')
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        raise CheckpointError(f'the checkpoint of step {step} ({damaged}) cannot be read '
+                              f'({type(e).__name__}: {reason}); it is damaged (a crash or a '
+                              f'full disk while it was written?): {advice}') from e
     return out['state'], out['meta']
 
 
