@@ -10,9 +10,13 @@ and ``tokenizer/`` (with Bagel's special tokens added). The logic is in
 ``unigrpo_jax.convert.pipeline``.
 """
 
+import sys
+
 from absl import app, flags, logging
 
 from unigrpo_jax.convert import pipeline
+from unigrpo_jax.convert.checkpoint import CheckpointError
+from unigrpo_jax.model.config import ConfigError
 
 _SRC = flags.DEFINE_string('src', None, 'Directory to read.', required=True)
 _DST = flags.DEFINE_string('dst', None, 'Directory to write.', required=True)
@@ -26,11 +30,14 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace an existing checkpoi
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
-    if _EXPORT.value:
-        pipeline.export_release(_SRC.value, _DST.value, log=logging.info)
-    else:
-        pipeline.convert_release(_SRC.value, _DST.value, dtype=pipeline.DTYPES[_DTYPE.value],
-                                 overwrite=_OVERWRITE.value, log=logging.info)
+    try:
+        if _EXPORT.value:
+            pipeline.export_release(_SRC.value, _DST.value, log=logging.info)
+        else:
+            pipeline.convert_release(_SRC.value, _DST.value, dtype=pipeline.DTYPES[_DTYPE.value],
+                                     overwrite=_OVERWRITE.value, log=logging.info)
+    except (CheckpointError, ConfigError) as e:  # a bad --src or --dst: one line, no trace
+        sys.exit(f'launch/convert_bagel.py: {e}')
 
 
 if __name__ == '__main__':

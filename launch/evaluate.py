@@ -48,7 +48,10 @@ def main(argv):
         distributed.require_one_process('launch/evaluate.py')
     except ConfigError as e:
         sys.exit(str(e))
-    run = run_dir.load(_WORKDIR.value, _STEP.value)
+    try:
+        run = run_dir.load(_WORKDIR.value, _STEP.value)
+    except FileNotFoundError as e:  # not a run, or a run that has saved nothing yet
+        sys.exit(f'launch/evaluate.py: {e}')
     if _NUM_TIMESTEPS.value:
         run.eval.num_timesteps = _NUM_TIMESTEPS.value
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]

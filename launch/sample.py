@@ -54,7 +54,10 @@ def main(argv):
     except ConfigError as e:
         sys.exit(str(e))
     prompts = data_lib.read_jsonl_lines(_PROMPTS.value)  # a bad file fails before any load
-    run = run_dir.load(_WORKDIR.value)
+    try:
+        run = run_dir.load(_WORKDIR.value)
+    except FileNotFoundError as e:  # not a run, or a run that has saved nothing yet
+        sys.exit(f'launch/sample.py: {e}')
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)
     for line, item in prompts:  # every prompt is checked before any image is drawn
         try:

@@ -91,3 +91,23 @@ def test_tokenizer_disagreeing_with_config_json(fixture_dir, tmp_path):
                           '<|vision_end|>': 4})
     with pytest.raises(CheckpointError, match='differ from the tokenizer ids'):
         pipeline.convert_release(src, str(tmp_path / 'dst'), log=lambda _: None)
+
+
+def test_launchers_name_a_wrong_directory_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    (tmp_path / 'notes.txt').write_text('not a checkpoint')
+    cases = [(['launch/convert_bagel.py', f'--src={tmp_path}', f'--dst={tmp_path / "out"}'],
+              f'launch/convert_bagel.py: {tmp_path} is not a Bagel release directory: it has no '
+              'llm_config.json, ae.safetensors, ema.safetensors or model.safetensors'),
+             (['launch/sample.py', f'--workdir={tmp_path}', '--prompts=data/geneval/'
+               'evaluation_metadata.jsonl', f'--out={tmp_path / "s"}'],
+              f'launch/sample.py: {tmp_path} is not a run directory'),
+             (['launch/evaluate.py', f'--workdir={tmp_path}'],
+              f'launch/evaluate.py: {tmp_path} is not a run directory')]
+    for args, message in cases:
+        out = subprocess.run([sys.executable, *args], cwd=root, capture_output=True, text=True,
+                             env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+        assert out.returncode == 1 and message in out.stderr, out.stderr[-2000:]
+        assert 'Traceback' not in out.stderr, out.stderr[-2000:]

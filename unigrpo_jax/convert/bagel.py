@@ -100,6 +100,23 @@ def _check_fixed_tables(source: SafetensorsSource, config: BagelConfig) -> None:
                                   f'side {side_field}={side} (max |diff| {err.max():.3g})')
 
 
+def check_release(directory: str) -> None:
+    """Raises ``CheckpointError`` in one line when ``directory`` is not a Bagel checkpoint
+    directory (the release layout: ``llm_config.json``, the model weights (one of
+    ``MODEL_FILES``) and ``ae.safetensors``), naming what is missing."""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f'{directory} is not a directory (expected a Bagel release: '
+                              'llm_config.json, ema.safetensors, ae.safetensors)')
+    missing = [f for f in ('llm_config.json', AE_FILE)
+               if not os.path.exists(os.path.join(directory, f))]
+    if not any(os.path.exists(os.path.join(directory, f)) for f in MODEL_FILES):
+        missing.append(' or '.join(MODEL_FILES))
+    if missing:
+        raise CheckpointError(f'{directory} is not a Bagel release directory: it has no '
+                              f'{", ".join(missing)} (download ByteDance-Seed/BAGEL-7B-MoT to a '
+                              'local directory and pass that)')
+
+
 def load_bagel(directory: str, *, tokens: SpecialTokens | None = None, dtype: Any = None,
                model_dtype: str = 'float32') -> tuple[BagelConfig, dict, dict]:
     """Reads a Bagel checkpoint directory.
@@ -114,6 +131,7 @@ def load_bagel(directory: str, *, tokens: SpecialTokens | None = None, dtype: An
     Raises:
       ConfigError / CheckpointError with every problem found, before any tensor is converted.
     """
+    check_release(directory)
     config = load_config(directory, tokens=tokens, dtype=model_dtype)
     source = SafetensorsSource([model_file(directory)])
     _check_fixed_tables(source, config)
