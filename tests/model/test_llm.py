@@ -79,6 +79,29 @@ def test_bfloat16_compute_is_close_to_float32(model):
     assert 0 < err < 5e-2 * scale
 
 
+def test_compute_params_give_the_float32_masters_forward_bitwise(model):
+    """The rollout's compute-dtype copy (``bagel.compute_params``) computes exactly what the
+    trainer computes from the float32 master: text logits and velocities equal bitwise in
+    bfloat16; casting every param (the float32 modules too) does not."""
+    config, params = model
+    cfg16 = config.replace(dtype='bfloat16')
+    ids = jnp.asarray(_ids(config, 6, 7))[None]
+    x_t = jax.random.normal(jax.random.key(0), (1, 4, config.latent_token_dim))
+    pos = jnp.arange(4)[None]
+    forward = jax.jit(lambda p: bagel.Bagel(cfg16).apply({'params': p}, ids, x_t,
+                                                         jnp.full((1,), 0.7), pos))
+    logits, v = forward(params)
+    copy = bagel.compute_params(params, jnp.bfloat16)
+    assert copy['language_model']['lm_head']['kernel'].dtype == jnp.float32
+    assert copy['language_model']['norm']['scale'].dtype == jnp.bfloat16
+    logits_c, v_c = forward(copy)
+    np.testing.assert_array_equal(logits_c, logits)
+    np.testing.assert_array_equal(v_c, v)
+    logits_all, v_all = forward(jax.tree.map(lambda x: x.astype(jnp.bfloat16), params))
+    assert float(jnp.max(jnp.abs(logits_all - logits))) > 0
+    assert float(jnp.max(jnp.abs(v_all - v))) > 0
+
+
 def test_remat_policy_gives_the_same_hidden(model):
     config, params = model
     ids = jnp.asarray(_ids(config, 6, 6))[None]

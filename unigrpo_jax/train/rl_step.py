@@ -84,8 +84,9 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
     dtype = jnp.dtype(model.dtype)
     policy_sharding = sharding.param_shardings(bagel.abstract_params(model), mesh, rollout_rules)
     def policy(trainable, frozen):  # cast where the params live, then gather the copy
-        return jax.tree.map(lambda x, sh: jax.lax.with_sharding_constraint(x.astype(dtype), sh),
-                            merged(trainable, frozen), place.ref_params)
+        return jax.tree.map(jax.lax.with_sharding_constraint,
+                            bagel.compute_params(merged(trainable, frozen), dtype),
+                            place.ref_params)
 
     policy = jax.jit(policy, out_shardings=policy_sharding)
     totals = functools.partial(objective.loss_totals, obj=s.objective)
