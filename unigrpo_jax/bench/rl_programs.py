@@ -103,7 +103,8 @@ def rl_programs(config, devices, system_len: int | None = None,
         step=jax.ShapeDtypeStruct((), jnp.int32), params=trainable,
         opt_state=jax.eval_shape(optimizer.init, trainable)), place.state)
     frozen = _params(model, jnp.dtype(model.dtype), place.ref_params)
-    policy = _params(model, jnp.dtype(model.dtype), built.policy_sharding)
+    policy = placed_shapes(jax.eval_shape(  # the float32 modules stay float32
+        lambda p: bagel.compute_params(p, jnp.dtype(model.dtype)), f32), built.policy_sharding)
     ae = placed_shapes(jax.eval_shape(lambda k: autoencoder.init_params(model.ae, k),
                                       jax.random.key(0)), rep)
     key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=rep)
