@@ -32,8 +32,9 @@ from unigrpo_jax.model.config import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)
-_TARGET = flags.DEFINE_string('target', None, f'Target to compile for, of {list(targets.TARGETS)}'
-                              ", or 'list' to print them.", required=True)
+_TARGET = flags.DEFINE_string('target', None, 'Target to compile for: any size of a family '
+                              "(v5p-N, v5e-N, v6e-N, h100xN, h200xN), or 'list' to print the "
+                              'forms.', required=True)
 _OUT_DIR = flags.DEFINE_string('out_dir', None, 'Directory for the report (default '
                                'runs/compile_check/<target>).')
 _PROGRAMS = flags.DEFINE_list('programs', None, 'Programs to compile (default: all of '

@@ -176,8 +176,34 @@ def test_launcher_lists_targets_and_rejects_unknown_ones_in_one_line():
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1] == (
-        "launch/compile_check.py: unknown target 'v5p-17'; expected one of "
-        + ', '.join(targets.TARGETS))
+        'launch/compile_check.py: v5p-17: a v5p slice has 8, 16, 32, 64, 128, 256, 512, 1024, '
+        '2048, 4096, 8192 TensorCores (2 per chip)')
+    assert 'Any size of a family: v5p-N' in listed.stdout
+
+
+def test_any_slice_size_has_its_topology_and_hosts():
+    """Targets of any size a family comes in; the named ones are the same forms."""
+    got = {n: (t.topology, t.num_devices, t.hosts) for n, t in (
+        (n, targets.get(n)) for n in ('v5p-8', 'v5p-32', 'v5p-64', 'v5p-1024', 'v5e-8',
+                                      'v6e-16', 'h100x32', 'h200x4'))}
+    assert got == {'v5p-8': ('v5p:2x2x1', 4, 1), 'v5p-32': ('v5p:4x2x2', 16, 4),
+                   'v5p-64': ('v5p:4x4x2', 32, 8), 'v5p-1024': ('v5p:8x8x8', 512, 128),
+                   'v5e-8': ('v5e:2x4', 8, 2), 'v6e-16': ('v6e:4x4', 16, 4),
+                   'h100x32': ('1x4x8', 32, 4), 'h200x4': ('1x1x4', 4, 1)}
+    assert targets.get('h200x16').device_memory == targets.get('h200x8').device_memory
+    for bad, message in (('v5p-12', 'a v5p slice has 8, 16'), ('v6e-2', 'a v6e slice has 4, 8'),
+                         ('h100x12', 'hosts hold 8 GPUs'), ('a100x8', "unknown target 'a100x8'; "
+                                                            'expected v5p-N')):
+        with pytest.raises(ConfigError, match=message):
+            targets.get(bad)
+
+
+def test_new_tpu_sizes_have_the_devices_and_hosts_libtpu_lays_out(tpu):
+    for name in ('v5p-32', 'v5p-128', 'v6e-16'):
+        target = targets.get(name)
+        found = targets.devices(target)
+        assert len(found) == target.num_devices, target
+        assert len({d.process_index for d in found}) == target.hosts, target
 
 
 def test_required_bytes_reads_both_forms_of_the_tpu_message():

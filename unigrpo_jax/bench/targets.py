@@ -1,28 +1,31 @@
-"""Named accelerators to compile for ahead of time, on a machine that has none of them.
+"""Accelerators to compile for ahead of time, on a machine that has none of them.
 
-| name    | platform | topology    | chips | hosts | memory per chip (bytes)          |
-|---------|----------|-------------|-------|-------|----------------------------------|
-| v5p-8   | tpu      | v5p:2x2x1   | 4     | 1     | 102,803,393,408 (95.74 GiB)      |
-| v5p-16  | tpu      | v5p:2x2x2   | 8     | 2     | same                             |
-| v5p-64  | tpu      | v5p:4x4x2   | 32    | 8     | same                             |
-| v5e-16  | tpu      | v5e:4x4     | 16    | 4     | 16,909,403,136 (15.75 GiB)       |
-| v5e-32  | tpu      | v5e:4x8     | 32    | 8     | same                             |
-| v5e-64  | tpu      | v5e:8x8     | 64    | 16    | same                             |
-| v5e-256 | tpu      | v5e:16x16   | 256   | 64    | same                             |
-| v6e-8   | tpu      | v6e:2x4     | 8     | 2     | 33,550,336,768 (31.25 GiB)       |
-| h100x8  | cuda     | 1x1x8       | 8     | 1     | 84,942,979,072 (79.11 GiB)       |
-| h200x8  | cuda     | 1x1x8       | 8     | 1     | 151,397,597,184 (141.0 GiB)      |
-| h100x16 | cuda     | 1x2x8       | 16    | 2     | 84,942,979,072                   |
+A target is named by its family and size, any size the family comes in (``get``;
+``python launch/compile_check.py --target=list`` prints the forms):
 
-TPU names are Cloud TPU slice names (v5p counts TensorCores, 2 per chip; v5e and v6e count
-chips); the topology is libtpu's ``get_topology_desc(topology_name=...)``, and ``hosts`` is the
-number of processes libtpu lays the chips over (4 chips per host: v6e-8 is two hosts here, as in
-MaxText's ``v6e:2x4``). A TPU chip's memory is what the TPU compiler lets one program use: the
-largest ``mem_peak`` (``hlo.memory``) that compiled for one sharded float32 argument (bisection
-in 4 KiB steps, jax 0.10.2 / libtpu 0.0.42.1), its HBM less a reservation (16 GiB less
-258 MiB on v5e); its RESOURCE_EXHAUSTED errors print it as 95.74G, 15.75G and 31.25G. libtpu
-lets one process per machine load it unless ``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` (harmless where
-nothing runs on the chips: the launcher sets it).
+| form     | platform | what N counts                  | sizes                         | topology (chips)                 | hosts       |
+|----------|----------|--------------------------------|-------------------------------|----------------------------------|-------------|
+| v5p-N    | tpu      | TensorCores (2 per chip)       | 8, 16, 32, ..., 8192          | 2x2x1, 2x2x2, then x, y, z doubled in turn (4x4x2 for v5p-64) | chips / 4 |
+| v5e-N    | tpu      | chips                          | 4, 8, 16, 32, 64, 128, 256    | 2x2, 2x4, 4x4, 4x8, 8x8, 8x16, 16x16 | chips / 4 |
+| v6e-N    | tpu      | chips                          | as v5e                        | as v5e                           | as v5e      |
+| h100xN   | cuda     | GPUs                           | 1, 2, 4, 8, then multiples of 8 | 1 x hosts x GPUs per host      | N / 8 (at least 1) |
+| h200xN   | cuda     | GPUs                           | as h100                       | as h100                          | as h100     |
+
+Memory per chip (bytes): v5p 102,803,393,408 (95.74 GiB), v5e 16,909,403,136 (15.75 GiB),
+v6e 33,550,336,768 (31.25 GiB), H100 84,942,979,072 (79.11 GiB), H200 151,397,597,184
+(141.0 GiB). ``TARGETS`` holds the sizes the docs and tests use. (A single v5e/v6e chip is
+not a topology libtpu compiles for without a host layout; multi-slice TPU and other GPUs are
+not built yet.)
+
+TPU names are Cloud TPU slice names; the topology is libtpu's
+``get_topology_desc(topology_name=...)``, and ``hosts`` is the number of processes libtpu lays
+the chips over (4 chips per host: v6e-8 is two hosts here, as in MaxText's ``v6e:2x4``). A TPU
+chip's memory is what the TPU compiler lets one program use: the largest ``mem_peak``
+(``hlo.memory``) that compiled for one sharded float32 argument (bisection in 4 KiB steps, jax
+0.10.2 / libtpu 0.0.42.1), its HBM less a reservation (16 GiB less 258 MiB on v5e); its
+RESOURCE_EXHAUSTED errors print it as 95.74G, 15.75G and 31.25G. libtpu lets one process per
+machine load it unless ``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` (harmless where nothing runs on the
+chips: the launcher sets it).
 
 A GPU topology is ``partitions x hosts x GPUs per host``, described by an XLA
 ``GpuTargetConfigProto`` (``gpu_spec``, relative to the repository root, which is checked out
@@ -60,22 +63,76 @@ class Target:
 
 _V5P, _V5E, _V6E = 102_803_393_408, 16_909_403_136, 33_550_336_768
 _H100, _H200 = 84_942_979_072, 151_397_597_184
-_V5P_PEAK, _V5E_PEAK, _H100_PEAK = (459e12, 2.765e12), (197e12, 819e9), (989e12, 3.35e12)
 
-TARGETS = {t.name: t for t in (
-    Target('v5p-8', 'tpu', 'v5p:2x2x1', 4, 1, _V5P, *_V5P_PEAK),
-    Target('v5p-16', 'tpu', 'v5p:2x2x2', 8, 2, _V5P, *_V5P_PEAK),
-    Target('v5p-64', 'tpu', 'v5p:4x4x2', 32, 8, _V5P, *_V5P_PEAK),
-    Target('v5e-16', 'tpu', 'v5e:4x4', 16, 4, _V5E, *_V5E_PEAK),
-    Target('v5e-32', 'tpu', 'v5e:4x8', 32, 8, _V5E, *_V5E_PEAK),
-    Target('v5e-64', 'tpu', 'v5e:8x8', 64, 16, _V5E, *_V5E_PEAK),
-    Target('v5e-256', 'tpu', 'v5e:16x16', 256, 64, _V5E, *_V5E_PEAK),
-    Target('v6e-8', 'tpu', 'v6e:2x4', 8, 2, _V6E, 918e12, 1.64e12),
-    Target('h100x8', 'cuda', '1x1x8', 8, 1, _H100, *_H100_PEAK, f'{_GPU_SPECS}/h100_sxm.txtpb'),
-    Target('h200x8', 'cuda', '1x1x8', 8, 1, _H200, 989e12, 4.8e12, f'{_GPU_SPECS}/h200.txtpb'),
-    Target('h100x16', 'cuda', '1x2x8', 16, 2, _H100, *_H100_PEAK,
-           f'{_GPU_SPECS}/h100_sxm.txtpb'),
-)}
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    platform: str
+    device_memory: int
+    peak_flops: float
+    bandwidth: float
+    gpu_spec: str = ''
+
+
+_FAMILIES = {
+    'v5p': _Family('tpu', _V5P, 459e12, 2.765e12),
+    'v5e': _Family('tpu', _V5E, 197e12, 819e9),
+    'v6e': _Family('tpu', _V6E, 918e12, 1.64e12),
+    'h100': _Family('cuda', _H100, 989e12, 3.35e12, f'{_GPU_SPECS}/h100_sxm.txtpb'),
+    'h200': _Family('cuda', _H200, 989e12, 4.8e12, f'{_GPU_SPECS}/h200.txtpb'),
+}
+_LITE_GRIDS = {4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
+               256: '16x16'}  # v5e / v6e slices: chips -> topology
+_V5P_CHIPS = tuple(2 ** k for k in range(2, 13))  # v5p-8 ... v5p-8192
+_FORMS = ('v5p-N (N = TensorCores: ' + ', '.join(str(2 * c) for c in _V5P_CHIPS) + '), '
+          'v5e-N / v6e-N (N = chips: ' + ', '.join(map(str, _LITE_GRIDS)) + '), '
+          'h100xN / h200xN (N = GPUs: 1, 2, 4, 8 or a multiple of 8)')
+
+
+def _v5p_grid(chips: int) -> str:
+    """2x2x1 for 4 chips, 2x2x2 for 8, then x, y and z doubled in turn."""
+    if chips == 4:
+        return '2x2x1'
+    dims, axis = [2, 2, 2], 0
+    while dims[0] * dims[1] * dims[2] < chips:
+        dims[axis] *= 2
+        axis = (axis + 1) % 3
+    return 'x'.join(map(str, dims))
+
+
+def parse(name: str) -> Target:
+    """The target ``name`` names (a form of the module docstring's table); a ConfigError
+    naming the forms and sizes otherwise."""
+    family, sep, size = (name.partition('-') if name[:1] == 'v' else name.partition('x'))
+    spec = _FAMILIES.get(family)
+    if spec is None or not sep or not size.isdigit() or int(size) < 1:
+        raise ConfigError(f'unknown target {name!r}; expected {_FORMS}')
+    n = int(size)
+    if family == 'v5p':
+        chips = n // 2
+        if n % 2 or chips not in _V5P_CHIPS:
+            raise ConfigError(f'{name}: a v5p slice has ' + ', '.join(
+                str(2 * c) for c in _V5P_CHIPS) + ' TensorCores (2 per chip)')
+        topology, devices = f'v5p:{_v5p_grid(chips)}', chips
+    elif spec.platform == 'tpu':
+        if n not in _LITE_GRIDS:
+            raise ConfigError(f'{name}: a {family} slice has {", ".join(map(str, _LITE_GRIDS))} '
+                              'chips')
+        topology, devices = f'{family}:{_LITE_GRIDS[n]}', n
+    else:
+        if n > 8 and n % 8 or n in (3, 5, 6, 7):
+            raise ConfigError(f'{name}: {family} hosts hold 8 GPUs: 1, 2, 4, 8 or a multiple '
+                              'of 8')
+        topology, devices = f'1x{max(1, n // 8)}x{min(n, 8)}', n
+    hosts = max(1, devices // (4 if spec.platform == 'tpu' else 8))  # libtpu: 4 chips a host
+    return Target(name, spec.platform, topology, devices, hosts, spec.device_memory,
+                  spec.peak_flops, spec.bandwidth, spec.gpu_spec)
+
+
+# The sizes the docs, the tests and the compile check's reports use.
+TARGETS = {name: parse(name) for name in (
+    'v5p-8', 'v5p-16', 'v5p-64', 'v5e-16', 'v5e-32', 'v5e-64', 'v5e-256', 'v6e-8', 'h100x8',
+    'h200x8', 'h100x16')}
 
 # platform -> (the distribution holding its compiler, the extra of setup.py that installs it)
 _COMPILERS = {'tpu': ('libtpu', 'tpu-compile'), 'cuda': ('jax-cuda12-plugin', 'gpu-compile')}
@@ -86,15 +143,14 @@ class CompilerNotInstalled(ImportError):
 
 
 def get(name: str) -> Target:
-    """The target called ``name``; a ConfigError naming the known ones otherwise."""
-    if name not in TARGETS:
-        raise ConfigError(f'unknown target {name!r}; expected one of {", ".join(TARGETS)}')
-    return TARGETS[name]
+    """The target called ``name`` (``parse``)."""
+    return TARGETS.get(name) or parse(name)
 
 
 def table() -> str:
-    """The registry as a markdown table (GiB = 2^30 bytes)."""
-    lines = ['| target | platform | topology | devices | hosts | GiB per device |',
+    """The forms a target name takes, and ``TARGETS`` as a markdown table (GiB = 2^30)."""
+    lines = [f'Any size of a family: {_FORMS}.', '',
+             '| target | platform | topology | devices | hosts | GiB per device |',
              '|---|---|---|---|---|---|']
     lines += [f'| {t.name} | {t.platform} | {t.topology} | {t.num_devices} | {t.hosts} | '
               f'{t.device_memory / 2**30:.2f} |' for t in TARGETS.values()]
