@@ -79,6 +79,9 @@ def _train(config_name: str, seed: int, workdir: str, objective: dict | None = N
     config.objective.update(objective or {})
     if config.objective.regularizer == 'latent_kl':
         config.objective.latent_kl_weight = _LATENT_KL.value
+    if os.path.isdir(os.path.join(workdir, 'checkpoints', str(config.total_steps))):
+        _say(f'{workdir}: finished ({config.total_steps} steps), reused')
+        return
     _say(f'{workdir}: {config_name} seed {seed}, {config.total_steps} steps, objective '
          f'{config.objective.mode}/{config.objective.regularizer}')
     loop.train(config, workdir)
