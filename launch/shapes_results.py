@@ -42,6 +42,10 @@ _LATENT_KL = flags.DEFINE_float('latent_kl_weight', 0.04, 'beta of the latent-KL
 _CFG = flags.DEFINE_list('cfg', ['1', '2'], 'Text CFG scales of the evaluation.')
 _ARM_LIST = flags.DEFINE_list('arms', ['flowgrpo', 'textgrpo', 'unigrpo'],
                               'The arms compared (config names without shapes_).')
+_ARM_STEPS = flags.DEFINE_list('arm_steps', [], 'Per-arm RL steps overriding --steps, as '
+                                'arm:steps (e.g. unigrpo:100: the step chosen on the '
+                                'validation prompts); a longer finished run is evaluated at '
+                                'that step (its checkpoint must be kept: --keep_period).')
 _EVAL_SAMPLES = flags.DEFINE_integer('eval_samples', 1, 'Images per evaluation prompt, each '
                                      'from its own initial noise.', lower_bound=1)
 _EVAL_EVERY = flags.DEFINE_integer('eval_every', None, 'In-training evaluation interval '
@@ -69,10 +73,16 @@ def _say(message: str) -> None:
     print(f'[results {time.strftime("%H:%M:%S")}] {message}', flush=True)
 
 
+def _steps(config_name: str) -> int:
+    """The RL steps of an arm's runs (``--arm_steps``, else ``--steps``)."""
+    chosen = dict(item.split(':') for item in _ARM_STEPS.value)
+    return int(chosen.get(config_name.removeprefix('shapes_'), _STEPS.value))
+
+
 def _train(config_name: str, seed: int, workdir: str, objective: dict | None = None) -> None:
     config = config_files.load(os.path.join(config_files.CONFIGS, config_name + '.py'))
     config.seed = seed
-    config.total_steps = _STEPS.value
+    config.total_steps = _steps(config_name)
     for field, flag in (('eval_every', _EVAL_EVERY), ('checkpoint_keep_period', _KEEP_PERIOD)):
         if flag.value is not None:
             config[field] = flag.value
@@ -87,13 +97,14 @@ def _train(config_name: str, seed: int, workdir: str, objective: dict | None = N
     loop.train(config, workdir)
 
 
-def _evaluate(directory: str, seed: int, out_dir: str) -> dict:
-    """Accuracy rows of a run (cached in ``out_dir/results.json``)."""
+def _evaluate(directory: str, seed: int, out_dir: str, step: int | None = None) -> dict:
+    """Accuracy rows of a run at ``step`` (None: its latest checkpoint; cached in
+    ``out_dir/results.json``)."""
     cached = os.path.join(out_dir, 'results.json')
     if os.path.exists(cached):
         with open(cached) as f:
             return json.load(f)
-    run = run_dir.load(directory)
+    run = run_dir.load(directory, step)
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
     metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
     return shapes_eval.sweep(run, tokenizer, metadata, thinks=[run.think],
@@ -101,18 +112,18 @@ def _evaluate(directory: str, seed: int, out_dir: str) -> dict:
                              seed=seed, samples_per_prompt=_EVAL_SAMPLES.value, log=_say)
 
 
-def _eval_curve(workdir: str) -> tuple[list, list]:
+def _eval_curve(workdir: str, last: int) -> tuple[list, list]:
     steps, values = [], []
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         for record in map(json.loads, f):
-            if 'eval/reward_mean' in record:
+            if 'eval/reward_mean' in record and record['step'] <= last:
                 steps.append(record['step'])
                 values.append(record['eval/reward_mean'])
     return steps, values
 
 
-def _mean_curve(workdirs: list[str]) -> tuple[list, list]:
-    curves = [_eval_curve(w) for w in workdirs]
+def _mean_curve(workdirs: list[str], last: int) -> tuple[list, list]:
+    curves = [_eval_curve(w, last) for w in workdirs]
     steps = curves[0][0]
     if any(c[0] != steps for c in curves):
         raise ValueError(f'runs {workdirs} evaluated at different steps')
@@ -181,13 +192,16 @@ def main(argv):
         if only and part not in only:
             continue
         _train(config_name, seed, workdir, objective)
-        results.setdefault(name, []).append(
-            _evaluate(workdir, seed, os.path.join(workdir, 'eval_final')))
+        steps = _steps(config_name)
+        results.setdefault(name, []).append(_evaluate(
+            workdir, seed, os.path.join(workdir, 'eval_final' if steps == _STEPS.value
+                                        else f'eval_step{steps}'), steps))
     if only:
         return
 
     settings = [f'cfg={float(c):g}' for c in _CFG.value]
-    lines = [f'# ShapesEval results ({_STEPS.value} RL steps per run, seeds {seeds}; '
+    lines = [f'# ShapesEval results ({_STEPS.value} RL steps per run'
+             + ''.join(f', {a}' for a in _ARM_STEPS.value) + f', seeds {seeds}; '
              f'ablation seeds {ablation_seeds}; {_EVAL_SAMPLES.value} evaluation image(s) per '
              'prompt)', '']
     summary = gains_lib.gains(results, settings, _START, _PAIRED)
@@ -202,16 +216,19 @@ def main(argv):
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, 'gains.json'), 'w') as f:  # docs/results/shapes_gains.json
-        json.dump({'steps': _STEPS.value, 'seeds': seeds, **summary}, f, indent=1)
+        json.dump({'steps': _STEPS.value, 'arm_steps': _ARM_STEPS.value, 'seeds': seeds,
+                   **summary}, f, indent=1)
     workdirs: dict[str, list[str]] = {}
-    for _, name, _, _, workdir, _ in plan:
+    for _, name, config_name, _, workdir, _ in plan:
         workdirs.setdefault(name, []).append(workdir)
+    arms = _arms()
     viz.plot_curves(os.path.join(out, 'curves_arms.png'),
-                    {name: _mean_curve(workdirs[name]) for name in _arms()},
+                    {name: _mean_curve(workdirs[name], _steps(arms[name])) for name in arms},
                     title=f'Eval reward (mean of seeds {seeds})', ylabel='eval reward')
     if ablation_seeds:
         viz.plot_curves(os.path.join(out, 'curves_ablation.png'),
-                        {reg: _mean_curve(workdirs[f'UniGRPO, regulariser {reg}'])
+                        {reg: _mean_curve(workdirs[f'UniGRPO, regulariser {reg}'],
+                                          _steps('shapes_unigrpo'))
                          for reg in _REGULARISERS},
                         title='UniGRPO regulariser ablation', ylabel='eval reward')
     with open(os.path.join(out, 'results.md')) as f:
