@@ -34,11 +34,13 @@ def test_shapes_rl_configs_validate(module, think, mode, window):
         think, mode, window)
     arm = 'shapes_sft_think' if think else 'shapes_sft_nothink'
     assert config.model.checkpoint.endswith(arm)
-    # The same budget and learning rates in every arm (the comparison of docs/results.md).
+    # The same batch and learning rates in every arm (the comparison of docs/results.md); the
+    # steps as chosen per arm on the validation prompts (FlowGRPO 200, the others 100).
     base = shapes_unigrpo.get_config()
-    assert (config.total_steps, config.batch_size, config.rollout.group_size,
-            config.optimizer.to_dict()) == (base.total_steps, base.batch_size,
-                                            base.rollout.group_size, base.optimizer.to_dict())
+    assert (config.batch_size, config.rollout.group_size, config.optimizer.to_dict()) == (
+        base.batch_size, base.rollout.group_size, base.optimizer.to_dict())
+    assert config.total_steps == (2 if mode == 'flowgrpo' else 1) * base.total_steps == (
+        200 if mode == 'flowgrpo' else 100)
 
 
 def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
