@@ -78,14 +78,23 @@ def _sft_run_dir(out: str) -> str:
     return target
 
 
-def _evaluate(run, out_dir: str, scales: list[float]) -> tuple[dict, dict]:
-    """Strict accuracy per CFG scale, and the drawer probe (one random plan per prompt)."""
+def _load_documented() -> dict:
+    """The documented distribution over seeds (``DOCUMENTED``), or {} where it is missing."""
+    if not os.path.exists(DOCUMENTED):
+        return {}
+    with open(DOCUMENTED) as f:
+        return json.load(f)
+
+
+def _evaluate(run, out_dir: str, scales: list[float], samples: int) -> tuple[dict, dict]:
+    """Strict accuracy per CFG scale (``samples`` images per prompt, as the documented runs
+    were scored), and the drawer probe (one random plan per prompt)."""
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
     metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
     if _PER_TAG.value:
         metadata = shapes_eval.subset(metadata, _PER_TAG.value)
     accuracy = shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,
-                                 out_dir=out_dir, log=_say)
+                                 out_dir=out_dir, samples_per_prompt=samples, log=_say)
     drawer = drawer_probe.probe(run, tokenizer, metadata, samples=1, cfg_scale=1.0)
     _say(f'drawer probe: {100 * drawer["all"]["drawn_as_planned"]:.1f}% of given plans drawn '
          'as planned')
@@ -110,14 +119,10 @@ def _reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
             'eval reward (240 held-out prompts, ODE + CFG)': evals}
 
 
-def _documented(before: dict, after: dict) -> list[str]:
+def _documented(before: dict, after: dict, documented: dict) -> list[str]:
     """This run's change next to the documented distribution over seeds (``DOCUMENTED``,
     written by ``launch/shapes_results.py``), one line per setting."""
-    documented, arm = {}, {}
-    if os.path.exists(DOCUMENTED):
-        with open(DOCUMENTED) as f:
-            documented = json.load(f)
-        arm = documented.get(_ARM, {})
+    arm = documented.get(_ARM, {})
     lines = []
     for k in before:
         change = 100 * (after[k]['overall'] - before[k]['overall'])
@@ -130,14 +135,14 @@ def _documented(before: dict, after: dict) -> list[str]:
         else:
             g = arm[setting]['gain']
             lines.append(f'{k}: this run {change:+.1f} points; documented over seeds '
-                         f'{documented["seeds"]} ({documented["steps"]} steps): '
+                         f'{documented["seeds"]} ({documented["steps"][_ARM]} steps): '
                          f'{g["mean"]:+.1f} ± {g["std"]:.1f} (per seed '
                          f'{" / ".join(f"{v:+.1f}" for v in g["values"])})')
     return lines
 
 
 def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step: int,
-            minutes: dict) -> str:
+            minutes: dict, documented: dict) -> str:
     rows = {f'SFT (think), {k}': v for k, v in before.items()}
     rows.update({f'UniGRPO step {step}, {k}': v for k, v in after.items()})
     lines = [
@@ -149,7 +154,7 @@ def _report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step
         'RL trajectories differ across machines (float reductions, thread counts), so a fresh '
         'run lands somewhere in the distribution over seeds that docs/results.md reports, not '
         'on one documented number:', '',
-        *[f'- {line}' for line in _documented(before, after)],
+        *[f'- {line}' for line in _documented(before, after, documented)],
         '', '## The drawer alone', '',
         'One random plan per prompt (free colours and cells uniform, as in the SFT data) given '
         'as the thinking, no CFG: % of images with exactly the planned objects / % strictly '
@@ -183,8 +188,10 @@ def main(argv):
     sft_dir = _sft_run_dir(out)
     before_run = run_dir.load(sft_dir)
     scales = shapes_eval.default_cfg_scales(config.eval)
-    _say(f'evaluating the SFT model ({before_run.checkpoint})')
-    before, drawer_before = _evaluate(before_run, os.path.join(out, 'eval_sft'), scales)
+    documented = _load_documented()
+    samples = documented.get('eval_samples', 1)
+    _say(f'evaluating the SFT model ({before_run.checkpoint}; {samples} image(s) per prompt)')
+    before, drawer_before = _evaluate(before_run, os.path.join(out, 'eval_sft'), scales, samples)
     minutes['SFT + evaluation'] = (time.time() - start) / 60
 
     t = time.time()
@@ -198,15 +205,17 @@ def main(argv):
     t = time.time()
     after_run = run_dir.load(rl_dir)
     _say(f'evaluating the UniGRPO model (step {after_run.step})')
-    after, drawer_after = _evaluate(after_run, os.path.join(out, 'eval_unigrpo'), scales)
+    after, drawer_after = _evaluate(after_run, os.path.join(out, 'eval_unigrpo'), scales,
+                                    samples)
     minutes['evaluation after RL'] = (time.time() - t) / 60
     viz.plot_curves(os.path.join(out, 'reward_curve.png'), _reward_curves(rl_dir),
                     title='UniGRPO on ShapesEval', ylabel='partial-credit reward')
     minutes['total'] = (time.time() - start) / 60
-    path = _report(out, before, after, (drawer_before, drawer_after), after_run.step, minutes)
+    path = _report(out, before, after, (drawer_before, drawer_after), after_run.step, minutes,
+                   documented)
     for k in before:
         _say(f'{k}: overall {100 * before[k]["overall"]:.1f}% -> {100 * after[k]["overall"]:.1f}%')
-    for line in _documented(before, after):
+    for line in _documented(before, after, documented):
         _say(line)
     _say(f'report: {path} ({minutes["total"]:.1f} min)')
 

@@ -216,8 +216,8 @@ def main(argv):
     with open(os.path.join(out, 'results.json'), 'w') as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, 'gains.json'), 'w') as f:  # docs/results/shapes_gains.json
-        json.dump({'steps': _STEPS.value, 'arm_steps': _ARM_STEPS.value, 'seeds': seeds,
-                   **summary}, f, indent=1)
+        json.dump({'steps': {name: _steps(c) for name, c in _arms().items()}, 'seeds': seeds,
+                   'eval_samples': _EVAL_SAMPLES.value, **summary}, f, indent=1)
     workdirs: dict[str, list[str]] = {}
     for _, name, config_name, _, workdir, _ in plan:
         workdirs.setdefault(name, []).append(workdir)

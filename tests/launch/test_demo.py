@@ -20,7 +20,8 @@ def test_demo_writes_runs_and_report(tmp_path, launch):
     with open(os.path.join(REPO, 'docs', 'results', 'shapes_gains.json')) as f:
         documented = json.load(f)
     gain = documented['UniGRPO (think)']['cfg=2']['gain']
-    assert (f'documented over seeds {documented["seeds"]} ({documented["steps"]} steps): '
+    steps = documented['steps']['UniGRPO (think)']
+    assert (f'documented over seeds {documented["seeds"]} ({steps} steps): '
             f'{gain["mean"]:+.1f} ± {gain["std"]:.1f}') in report
     assert '## The drawer alone' in report and '| 1 object | 2 |' in report  # 2 single-object prompts
     for path in ('reward_curve.png', 'eval_unigrpo/grid_think_on_cfg_2.png',
