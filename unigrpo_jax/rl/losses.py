@@ -20,6 +20,13 @@ def clipped_surrogate(ratio: jax.Array, advantage: jax.Array, eps_low: float,
                        jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * advantage)
 
 
+def _weights(values: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
+    """``[B]`` float32 sample weights (all ones when None)."""
+    if sample_weight is None:
+        return jnp.ones(values.shape[:1], jnp.float32)
+    return sample_weight.astype(jnp.float32)
+
+
 def token_denominator(mask: jax.Array, mode: str,
                       sample_weight: jax.Array | None = None) -> jax.Array:
     """The denominator ``aggregate_tokens`` divides by: the masked tokens (``token_mean``) or
@@ -28,7 +35,7 @@ def token_denominator(mask: jax.Array, mode: str,
     if mode not in TEXT_AGGREGATIONS:
         raise ValueError(f'text aggregation {mode!r}; expected one of {TEXT_AGGREGATIONS}')
     mask = mask.astype(jnp.float32)
-    w = jnp.ones(mask.shape[:1]) if sample_weight is None else sample_weight.astype(jnp.float32)
+    w = _weights(mask, sample_weight)
     if mode == 'token_mean':
         return jnp.maximum(jnp.sum(mask * w[:, None]), 1.0)
     return jnp.maximum(jnp.sum(w * (jnp.sum(mask, 1) > 0)), 1.0)
@@ -48,18 +55,11 @@ def aggregate_tokens(values: jax.Array, mask: jax.Array, mode: str,
     if denominator is None:
         denominator = token_denominator(mask, mode, sample_weight)
     mask = mask.astype(jnp.float32)
-    w = jnp.ones(values.shape[:1]) if sample_weight is None else sample_weight.astype(jnp.float32)
+    w = _weights(values, sample_weight)
     if mode == 'token_mean':
         return jnp.sum(values * mask * w[:, None]) / denominator
     per_sample = jnp.sum(values * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1.0)
     return jnp.sum(per_sample * w * (jnp.sum(mask, 1) > 0)) / denominator
-
-
-def _weights(values: jax.Array, sample_weight: jax.Array | None) -> jax.Array:
-    """``[B]`` float32 sample weights (all ones when None)."""
-    if sample_weight is None:
-        return jnp.ones(values.shape[:1], jnp.float32)
-    return sample_weight.astype(jnp.float32)
 
 
 def text_policy_loss(logp: jax.Array, logp_old: jax.Array, mask: jax.Array,
