@@ -101,6 +101,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # unigrpo: both terms, thinking; flowgrpo: image term, no thinking; textgrpo: text
         # term, thinking, images by the ODE (algorithm.md §8).
         mode='unigrpo',
+        # The image term of the modes that train the image (rl/terms.py registers them):
+        # 'flow_grpo' (the paper's FlowGRPO-Fast on the SDE window) or 'nft' (DiffusionNFT on
+        # the forward process of the final images, docs/nft.md; no window: images by the ODE).
+        image_term='flow_grpo',
         advantage_std='group',  # std of A = (R - mean) / (std + eps): 'group' or 'global' (batch)
         advantage_eps=1e-4,  # the eps of the advantage's denominator
         advantage_clip=5.0,  # advantages clipped to [-clip, clip]
@@ -119,6 +123,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # The image term back-propagates through the context KV into the understanding expert
         # (False: it stops there).
         image_grad_to_context=True,
+        # DiffusionNFT (image_term='nft', docs/nft.md; its regulariser is the velocity MSE at
+        # its points): the mixing strength of the implicit positive / negative policies.
+        nft_beta=1.0,
+        nft_adv_clip=5.0,  # advantages clipped to [-c, c], mapped to an optimality in [0, 1]
+        nft_timesteps=3,  # forward-process points per chain (times of the rollout's grid)
     ))
     config.ppo_epochs = 2  # optimizer passes over each rollout batch
     config.num_minibatches = 1  # per rollout batch and epoch

@@ -53,16 +53,18 @@ _EVAL_EVERY = flags.DEFINE_integer('eval_every', None, 'In-training evaluation i
 _KEEP_PERIOD = flags.DEFINE_integer('keep_period', None, 'Also keep every checkpoint whose step '
                                     'is a multiple of this (e.g. to score a mid-run step on the '
                                     'validation prompts); default: the config\'s.', lower_bound=0)
-_PARTS = ('sft', 'flowgrpo', 'textgrpo', 'unigrpo', 'ablation')
+_SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
+_ARMS = {'FlowGRPO (no think)': 'shapes_flowgrpo', 'TextGRPO (think)': 'shapes_textgrpo',
+         'UniGRPO (think)': 'shapes_unigrpo', 'NFT (no think)': 'shapes_nft',
+         'UniGRPO-NFT (think)': 'shapes_uninft'}
+_START = {'FlowGRPO (no think)': 'SFT (no think)', 'TextGRPO (think)': 'SFT (think)',
+          'UniGRPO (think)': 'SFT (think)', 'NFT (no think)': 'SFT (no think)',
+          'UniGRPO-NFT (think)': 'SFT (think)'}  # each arm's SFT starting point
+_PARTS = ('sft', *(c.removeprefix('shapes_') for c in _ARMS.values()), 'ablation')
 _ONLY = flags.DEFINE_list('only', None, f'Train and evaluate only these parts ({", ".join(_PARTS)}; '
                           'sft: evaluate the SFT models) and write no report: to split the work '
                           'over processes; a final run without it reuses everything.')
 
-_SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
-_ARMS = {'FlowGRPO (no think)': 'shapes_flowgrpo', 'TextGRPO (think)': 'shapes_textgrpo',
-         'UniGRPO (think)': 'shapes_unigrpo'}
-_START = {'FlowGRPO (no think)': 'SFT (no think)', 'TextGRPO (think)': 'SFT (think)',
-          'UniGRPO (think)': 'SFT (think)'}  # each arm's SFT starting point
 _PAIRED = ('UniGRPO (think)', 'FlowGRPO (no think)')  # gains differenced per seed
 _REGULARISERS = {'none': dict(regularizer='none'),
                  'latent KL': dict(regularizer='latent_kl'),
@@ -148,8 +150,8 @@ def _arms() -> dict[str, str]:
     chosen = {f'shapes_{a}' for a in _ARM_LIST.value}
     unknown = chosen - set(_ARMS.values())
     if unknown:
-        raise app.UsageError(f'--arms={_ARM_LIST.value}: expected some of flowgrpo, textgrpo, '
-                             'unigrpo')
+        raise app.UsageError(f'--arms={_ARM_LIST.value}: expected some of '
+                             + ', '.join(c.removeprefix('shapes_') for c in _ARMS.values()))
     return {name: c for name, c in _ARMS.items() if c in chosen}
 
 

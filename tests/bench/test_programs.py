@@ -13,7 +13,7 @@ def test_train_step_flops_by_hand():
     cfg = bagel_grpo.get_config('tiny')
     config = programs.model_config('tiny', cfg)
     obj = settings.objective_config(cfg, settings.schedule(cfg))
-    w = programs.Workload(batch=2, system_len=4, prompt_len=4, think_tokens=2, window=1,
+    w = programs.Workload(batch=2, system_len=4, prompt_len=4, think_tokens=2, image_blocks=1,
                           image_size=(32, 32))
     assert w.context == 4 + 4 + 4 and w.latent_tokens(config) == 64
     p, hd = 36864, 4 * 16  # matmul params per expert layer; heads x head_dim
@@ -34,7 +34,7 @@ def test_train_step_flops_by_hand():
     flow = dataclasses.replace(obj, mode='flowgrpo', regularizer='none',
                                image_grad_to_context=False)
     w_flow = programs.Workload(batch=2, system_len=0, prompt_len=4, think_tokens=0,
-                               window=1, image_size=(32, 32))
+                               image_blocks=1, image_size=(32, 32))
     image_flow = image - 2 * 4 * 66 * 8 * hd  # the context is the 4 prompt rows, not 12
     assert programs.train_step_flops(config, flow, w_flow) == 2 * (3 * image_flow + text(4, 0))
 

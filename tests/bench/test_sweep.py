@@ -84,8 +84,8 @@ def test_train_step_row(tmp_path):
     cfg = bagel_grpo.get_config('tiny')
     config = programs.model_config('tiny', cfg)
     rc = settings.rollout_config(cfg)
-    w = programs.workload(rc, 8, 32, 32)
     obj = settings.objective_config(cfg, rc.schedule)
+    w = programs.workload(rc, obj, 8, 32, 32)
     assert float(row['model_flops']) == programs.train_step_flops(config, obj, w)
 
 

@@ -69,7 +69,7 @@ def test_a_skipped_chain_changes_no_policy_gradient(rollout_batch, skip_zero_var
     for regularizer, equal in (('none', True), ('velocity_mse', skip_zero_variance_groups)):
         cfg.objective.update(regularizer=regularizer, velocity_mse_weight=1.0)
         obj = settings.objective_config(cfg, settings.schedule(cfg))
-        whole = objective.reference_outputs(params, config, batch, obj)
+        whole = objective.prepare(params, config, batch, obj, jax.random.key(0))
         kept = compaction.compact(whole, jnp.asarray(chains), jnp.asarray(in_update), obj)
 
         def grads(b):

@@ -19,6 +19,7 @@ from unigrpo_jax.rollout import rollout as R
 from unigrpo_jax.train import lora as lora_lib
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import settings
+from unigrpo_jax.train import rl_step
 from unigrpo_jax.train import step as step_lib
 
 SPEC = lora_lib.LoraSpec(rank=4, alpha=8.0, targets=lora_lib.TARGETS, experts=lora_lib.EXPERTS)
@@ -28,7 +29,8 @@ O = ('language_model', 'layers', 'gen', 'o_proj')
 
 def _loss_with_reference(params, ref_params, batch, config, obj):
     """The loss of ``batch`` with ``ref_params``' reference outputs."""
-    return objective.loss_fn(params, objective.reference_outputs(ref_params, config, batch, obj),
+    return objective.loss_fn(params, objective.prepare(ref_params, config, batch, obj,
+                                                       jax.random.key(0)),
                              config, obj)
 
 
@@ -145,13 +147,16 @@ def test_lora_step_trains_only_the_adapters_against_the_base(setup):
     cfg, config, params, batch = setup
     obj = settings.objective_config(cfg, settings.schedule(cfg))
     optimizer = opt_lib.make_optimizer(cfg.optimizer, 2)
+    prepared = jax.eval_shape(  # the placed batch is a prepared one (objective.prepare)
+        lambda b: objective.prepare(params, config, b, obj, jax.random.key(0)), batch)
     place = lora_lib.lora_placement(config, SPEC, optimizer, make_mesh((1, 1, 1),
-                                    jax.devices()[:1]), sharding.strategy_rules('dp'), batch)
+                                    jax.devices()[:1]), sharding.strategy_rules('dp'), prepared)
     lora0 = lora_lib.init_lora(params, SPEC, jax.random.key(0))
     state = step_lib.init_state(lora0, optimizer, place)
     base = step_lib.reference_params(params, place, jnp.float32)
-    batch = step_lib.make_reference_fn(config, obj, place, 1)(base, batch)  # the base's outputs
-    fn = step_lib.make_train_step(lora_lib.adapter_loss(step_lib.rl_loss(config, obj), SPEC),
+    batch = rl_step.make_reference_fn(config, obj, place, 1)(  # the base's outputs
+        base, batch, jax.random.key(0))
+    fn = step_lib.make_train_step(lora_lib.adapter_loss(rl_step.rl_loss(config, obj), SPEC),
                                   optimizer, place)
     full_loss, full_m = jax.jit(_loss_with_reference, static_argnums=(3, 4))(
         params, params, batch, config, obj)

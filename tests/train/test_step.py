@@ -17,6 +17,7 @@ from unigrpo_jax.rollout import rollout as R
 from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import settings
+from unigrpo_jax.train import rl_step
 from unigrpo_jax.train import step as step_lib
 
 
@@ -37,12 +38,14 @@ def setup():
     rewards = jnp.asarray([1.0, 0.0, 0.0, 1.0, 0.3, 0.9, 0.5, 0.2])
     adv, informative = advantages.group_advantages(rewards, rc.group_size)
     batch = replay.train_batch(out, system, adv, informative.astype(jnp.float32))
-    return cfg, config, params, objective.reference_outputs(params, config, batch, _obj(cfg))
+    return cfg, config, params, objective.prepare(params, config, batch, _obj(cfg),
+                                                  jax.random.key(0))
 
 
 def _loss_with_reference(params, ref_params, batch, config, obj):
     """The loss of ``batch`` with ``ref_params``' reference outputs."""
-    return objective.loss_fn(params, objective.reference_outputs(ref_params, config, batch, obj),
+    return objective.loss_fn(params, objective.prepare(ref_params, config, batch, obj,
+                                                       jax.random.key(0)),
                              config, obj)
 
 
@@ -105,7 +108,7 @@ def test_positive_advantage_logprob_rises_negative_falls(setup):
     place = step_lib.placement(config, optimizer, make_mesh((1, 1, 1), jax.devices()[:1]),
                                sharding.strategy_rules('dp'), batch)
     ref = step_lib.reference_params(params, place)
-    fn = step_lib.make_train_step(step_lib.rl_loss(config, obj), optimizer, place)
+    fn = step_lib.make_train_step(rl_step.rl_loss(config, obj), optimizer, place)
     before = _per_sample_logp(params, config, batch, obj)
     adv = np.asarray(batch.advantages)
     for chain in (int(np.argmax(adv)), int(np.argmin(adv))):
@@ -138,7 +141,7 @@ def _run_step(cfg, config, params, batch, strategy, shape, devices=None, micro_b
     state = step_lib.init_state(params, optimizer, place)
     ref = step_lib.reference_params(params, place)
     obj = _obj(cfg, **objective_kw)
-    fn = step_lib.make_train_step(step_lib.rl_loss(config, obj), optimizer, place, micro_batches,
+    fn = step_lib.make_train_step(rl_step.rl_loss(config, obj), optimizer, place, micro_batches,
                                   functools.partial(objective.loss_totals, obj=obj))
     for _ in range(steps):
         state, metrics = fn(state, ref, jax.device_put(batch, place.batch))
@@ -193,9 +196,9 @@ def test_micro_batches_give_the_minibatch_update(setup, aggregation, shape, micr
                                    err_msg=key)
 
 
-def test_loss_without_reference_outputs_is_an_error(setup):
+def test_loss_without_the_prepared_reference_is_an_error(setup):
     cfg, config, params, batch = setup
-    empty = batch.replace(ref_velocities=batch.ref_velocities[:, :0])
+    empty = batch.replace(extras={})
     with pytest.raises(ValueError, match='reference velocities'):
         objective.loss_fn(params, empty, config, _obj(cfg))
 
@@ -208,7 +211,7 @@ def test_non_finite_loss_skips_the_update(setup):
                                sharding.strategy_rules('dp'), batch)
     state = step_lib.init_state(params, optimizer, place)
     before = jax.tree.map(np.asarray, state.params)
-    state, m = step_lib.make_train_step(step_lib.rl_loss(config, _obj(cfg)), optimizer, place)(
+    state, m = step_lib.make_train_step(rl_step.rl_loss(config, _obj(cfg)), optimizer, place)(
         state, step_lib.reference_params(params, place), bad)
     assert float(m['skipped']) == 1.0
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):

@@ -23,6 +23,7 @@ from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rl import objective
 from unigrpo_jax.rl.objective import ObjectiveConfig
 from unigrpo_jax.rollout.rollout import RolloutConfig
+from unigrpo_jax.train import rl_step
 from unigrpo_jax.train import step as step_lib
 
 SIZES = ('tiny', '1b', '7b')
@@ -38,7 +39,7 @@ class Workload:
     system_len: int
     prompt_len: int
     think_tokens: int  # T, the train batch's reasoning tokens
-    window: int  # W, the train batch's SDE steps
+    image_blocks: int  # the train step's image forwards per chain (W window steps, NFT's points)
     image_size: tuple[int, int]
 
     @property
@@ -59,11 +60,13 @@ class Workload:
         return math.prod(latents.token_grid(*self.image_size, config.latent_downsample))
 
 
-def workload(rc: RolloutConfig, batch: int, system_len: int, prompt_len: int) -> Workload:
-    """The workload of a rollout's settings (its think tokens, window and image size)."""
+def workload(rc: RolloutConfig, obj: ObjectiveConfig, batch: int, system_len: int,
+             prompt_len: int) -> Workload:
+    """The workload of a rollout's and an objective's settings (think tokens, image blocks and
+    image size)."""
     return Workload(batch=batch, system_len=system_len if rc.think else 0, prompt_len=prompt_len,
                     think_tokens=rc.max_think_tokens if rc.think else 0,
-                    window=rc.schedule.window_size, image_size=rc.schedule.image_size)
+                    image_blocks=obj.image_blocks, image_size=rc.schedule.image_size)
 
 
 def model_config(size: str, cfg, layers: int | None = None) -> BagelConfig:
@@ -87,7 +90,7 @@ def model_config(size: str, cfg, layers: int | None = None) -> BagelConfig:
 # --- analytic counts ---------------------------------------------------------------------------
 def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> float:
     """Model FLOPs of one train step (see ``sweep``'s module docstring): per chain the context
-    (system, prompt and think segments, causal), ``lm_head`` on the T reasoning tokens, and W
+    (system, prompt and think segments, causal), ``lm_head`` on the T reasoning tokens, and the
     image blocks over the context; the reference repeats the context and what its terms read."""
     llm = config.llm
     segments = [(w.system_len, 0), (w.prompt_len, w.system_len)]
@@ -96,8 +99,8 @@ def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> 
     ctx = sum(perf.segment_forward_flops(llm, n, before, causal=True)
               for n, before in segments if n)
     logits = perf.lm_head_flops(llm, w.think_tokens) if obj.text_term else 0.0
-    image = (w.window * perf.block_forward_flops(config, 1, w.latent_tokens(config), w.context)
-             if obj.flow_term else 0.0)
+    image = (w.image_blocks * perf.block_forward_flops(config, 1, w.latent_tokens(config),
+                                                       w.context) if obj.flow_term else 0.0)
     context_grad = obj.text_term or obj.image_grad_to_context
     ref_image = obj.flow_term and obj.regularizer != 'none'
     ref_text = obj.text_term and obj.text_kl_weight > 0
@@ -108,8 +111,9 @@ def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> 
 
 
 def train_step_tokens(config: BagelConfig, w: Workload) -> int:
-    """Tokens of one train step's policy forward: context and W image blocks per chain."""
-    return w.batch * (w.context + w.window * (w.latent_tokens(config) + 2))
+    """Tokens of one train step's policy forward: the context and the objective's image blocks
+    (the W window steps, or NFT's points) per chain."""
+    return w.batch * (w.context + w.image_blocks * (w.latent_tokens(config) + 2))
 
 
 # --- programs ----------------------------------------------------------------------------------
@@ -181,12 +185,12 @@ def train_program(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig, 
         b = _random(batch, key_batch)
         b = b.replace(trajectory=b.trajectory.replace(
             prompt_lengths=jnp.full((w.batch,), w.prompt_len, jnp.int32),
-            t=grid[:w.window], t_next=grid[1:w.window + 1]),
+            t=grid[:obj.schedule.window_size], t_next=grid[1:obj.schedule.window_size + 1]),
             sample_weight=jnp.ones((w.batch,), jnp.float32))
         return (step_lib.init_state(p, optimizer, place), step_lib.reference_params(p, place),
                 _place(b, abstract[2]))
 
-    return Program(fn=step_lib.make_train_step(step_lib.rl_loss(config, obj), optimizer, place),
+    return Program(fn=step_lib.make_train_step(rl_step.rl_loss(config, obj), optimizer, place),
                    abstract=abstract, concrete=concrete, flops=train_step_flops(config, obj, w),
                    items=train_step_tokens(config, w), unit='tokens/s', threaded=True)
 

@@ -128,7 +128,9 @@ def rl_programs(config, devices, system_len: int | None = None,
         ('rollout', rollout, (policy, ae, system, *prompts(per_call), key, offset),
          (state, frozen)),
         # The whole rollout batch: the largest bucket of a compacted update (rl.compaction).
-        ('reference', built.reference[s.chains], (frozen, batch), state),
+        ('reference', built.reference[s.chains],
+         (frozen, placed_shapes(batch.replace(extras={}), rl_step.unprepared(place)), key),
+         state),
         ('train_step', built.train_step[s.minibatch],
          (state, frozen, placed_shapes(minibatch, place.batch)),
          batch if config.num_minibatches > 1 else ()),
@@ -173,7 +175,7 @@ def iteration_estimate(config, target, system_len: int = SYSTEM_TOKENS_BOUND,
     llm, rc = model.llm, s.rollout
     n, peak, bw = target.num_devices, target.peak_flops, target.bandwidth
     system_len = system_len if rc.think and config.system_prompt else 0
-    w = programs.workload(rc, 1, system_len, config.data.max_prompt_tokens)
+    w = programs.workload(rc, s.objective, 1, system_len, config.data.max_prompt_tokens)
     per_call = s.chains // s.rollout_calls // n  # chains per device per rollout call
     think = w.think_tokens
     context = w.text_context + think / 2
@@ -187,7 +189,7 @@ def iteration_estimate(config, target, system_len: int = SYSTEM_TOKENS_BOUND,
                                                (w.prompt_len, w.system_len),
                                                (think + 2 if think else 0, w.text_context))
                         if length)
-    reference = chains_per_device * (context_flops + w.window * image) / peak
+    reference = chains_per_device * (context_flops + w.image_blocks * image) / peak
     updates = config.ppo_epochs * config.num_minibatches
     train = updates * programs.train_step_flops(
         model, s.objective, dataclasses.replace(w, batch=s.minibatch)) / n / peak

@@ -162,7 +162,7 @@ def sweep(cfg, optimizer, *, sizes: Sequence[str],
     (``train.settings``)."""
     rc = settings.rollout_config(cfg)
     obj = settings.objective_config(cfg, rc.schedule)
-    w = workload(rc, batch, system_len, prompt_len)
+    w = workload(rc, obj, batch, system_len, prompt_len)
     extra = cfg.parallelism.rules.to_dict()
     device = jax.devices()[0]
     peak = perf.peak_for(device.device_kind) if jax.default_backend() == 'gpu' else None

@@ -1,9 +1,13 @@
-"""The total UniGRPO loss of a minibatch (algorithm.md §6) and its diagnostics.
+"""The total RL loss of a minibatch (algorithm.md §6): the terms of an objective on one replay.
 
-``L = -J_text - lambda * J_flow + w * L_reg (+ beta_text * KL_text)`` with the terms of
-``losses.py`` on a replay of the rollout. Modes (algorithm.md §8): ``unigrpo`` (both terms,
-think on), ``flowgrpo`` (image term only, think off), ``textgrpo`` (text term only, think on,
-images by ODE: the rollout has no SDE window).
+``L = -J_text - lambda * J_image + regularisers``. ``objective.mode`` picks the slots
+(algorithm.md §8): ``unigrpo`` (a text and an image term, the policy thinks), ``flowgrpo`` (the
+image term only, no thinking), ``textgrpo`` (the text term only, thinking; images by the ODE).
+``objective.image_term`` picks the image term among the registered ones (``rl.terms``):
+``flow_grpo`` (the paper's FlowGRPO-Fast on an SDE window, ``rl/flow_grpo.py``) or ``nft``
+(DiffusionNFT on the forward process of the final images, ``rl/nft.py``); the text term is
+``text_grpo`` (``rl/text_grpo.py``). This module knows no term's math: it replays the context
+once, asks each term for its share and adds them.
 """
 
 from __future__ import annotations
@@ -14,17 +18,14 @@ import jax
 import jax.numpy as jnp
 
 from unigrpo_jax.model.config import BagelConfig
-from unigrpo_jax.rl import losses, replay
-from unigrpo_jax.rl.replay import (TrainBatch, rebuild_context, think_logprobs, window_logp,
-                                   window_std, window_velocities)
+from unigrpo_jax.rl import flow_grpo, nft, replay, terms, text_grpo  # noqa: F401 (registration)
+from unigrpo_jax.rl.replay import TrainBatch, rebuild_context
 from unigrpo_jax.rollout.rollout import RolloutConfig
 from unigrpo_jax.rollout.schedule import Schedule
+from unigrpo_jax.rollout.trajectory import PER_CHAIN_METRICS
 
 MODES = ('unigrpo', 'flowgrpo', 'textgrpo')
-REGULARIZERS = ('velocity_mse', 'latent_kl', 'none')
-# The loss's per-chain outputs among its metrics (``replay.record_old`` takes them as the old
-# values of later updates; ``train.step.make_train_step`` returns them with ``recorded=True``).
-RECORDED = 'recorded'
+TEXT_TERM = text_grpo.TERM.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,16 +35,20 @@ class ObjectiveConfig:
     what the rollout sampled with the same settings."""
 
     mode: str
+    image_term: str  # the registered image term (rl.terms) of modes that train the image
     text_clip: float
     flow_clip: float
     text_aggregation: str
-    flow_weight: float  # lambda
+    flow_weight: float  # lambda, the image term's weight
     regularizer: str
     velocity_mse_weight: float
     latent_kl_weight: float
     text_kl_weight: float
     dt_reweight: bool
     image_grad_to_context: bool
+    nft_beta: float       # DiffusionNFT's mixing strength of the implicit policies
+    nft_adv_clip: float   # DiffusionNFT's advantage range, mapped to an optimality in [0, 1]
+    nft_timesteps: int    # forward-process points per chain of the NFT term
     schedule: Schedule
 
     @property
@@ -51,12 +56,23 @@ class ObjectiveConfig:
         return thinks(self.mode)
 
     @property
+    def terms(self) -> tuple[terms.Term, ...]:
+        """The objective's terms, text before image."""
+        return term_list(self.mode, self.image_term)
+
+    @property
+    def image_blocks(self) -> int:
+        """Image forwards per chain of one replay (the window steps, or NFT's points)."""
+        return sum(t.image_blocks(self) for t in self.terms)
+
+    @property
     def text_term(self) -> bool:
-        return self.think  # the reasoning tokens are what the text term trains
+        return any(t.slot == 'text' for t in self.terms)
 
     @property
     def flow_term(self) -> bool:
-        return has_window(self.mode)
+        """Whether an image term trains the denoising (any image term, not only FlowGRPO)."""
+        return any(t.slot == 'image' for t in self.terms)
 
 
 def thinks(mode: str) -> bool:
@@ -64,61 +80,60 @@ def thinks(mode: str) -> bool:
     return mode != 'flowgrpo'
 
 
-def has_window(mode: str) -> bool:
-    """Whether ``mode`` trains the image, so its rollout needs an SDE window (all but
-    TextGRPO, whose images are drawn by the ODE alone)."""
-    return mode != 'textgrpo'
+def term_list(mode: str, image_term: str) -> tuple[terms.Term, ...]:
+    """The terms of ``mode`` with the image term ``image_term``: the text term when the policy
+    thinks, the image term unless the mode is TextGRPO."""
+    out = (terms.get(TEXT_TERM, 'text'),) if thinks(mode) else ()
+    if mode != 'textgrpo':
+        out += (terms.get(image_term, 'image'),)
+    return out
 
 
-def _masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
-    return jnp.max(jnp.where(mask, x, 0.0), initial=0.0)
+def has_window(mode: str, image_term: str) -> bool:
+    """Whether the rollout draws an SDE window: a term of the objective needs one (FlowGRPO's
+    image term; TextGRPO's and NFT's images are drawn by the ODE alone)."""
+    return any(t.needs_window for t in term_list(mode, image_term))
 
 
-def reference_outputs(ref_params, config: BagelConfig, batch: TrainBatch,
-                      obj: ObjectiveConfig) -> TrainBatch:
-    """``batch`` with the frozen reference's outputs its terms need: the reasoning tokens'
-    log-probs (text KL) and the window velocities (velocity MSE, latent KL). They depend only
-    on the rollout, so one forward per rollout batch serves every epoch and minibatch."""
-    traj = batch.trajectory
-    need_text = obj.text_term and obj.text_kl_weight > 0
-    need_image = obj.flow_term and obj.regularizer != 'none'
-    if not (need_text or need_image):
-        return batch
-    cache, hidden = rebuild_context(ref_params, config, batch, obj.think)
-    if need_text:
-        _, ref_logp = think_logprobs(ref_params, config, hidden, traj, obj.schedule.tokens)
-        batch = batch.replace(ref_think_logprobs=ref_logp)
-    if need_image:
-        batch = batch.replace(ref_velocities=window_velocities(ref_params, config, cache, traj,
-                                                               obj.schedule))
-    return jax.lax.stop_gradient(batch)
+def prepare(ref_params, config: BagelConfig, batch: TrainBatch, obj: ObjectiveConfig,
+            key: jax.Array) -> TrainBatch:
+    """``batch`` with its terms' per-chain preparations in ``batch.extras``: the frozen
+    reference's outputs (one replay of the reference, only when a term uses it) and whatever a
+    term draws once per rollout batch from ``key``. They depend only on the rollout, so one call
+    per rollout batch serves every epoch and minibatch."""
+    ctx = None
+    if any(t.uses_reference(obj) for t in obj.terms):
+        ctx = terms.Context(*rebuild_context(ref_params, config, batch, obj.think))
+    extras = dict(batch.extras)
+    for i, t in enumerate(obj.terms):
+        extras.update(t.prepare(ref_params, config, batch,
+                                ctx if t.uses_reference(obj) else None, obj,
+                                jax.random.fold_in(key, i)))
+    return jax.lax.stop_gradient(batch.replace(extras=extras))
 
 
 def batch_shapes(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig,
                  system_len: int, prompt_len: int, chains: int) -> TrainBatch:
-    """``replay.train_batch_shapes`` of ``chains`` chains with the reference outputs of this
-    objective's terms."""
+    """``replay.train_batch_shapes`` of ``chains`` chains with this objective's ``prepare``."""
     return replay.train_batch_shapes(
         config, rc, system_len, prompt_len, chains,
-        reference=lambda params, batch: reference_outputs(params, config, batch, obj))
+        reference=lambda params, batch: prepare(params, config, batch, obj,
+                                                jax.random.key(0)))
 
 
 def loss_totals(batch: TrainBatch, obj: ObjectiveConfig) -> dict[str, jax.Array]:
     """The minibatch-wide denominators of the terms (see ``losses``): the loss of a
     micro-batch divided by them is its share, and the shares add up to the minibatch's loss.
-    ``weight`` and ``text`` (the policy-gradient terms') are scaled by the batch's
-    ``weight_scale`` / ``token_scale`` (``rl.compaction``); ``reg_weight`` and ``reg_text``
-    (the regularisers') and ``tokens`` (the weighted reasoning tokens the text diagnostics
-    average over; the image diagnostics use ``reg_weight``) are this batch's own."""
+    ``weight`` (the policy-gradient terms' chain weight) is scaled by the batch's
+    ``weight_scale`` (``rl.compaction``); ``reg_weight`` (the regularisers' and the
+    diagnostics') is this batch's own. The text term adds ``text`` (scaled by ``token_scale``),
+    ``reg_text`` and ``tokens``."""
     w = batch.sample_weight
     reg_weight = jnp.maximum(jnp.sum(w), 1.0)
     totals = {'chains': jnp.float32(w.shape[0]), 'weight': reg_weight * batch.weight_scale,
               'reg_weight': reg_weight}
-    if obj.text_term:
-        mask = batch.trajectory.think_mask
-        reg_text = losses.token_denominator(mask, obj.text_aggregation, w)
-        totals.update(text=reg_text * batch.token_scale, reg_text=reg_text,
-                      tokens=losses.token_denominator(mask, 'token_mean', w))
+    for t in obj.terms:
+        totals.update(t.totals(batch, obj))
     return totals
 
 
@@ -129,88 +144,35 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
     ``totals``: ``loss_totals`` of the whole minibatch (default: of ``batch``); the loss is
     then this micro-batch's share, and the loss terms among the metrics are scaled to
     minibatch estimates (their mean over equal micro-batches is the minibatch's value). The
-    reference's outputs come with the batch (``reference_outputs``). The ratios' old values
-    are this forward's own (stop-gradient) for the chains with ``batch.fresh_old``, else the
-    trajectory's; ``metrics[RECORDED]`` holds this forward's per-chain values
-    (``replay.record_old``), the ``parity/rollout_*`` metrics how far they are from the
-    rollout's.
+    terms' preparations come with the batch (``prepare``). The old values of the chains with
+    ``batch.fresh_old`` are this forward's own (stop-gradient), else the recorded ones;
+    ``metrics[PER_CHAIN_METRICS]`` holds this forward's per-chain values (``record_old``).
     """
     if totals is None:
         totals = loss_totals(batch, obj)
     share = batch.sample_weight.shape[0] / totals['chains']  # this micro-batch's fraction
-    metrics = {}
-    loss = jnp.float32(0.0)
-    w = batch.sample_weight
-    traj = batch.trajectory
-    cache, think_hidden = rebuild_context(params, config, batch, obj.think)
+    ctx = terms.Context(*rebuild_context(params, config, batch, obj.think))
     fresh = batch.fresh_old > 0  # [B]: the old values are this forward's own
-    recorded = {}
-    if obj.text_term:
-        logits, logp = think_logprobs(params, config, think_hidden, traj, obj.schedule.tokens)
-        mask = traj.think_mask
-        recorded['think_logprobs'] = jax.lax.stop_gradient(logp)
-        logp_old = jnp.where(fresh[:, None], recorded['think_logprobs'], traj.think_logprobs)
-        text_loss, m = losses.text_policy_loss(
-            logp, logp_old, mask, batch.advantages, eps=obj.text_clip,
-            aggregation=obj.text_aggregation, sample_weight=w, denominator=totals['text'],
-            tokens=totals['tokens'])
-        loss += text_loss
-        metrics.update({k: v / share for k, v in m.items()})  # shares -> minibatch estimates
-        metrics['text/loss'] = text_loss / share
-        metrics['text/entropy'] = losses.entropy(logits, mask, w, totals['tokens']) / share
-        metrics['parity/text_max_abs_logp_diff'] = _masked_max(jnp.abs(logp - logp_old), mask)
-        metrics['parity/rollout_text_max_abs_logp_diff'] = _masked_max(
-            jnp.abs(logp - traj.think_logprobs), mask)
-        if obj.text_kl_weight > 0:
-            if batch.ref_think_logprobs.shape != logp.shape:
-                raise ValueError('objective.text_kl_weight > 0 needs the reference log-probs; '
-                                 'run rl.objective.reference_outputs on the batch first')
-            kl = losses.text_kl_k3(logp, batch.ref_think_logprobs, mask, obj.text_aggregation,
-                                   w, totals['reg_text'])
-            loss += obj.text_kl_weight * kl
-            metrics['text/kl_ref'] = kl / share
-    if obj.flow_term:
-        std_t, s = window_std(traj, obj.schedule)  # [W]
-        image_cache = cache if obj.image_grad_to_context else jax.lax.stop_gradient(cache)
-        v = window_velocities(params, config, image_cache, traj, obj.schedule)
-        logp, mean = window_logp(traj, v, obj.schedule)
-        recorded['logp'], recorded['mean'] = jax.lax.stop_gradient((logp, mean))
-        logp_old = jnp.where(fresh[:, None], recorded['logp'], traj.logp)
-        mean_old = jnp.where(fresh.reshape((-1,) + (1,) * (mean.ndim - 1)), recorded['mean'],
-                             traj.mean)
-        log_ratio = losses.ratio_norm_log_ratio(logp, logp_old, mean, mean_old, s[None])
-        step_weight = None
-        if obj.dt_reweight:
-            inv = 1.0 / jnp.abs(traj.t_next - traj.t)
-            step_weight = inv / jnp.mean(inv)
-        flow_loss, m = losses.flow_policy_loss(log_ratio, batch.advantages, eps=obj.flow_clip,
-                                               step_weight=step_weight, sample_weight=w,
-                                               denominator=totals['weight'],
-                                               diagnostic_weight=totals['reg_weight'])
-        loss += obj.flow_weight * flow_loss
-        metrics.update({k: v / share for k, v in m.items()})  # shares -> minibatch estimates
-        metrics['image/loss'] = flow_loss / share
-        metrics['parity/image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - logp_old),
-                                                            initial=0.0)
-        metrics['parity/rollout_image_max_abs_logp_diff'] = jnp.max(
-            jnp.abs(logp - traj.logp), initial=0.0)
-        if obj.regularizer != 'none':
-            v_ref = batch.ref_velocities
-            if v_ref.shape != v.shape:
-                raise ValueError(f'objective.regularizer={obj.regularizer!r} needs the '
-                                 f'reference velocities {v.shape}; the batch has '
-                                 f'{v_ref.shape}: run rl.objective.reference_outputs '
-                                 '(train.step.make_reference_fn) on it first')
-            mse = losses.velocity_mse(v, v_ref, w, totals['reg_weight'])
-            metrics['image/velocity_mse'] = mse / share
-            if obj.regularizer == 'velocity_mse':
-                loss += obj.velocity_mse_weight * mse
-            else:
-                _, mean_ref = window_logp(traj, v_ref, obj.schedule)
-                kl = losses.latent_kl(mean, mean_ref, std_t, w, totals['reg_weight'])
-                loss += obj.latent_kl_weight * kl
-                metrics['image/latent_kl'] = kl / share
+    loss = jnp.float32(0.0)
+    metrics, recorded = {}, {}
+    for t in obj.terms:
+        pieces, m, r = t.loss(params, config, batch, ctx, obj, totals, fresh)
+        for piece in pieces:
+            loss += piece
+        metrics.update(m)
+        recorded.update(r)
     metrics['loss'] = loss / share
-    metrics['think/length'] = jnp.mean(traj.think_lengths.astype(jnp.float32))
-    metrics[RECORDED] = recorded
+    metrics['think/length'] = jnp.mean(batch.trajectory.think_lengths.astype(jnp.float32))
+    metrics[PER_CHAIN_METRICS] = recorded
     return loss, metrics
+
+
+def record_old(batch: TrainBatch, chains: jax.Array, recorded: dict,
+               obj: ObjectiveConfig) -> TrainBatch:
+    """The batch whose ``chains [M]`` keep ``recorded`` (a train step's own stop-gradient
+    per-chain values, ``loss_fn``'s ``PER_CHAIN_METRICS``) as their old values, and
+    ``fresh_old = 0``: later updates compare against exactly the computation that the first
+    one differentiated."""
+    for t in obj.terms:
+        batch = t.record(batch, chains, recorded)
+    return batch.replace(fresh_old=batch.fresh_old.at[chains].set(0.0))

@@ -34,19 +34,19 @@ class TrainBatch:
     frozen reference's outputs on them.
 
     ``system_ids [S]`` is shared by all chains (``[0]`` without a system segment); the rest is
-    per chain (``trajectory.select_chains`` takes a minibatch). The reference outputs are
-    computed once per rollout batch (``rl.objective.reference_outputs``), not per update; a
-    term that does not use them leaves them empty (a 0-sized axis).
+    per chain (``trajectory.select_chains`` takes a minibatch). ``extras`` holds what the
+    objective's terms prepare once per rollout batch (``rl.objective.prepare``: the frozen
+    reference's outputs, points a term trains on), not per update; empty until then.
     """
 
     trajectory: Trajectory
     advantages: jax.Array       # [B] float32
     sample_weight: jax.Array    # [B] float32, 0: the chain is not in the loss
-    ref_think_logprobs: jax.Array  # [B, T] float32 (text KL), or [B, 0]
-    ref_velocities: jax.Array      # [B, W, N, F] float32 (image regularizer), or [B, 0, N, F]
-    # [B] float32: 1 where the ratio's old log-probs and step means are the loss's own forward
-    # (stop-gradient: the ratio is exactly 1, in every dtype: a chain's first update, with the
-    # params it was sampled with), 0 where they are the trajectory's (``record_old``).
+    final_latents: jax.Array    # [B, N, F] float32, the clean latents of the drawn images
+    extras: dict                # {name: [B, ...]} the terms' preparations (objective.prepare)
+    # [B] float32: 1 where the terms' old values (log-probs, step means) are the loss's own
+    # forward (stop-gradient: the ratio is exactly 1, in every dtype: a chain's first update,
+    # with the params it was sampled with), 0 where they are recorded (``objective.record_old``).
     fresh_old: jax.Array
     system_ids: jax.Array = shared_field()
     # [] float32 each: the whole rollout batch's policy-gradient denominators over this batch's
@@ -58,35 +58,23 @@ class TrainBatch:
 
 def train_batch(rollout: Rollout, system_ids: jax.Array, advantages: jax.Array,
                 sample_weight: jax.Array, fresh_old: jax.Array | None = None) -> TrainBatch:
-    """The batch before its reference outputs are computed (empty until then); ``fresh_old``
+    """The batch before its terms' preparations (``extras`` empty until then); ``fresh_old``
     defaults to every chain (all of them in the first update)."""
     traj = rollout.trajectory
     b = traj.x_t.shape[0]
     return TrainBatch(trajectory=traj, system_ids=system_ids, advantages=advantages,
                       sample_weight=sample_weight,
-                      ref_think_logprobs=jnp.zeros((b, 0), jnp.float32),
-                      ref_velocities=jnp.zeros((b, 0) + traj.x_t.shape[2:], jnp.float32),
+                      final_latents=rollout.final_latents, extras={},
                       fresh_old=(jnp.ones((b,), jnp.float32) if fresh_old is None
                                  else fresh_old.astype(jnp.float32)),
                       weight_scale=jnp.float32(1.0), token_scale=jnp.float32(1.0))
-
-
-def record_old(batch: TrainBatch, chains: jax.Array, recorded: dict) -> TrainBatch:
-    """The batch whose ``chains [M]`` take ``recorded`` (a train step's own stop-gradient
-    ``think_logprobs [M, T]``, ``logp [M, W]``, ``mean [M, W, N, F]``, those its objective
-    has) as their old values, and ``fresh_old = 0``: later updates compare against exactly the
-    computation that the first one differentiated."""
-    traj = batch.trajectory
-    fields = {k: getattr(traj, k).at[chains].set(v) for k, v in recorded.items()}
-    return batch.replace(trajectory=traj.replace(**fields),
-                         fresh_old=batch.fresh_old.at[chains].set(0.0))
 
 
 def train_batch_shapes(config: BagelConfig, rc: RolloutConfig, system_len: int, prompt_len: int,
                        chains: int, reference: Callable | None = None) -> TrainBatch:
     """A ``TrainBatch`` of ``chains`` chains as ``ShapeDtypeStruct``s: ``jax.eval_shape`` of the
     builders a batch goes through (``rollout.rollout_shapes`` of one prompt, ``train_batch``,
-    ``reference(params, batch) -> batch`` (``objective.reference_outputs``) when given,
+    ``reference(params, batch) -> batch`` (``objective.prepare``) when given,
     ``trajectory.select_chains``), so no field's shape is written by hand."""
     out = rollout_shapes(config, dataclasses.replace(rc, decode_images=False), system_len,
                          prompt_len, 1)
@@ -126,13 +114,20 @@ def think_logprobs(params, config: BagelConfig, think_hidden: jax.Array, traj: T
     return logits, token_logprobs(logits, traj.think_tokens, sampler)
 
 
+def velocities(params, config: BagelConfig, cache: KVCache, x_t: jax.Array, t: jax.Array,
+               schedule: Schedule) -> jax.Array:
+    """Velocities ``[B, K, N, F]`` of ``K`` noisy latents per chain ``x_t [B, K, N, F]`` at flow
+    times ``t [B, K]``, each attending to its chain's context, one packed forward."""
+    h, w = schedule.token_grid(config)
+    pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
+    return context.image_velocities(params, config, cache, x_t, t, pos)[0]
+
+
 def window_velocities(params, config: BagelConfig, cache: KVCache, traj: Trajectory,
                       schedule: Schedule) -> jax.Array:
     """Velocities ``[B, W, N, F]`` of the stored window states, one packed forward."""
-    h, w = schedule.token_grid(config)
-    pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
-    t = jnp.broadcast_to(traj.t, traj.x_t.shape[:2])
-    return context.image_velocities(params, config, cache, traj.x_t, t, pos)[0]
+    return velocities(params, config, cache, traj.x_t,
+                      jnp.broadcast_to(traj.t, traj.x_t.shape[:2]), schedule)
 
 
 def window_std(traj: Trajectory, schedule: Schedule) -> tuple[jax.Array, jax.Array]:

@@ -22,6 +22,11 @@ from flax import struct
 _SHARED = 'shared_by_chains'
 
 
+# The key under which a loss puts per-chain arrays among its metrics (``train.step`` returns
+# them placed like the batch: the RL terms' own old values, ``rl.objective.record_old``).
+PER_CHAIN_METRICS = 'per_chain'
+
+
 def shared_field():
     """A dataclass field that is the same for every chain (no chain axis)."""
     return struct.field(metadata={_SHARED: True})

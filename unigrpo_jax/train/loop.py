@@ -237,7 +237,7 @@ def _train(config, workdir: str, devices, s):
                                                      [it['prompt'] for it in items], max_len)
         try:
             state, scalars = rl_step.rl_step(
-                programs, s, config, state, frozen, ae_dev, system, ids, lengths, items,
+                programs, s, state, frozen, ae_dev, system, ids, lengths, items,
                 reward_fn, jax.random.fold_in(base_key, step), step)
         except rl_step.ParityError as e:  # this step's update is not saved
             raise TrainingError(f'{e} The last checkpoint in {workdir} is before it.') from e

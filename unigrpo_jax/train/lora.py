@@ -19,11 +19,11 @@ Use::
     place = lora_placement(config, spec, optimizer, mesh, rules, batch)
     state = step.init_state(init_lora(params, spec, rng), optimizer, place)
     base = step.reference_params(params, place)          # frozen, bfloat16
-    reference = step.make_reference_fn(config, obj, place, micro_batches)
-    train_step = step.make_train_step(adapter_loss(step.rl_loss(config, obj), spec),
+    reference = rl_step.make_reference_fn(config, obj, place, micro_batches)
+    train_step = step.make_train_step(adapter_loss(rl_step.rl_loss(config, obj), spec),
                                       optimizer, place, micro_batches,
                                       functools.partial(objective.loss_totals, obj=obj))
-    state, metrics = train_step(state, base, reference(base, batch))
+    state, metrics = train_step(state, base, reference(base, batch, key))
 
 and roll out with ``merge(base, state.params, spec)``.
 """

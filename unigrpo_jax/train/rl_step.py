@@ -9,9 +9,9 @@ metrics. It writes nothing (no checkpoints, logs or files): ``train.loop`` drive
 The ratios' old log-probs and step means: the first update on a rollout batch takes them from
 its own forward (the params are still those that drew the samples, so they are the rollout
 policy's, and every ratio is exactly 1 in every dtype), and records them for the batch's later
-updates (``replay.record_old``); with several minibatches the chains outside the first keep
+updates (``objective.record_old``); with several minibatches the chains outside the first keep
 the rollout's. The rollout's own values are compared with that first forward
-(``parity/rollout_*``); beyond ``config.parity_bound`` the step raises ``ParityError``.
+(``parity/rollout_*``); beyond ``Settings.parity_bound`` the step raises ``ParityError``.
 """
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ from unigrpo_jax.train import step as step_lib
 from unigrpo_jax.train.settings import Settings
 
 
+# The stream of an RL step's key that the terms' preparations draw from (the rollout draws from
+# the key itself).
+PREPARE_STREAM = 1
+
+
 class RewardError(RuntimeError):
     """The reward function failed or returned something other than finite scores."""
 
 
 class ParityError(RuntimeError):
     """The update's log-probs of the rollout's own samples, under the rollout's params, differ
-    from the rollout's by more than ``config.parity_bound``."""
+    from the rollout's by more than ``Settings.parity_bound``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +64,51 @@ class Programs:
     rollout: Callable    # (policy params, ae_params, system_ids, ids, lengths, key) -> Rollout
     # (TrainBatch, chains [M], in_update [M]) -> the chains with signal (rl.compaction)
     compact: Callable
-    # {chains of a bucket: (frozen, TrainBatch) -> the batch with its reference outputs}
+    # {chains of a bucket: (frozen, TrainBatch, key) -> the batch with its terms' preparations}
     reference: dict[int, Callable]
     select: Callable     # (TrainBatch, idx [M]) -> the minibatch, placed for train_step
     # {minibatch chains: (state, frozen, TrainBatch) -> (state, metrics, per-chain values)}
     train_step: dict[int, Callable]
-    record: Callable     # (TrainBatch, idx [M], per-chain values) -> replay.record_old's batch
+    record: Callable     # (TrainBatch, idx [M], per-chain values) -> objective.record_old's batch
+
+
+def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig) -> step_lib.Loss:
+    """The full fine-tuning RL loss for ``step_lib.make_train_step`` (trainable = params; the
+    frozen reference enters through the batch's preparations)."""
+    def loss(params, frozen, batch, step, totals):
+        del frozen, step
+        return objective.loss_fn(params, batch, config, obj, totals)
+    return loss
+
+
+def unprepared(place: step_lib.Placement):
+    """The shardings of a batch before ``objective.prepare`` (no ``extras`` yet)."""
+    return place.batch.replace(extras={})
+
+
+def make_reference_fn(config: BagelConfig, obj: objective.ObjectiveConfig,
+                      place: step_lib.Placement, micro_batches: int):
+    """``reference(frozen, batch, key) -> batch`` with the terms' preparations
+    (``objective.prepare``; the frozen params are the reference for full fine-tuning and the
+    base for LoRA), jitted, in ``micro_batches`` sequential pieces of the rollout batch (the
+    memory of one piece; piece j draws from ``fold_in(key, j)``). Runs once per rollout
+    batch."""
+    before = unprepared(place)
+
+    def reference(frozen, batch, key):
+        pieces = trajectory.split_micro_batches(batch, micro_batches)
+
+        def one(j):
+            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j), before)
+            return objective.prepare(frozen, config, piece, obj,
+                                     jax.random.fold_in(key, j)).extras
+
+        outs = jax.lax.map(one, jnp.arange(micro_batches))
+        return batch.replace(extras=trajectory.merge_micro_batches(outs))
+
+    return jax.jit(sharding.traced_on(place.mesh, reference),
+                   in_shardings=(place.ref_params, before, sharding.replicated(place.mesh)),
+                   out_shardings=place.batch)
 
 
 def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, rollout_rules,
@@ -72,7 +116,7 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
     """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then
     holds only the adapters; the frozen params are the base). ``rollout_rules``: the strategy
     placing the compute-dtype copy of the policy the rollout samples from."""
-    loss = step_lib.rl_loss(model, s.objective)
+    loss = rl_loss(model, s.objective)
     if s.lora is None:
         place = step_lib.placement(model, optimizer, mesh, rules, batch_example)
         merged = lambda trainable, frozen: trainable  # noqa: E731
@@ -95,14 +139,15 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh, policy_sharding,
                                             s.rollout_calls),
         compact=jax.jit(functools.partial(compaction.compact, obj=s.objective),
-                        out_shardings=place.batch),
-        reference={m: step_lib.make_reference_fn(model, s.objective, place,
-                                                 s.reference_pieces_of(m)) for m in s.buckets},
+                        out_shardings=unprepared(place)),
+        reference={m: make_reference_fn(model, s.objective, place, s.reference_pieces_of(m))
+                   for m in s.buckets},
         select=jax.jit(trajectory.select_chains, out_shardings=place.batch),
         train_step={m // s.num_minibatches: step_lib.make_train_step(
             loss, optimizer, place, s.micro_batches_of(m // s.num_minibatches), totals,
             recorded=True) for m in s.buckets},
-        record=jax.jit(replay.record_old, out_shardings=place.batch, donate_argnums=(0,)))
+        record=jax.jit(functools.partial(objective.record_old, obj=s.objective),
+                       out_shardings=place.batch, donate_argnums=(0,)))
 
 
 def reward_with_deadline(reward_fn, timeout_s: float, interrupted: Callable[[], bool],
@@ -176,7 +221,7 @@ def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:
     return every
 
 
-def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState, frozen: Any,
+def rl_step(programs: Programs, s: Settings, state: step_lib.TrainState, frozen: Any,
             ae_params, system_ids: np.ndarray | None, prompt_ids: np.ndarray,
             prompt_lengths: np.ndarray, items: list[dict], reward_fn, key: jax.Array,
             step: int) -> tuple[step_lib.TrainState, dict[str, float]]:
@@ -194,15 +239,14 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     chains = s.chains
     closed = (multihost_utils.process_allgather(out.trajectory.think_closed, tiled=True)
               if s.rollout.think else np.ones(chains, bool))
-    o = config.objective
     chain_items = [item for item in items for _ in range(s.rollout.group_size)]
     scores = advantages.chain_rewards(score(reward_fn, out.images, chain_items), closed,
-                                      config.truncated_think)
+                                      s.truncated_think)
     t_reward = time.time()
     adv, weight = advantages.chain_advantages(
-        scores, closed, s.rollout.group_size, truncated_think=config.truncated_think,
-        skip_zero_variance_groups=o.skip_zero_variance_groups, std=o.advantage_std,
-        eps=o.advantage_eps, clip=o.advantage_clip)
+        scores, closed, s.rollout.group_size, truncated_think=s.truncated_think,
+        skip_zero_variance_groups=s.skip_zero_variance_groups, std=s.advantage_std,
+        eps=s.advantage_eps, clip=s.advantage_clip)
     system = system_ids if system_ids is not None else np.zeros((0,), np.int32)
     chains_placement = programs.place.batch.advantages  # host -> global arrays on the mesh
     whole = sharding.replicated(programs.place.mesh)  # minibatch indices, on every device
@@ -211,26 +255,27 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
                                sharding.host_to_global(weight, chains_placement))
     signal = compaction.has_signal(adv, weight)
     n = chains
-    if config.update_chains == 'signal':  # the update runs on the chains with signal only
+    if s.update_chains == 'signal':  # the update runs on the chains with signal only
         kept, in_update = compaction.select(signal, s.buckets)
         n = len(kept)
         batch = programs.compact(batch, sharding.host_to_global(kept, whole),
                                  sharding.host_to_global(in_update, whole))
     # The minibatches of every epoch (one: the batch itself, no shuffled copy of it).
-    orders = [np.random.default_rng([config.seed, step, epoch]).permutation(n)
-              for epoch in range(config.ppo_epochs)] if config.num_minibatches > 1 else None
-    minibatches = ([np.split(order, config.num_minibatches) for order in orders] if orders
-                   else [[None]] * config.ppo_epochs)
+    orders = [np.random.default_rng([s.seed, step, epoch]).permutation(n)
+              for epoch in range(s.ppo_epochs)] if s.num_minibatches > 1 else None
+    minibatches = ([np.split(order, s.num_minibatches) for order in orders] if orders
+                   else [[None]] * s.ppo_epochs)
     # The first update takes its old log-probs and means from its own forward (exactly
     # on-policy in every dtype), and records them for the later updates of these chains.
     first = minibatches[0][0] if orders else np.arange(n)
     fresh = np.zeros(n, np.float32)
     fresh[first] = 1.0
     batch = programs.reference[n](frozen, batch.replace(
-        fresh_old=sharding.host_to_global(fresh, chains_placement)))
+        fresh_old=sharding.host_to_global(fresh, chains_placement)),
+        jax.random.fold_in(key, PREPARE_STREAM))
     jax.block_until_ready(batch)
     t_reference = time.time()
-    train_step = programs.train_step[n // config.num_minibatches]
+    train_step = programs.train_step[n // s.num_minibatches]
     metrics = []
     for epoch, parts in enumerate(minibatches):
         for k, mb in enumerate(parts):
@@ -238,7 +283,7 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
             state, m, recorded = train_step(
                 state, frozen, batch if idx is None else programs.select(batch, idx))
             metrics.append(m)
-            if epoch == 0 and k == 0 and config.ppo_epochs > 1:
+            if epoch == 0 and k == 0 and s.ppo_epochs > 1:
                 batch = programs.record(batch, sharding.host_to_global(first, whole), recorded)
     metrics = jax.device_get(metrics)
     t_done = time.time()
@@ -248,7 +293,7 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
         # The signal GRPO has (the spread of rewards within a prompt's group, the groups
         # whose chains all scored the same), over the chains its statistics count.
         **advantages.signal_metrics(
-            scores, adv, weight, closed if config.truncated_think == 'drop'
+            scores, adv, weight, closed if s.truncated_think == 'drop'
             else np.ones_like(closed), s.rollout.group_size),
         'think/closed_fraction': float(closed.mean()),
         'skipped_updates': sum(float(m['skipped']) for m in metrics),
@@ -276,11 +321,11 @@ def rl_step(programs: Programs, s: Settings, config, state: step_lib.TrainState,
     })
     for term in ('text', 'image'):
         diff = scalars[f'parity/rollout_{term}_max_abs_logp_diff']
-        if diff > config.parity_bound:
+        if diff > s.parity_bound:
             raise ParityError(
                 f'step {step + 1}: the update\'s {term} log-probs of the rollout\'s samples, '
                 f'under the params that drew them, differ from the rollout\'s by {diff:.3g} > '
-                f'parity_bound={config.parity_bound:g}: the rollout and the update compute '
+                f'parity_bound={s.parity_bound:g}: the rollout and the update compute '
                 'different policies (dtype, attention kernel, sharding or a bug); the ratios '
                 'would be off-policy. Check them, or raise --config.parity_bound.')
     return state, scalars

@@ -4,8 +4,10 @@
 model is built or compiled, and every error names the field, its value and what is allowed
 (``ConfigError``). What one setting implies is derived here once:
 
-- ``objective.mode`` decides whether the policy thinks (``objective.thinks``) and whether the
-  rollout has an SDE window (``objective.has_window``; TextGRPO's images are drawn by the ODE);
+- ``objective.mode`` decides whether the policy thinks (``objective.thinks``), and with
+  ``objective.image_term`` which terms train (``objective.term_list``) and whether the rollout
+  has an SDE window (``objective.has_window``: FlowGRPO's image term needs one; TextGRPO's and
+  NFT's images are drawn by the ODE);
 - one ``Schedule`` (token sampler, timesteps, shift, noise level, window, image size) is held by
   both the ``RolloutConfig`` and the ``ObjectiveConfig``;
 - the chains per rollout batch and per minibatch, and the number of optimizer updates
@@ -25,7 +27,7 @@ from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry
-from unigrpo_jax.rl import advantages, compaction, losses, objective
+from unigrpo_jax.rl import advantages, compaction, losses, objective, terms
 from unigrpo_jax.rollout import eval_sampler, generate
 from unigrpo_jax.rollout.rollout import INITIAL_NOISE, RolloutConfig
 from unigrpo_jax.rollout.sampling import TokenSampler
@@ -51,6 +53,15 @@ class Settings:
     micro_step_chains: int        # chains per gradient micro-step (0: a whole minibatch)
     rollout_calls: int            # rollout program calls per rollout batch (a memory setting)
     total_updates: int            # optimizer updates of the whole run
+    ppo_epochs: int               # updates per chain (algorithm.md §6)
+    seed: int                     # orders the minibatches of an epoch
+    truncated_think: str          # what an unclosed reasoning chain gets (advantages.py)
+    skip_zero_variance_groups: bool  # a group whose rewards are all equal leaves the loss
+    advantage_std: str            # the advantages' std: 'group' or 'global'
+    advantage_eps: float          # the eps of the advantages' denominator
+    advantage_clip: float         # advantages clipped to [-clip, clip]
+    update_chains: str            # 'all' or 'signal' (rl.compaction)
+    parity_bound: float           # the largest rollout-vs-update log-prob difference allowed
 
     @property
     def schedule(self) -> Schedule:
@@ -102,7 +113,7 @@ def schedule(config) -> Schedule:
     """The training chains' ``Schedule``: the rollout section, with no window when the mode
     does not train the image."""
     r = config.rollout
-    window = objective.has_window(config.objective.mode)
+    window = objective.has_window(config.objective.mode, config.objective.image_term)
     _need(r.num_timesteps >= 2, 'rollout.num_timesteps', r.num_timesteps,
           'must be >= 2 (N points give N - 1 steps)')
     _need(r.noise_level > 0 or not window, 'rollout.noise_level', r.noise_level,
@@ -110,7 +121,8 @@ def schedule(config) -> Schedule:
     steps = r.num_timesteps - 1
     if window:
         _need(r.window_size >= 1, 'rollout.window_size', r.window_size,
-              f'objective.mode={config.objective.mode!r} trains the image: needs >= 1')
+              f'objective.mode={config.objective.mode!r} with objective.image_term='
+              f'{config.objective.image_term!r} trains on an SDE window: needs >= 1')
         _need(0 <= r.window_min_start <= r.window_max_start, 'rollout.window_min_start',
               r.window_min_start, f'must be in [0, rollout.window_max_start={r.window_max_start}]')
         _need(r.window_max_start + r.window_size <= steps, 'rollout.window_max_start',
@@ -128,6 +140,7 @@ def rollout_config(config, decode_images: bool = True) -> RolloutConfig:
     """The ``RolloutConfig`` of a config (``decode_images=False``: latents only)."""
     r, mode = config.rollout, config.objective.mode
     _one_of('objective.mode', mode, objective.MODES)
+    _one_of('objective.image_term', config.objective.image_term, terms.names('image'))
     think = objective.thinks(mode)
     _need(r.group_size >= 2, 'rollout.group_size', r.group_size,
           'GRPO needs >= 2 chains per prompt')
@@ -144,7 +157,9 @@ def objective_config(config, sched: Schedule) -> objective.ObjectiveConfig:
     """The ``ObjectiveConfig`` of a config, replaying with the rollout's ``sched``."""
     o = config.objective
     _one_of('objective.mode', o.mode, objective.MODES)
-    _one_of('objective.regularizer', o.regularizer, objective.REGULARIZERS)
+    _one_of('objective.image_term', o.image_term, terms.names('image'))
+    _one_of('objective.regularizer', o.regularizer,
+            terms.get(o.image_term, 'image').regularizers)
     _one_of('objective.text_aggregation', o.text_aggregation, losses.TEXT_AGGREGATIONS)
     _one_of('objective.advantage_std', o.advantage_std, advantages.STD_MODES)
     if o.regularizer == 'latent_kl':
@@ -155,13 +170,20 @@ def objective_config(config, sched: Schedule) -> objective.ObjectiveConfig:
               o.velocity_mse_weight, 'must be >= 0')
     _need(o.text_clip > 0 and o.flow_clip > 0, 'objective.text_clip', o.text_clip,
           f'the clip ranges must be > 0 (objective.flow_clip={o.flow_clip})')
+    _need(o.nft_beta > 0, 'objective.nft_beta', o.nft_beta, 'must be > 0')
+    _need(o.nft_adv_clip > 0, 'objective.nft_adv_clip', o.nft_adv_clip, 'must be > 0')
+    _need(1 <= o.nft_timesteps < sched.num_timesteps, 'objective.nft_timesteps',
+          o.nft_timesteps, f'must be in [1, {sched.num_timesteps - 1}]: distinct times of the '
+          f'rollout.num_timesteps={sched.num_timesteps} grid (t = 0 excluded)')
     return objective.ObjectiveConfig(
-        mode=o.mode, text_clip=float(o.text_clip), flow_clip=float(o.flow_clip),
+        mode=o.mode, image_term=o.image_term, text_clip=float(o.text_clip),
+        flow_clip=float(o.flow_clip),
         text_aggregation=o.text_aggregation, flow_weight=float(o.flow_weight),
         regularizer=o.regularizer, velocity_mse_weight=float(o.velocity_mse_weight),
         latent_kl_weight=float(o.latent_kl_weight), text_kl_weight=float(o.text_kl_weight),
         dt_reweight=bool(o.dt_reweight), image_grad_to_context=bool(o.image_grad_to_context),
-        schedule=sched)
+        nft_beta=float(o.nft_beta), nft_adv_clip=float(o.nft_adv_clip),
+        nft_timesteps=int(o.nft_timesteps), schedule=sched)
 
 
 def lora_spec(c) -> LoraSpec | None:
@@ -277,6 +299,13 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     _need(config.checkpoint_every >= 1, 'checkpoint_every', config.checkpoint_every,
           'must be >= 1')
     _need(config.eval_every >= 0, 'eval_every', config.eval_every, 'must be >= 0 (0 = off)')
+    _need(config.num_minibatches == 1 or not any(t.name == 'nft' for t in obj.terms),
+          'num_minibatches', config.num_minibatches, 'objective.image_term=nft needs 1: its old '
+          'velocities are a chain\'s first update\'s own (the rollout has none at the '
+          'forward-process points), so every chain must be in the first update')
+    o = config.objective
+    _need(o.advantage_eps > 0, 'objective.advantage_eps', o.advantage_eps, 'must be > 0')
+    _need(o.advantage_clip > 0, 'objective.advantage_clip', o.advantage_clip, 'must be > 0')
     _need(config.parity_bound > 0, 'parity_bound', config.parity_bound,
           'must be > 0 (the largest rollout-vs-update log-prob difference that runs on)')
     _need(config.max_skipped_updates >= 1, 'max_skipped_updates', config.max_skipped_updates,
@@ -291,4 +320,9 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         lora=lora_spec(config.lora), chains=chains, minibatch=minibatch,
         buckets=buckets, micro_step_chains=piece if per_device else 0,
         rollout_calls=local // prompts_per_device if prompts_per_device else 1,
-        total_updates=total_updates(config))
+        total_updates=total_updates(config), ppo_epochs=int(config.ppo_epochs),
+        seed=int(config.seed), truncated_think=config.truncated_think,
+        skip_zero_variance_groups=bool(o.skip_zero_variance_groups),
+        advantage_std=o.advantage_std, advantage_eps=float(o.advantage_eps),
+        advantage_clip=float(o.advantage_clip), update_chains=config.update_chains,
+        parity_bound=float(config.parity_bound))

@@ -25,7 +25,6 @@ from jax.sharding import Mesh
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.rl import objective
 from unigrpo_jax.rollout import trajectory
 from unigrpo_jax.train.optimizer import grad_norms
 
@@ -113,38 +112,6 @@ def reference_params(params, place: Placement, dtype=jnp.bfloat16):
                    out_shardings=place.ref_params)(params)
 
 
-def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig) -> Loss:
-    """The full fine-tuning RL loss (trainable = params; the frozen reference enters through
-    the batch's reference outputs)."""
-    def loss(params, frozen, batch, step, totals):
-        del frozen, step
-        return objective.loss_fn(params, batch, config, obj, totals)
-    return loss
-
-
-def make_reference_fn(config: BagelConfig, obj: objective.ObjectiveConfig, place: Placement,
-                      micro_batches: int):
-    """``reference(frozen, batch) -> batch`` with the frozen reference's outputs
-    (``objective.reference_outputs``; the frozen params are the reference for full fine-tuning
-    and the base for LoRA), jitted, in ``micro_batches`` sequential pieces of the rollout batch
-    (the memory of one piece). Runs once per rollout batch."""
-    def reference(frozen, batch):
-        pieces = trajectory.split_micro_batches(batch, micro_batches)
-
-        def one(j):
-            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
-                                                     place.batch)
-            out = objective.reference_outputs(frozen, config, piece, obj)
-            return {'ref_think_logprobs': out.ref_think_logprobs,
-                    'ref_velocities': out.ref_velocities}
-
-        outs = jax.lax.map(one, jnp.arange(micro_batches))
-        return batch.replace(**trajectory.merge_micro_batches(outs))
-
-    return jax.jit(sharding.traced_on(place.mesh, reference),
-                   in_shardings=(place.ref_params, place.batch), out_shardings=place.batch)
-
-
 def _combine(metrics: dict, count: int) -> dict:
     """Per-micro-batch metrics ``[k]`` -> scalars: the max of ``*max*``, else the mean."""
     return {k: jnp.max(v) if 'max' in k else jnp.sum(v) / count for k, v in metrics.items()}
@@ -156,13 +123,14 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
     optimizer update on a minibatch, its gradient accumulated over ``micro_batches`` equal
     micro-batches (``trajectory.split_micro_batches``; memory of one micro-batch).
 
-    A loss may put per-chain arrays among its metrics under ``objective.RECORDED`` (the RL
-    loss's own log-probs and step means); ``recorded=True`` returns them as a third output
+    A loss may put per-chain arrays among its metrics under ``trajectory.PER_CHAIN_METRICS``
+    (the RL terms' own old values); ``recorded=True`` returns them as a third output
     ``{name: [B, ...]}`` placed like the batch (else they are dropped).
 
-    ``loss(trainable, frozen, micro_batch, step, totals)`` (``rl_loss``, ``lora.adapter_loss``,
-    ``sft.objective.sft_loss``) is differentiated in its first argument; ``totals(minibatch)``
-    gives the minibatch-wide denominators the loss divides by (``objective.loss_totals``), so
+    ``loss(trainable, frozen, micro_batch, step, totals)`` (``rl_step.rl_loss``,
+    ``lora.adapter_loss``, ``sft.objective.sft_loss``) is differentiated in its first argument;
+    ``totals(minibatch)`` gives the minibatch-wide denominators the loss divides by (the RL
+    objective's ``loss_totals``), so
     the micro-batches' losses and gradients add up to the minibatch's (None: the loss needs
     none; then ``micro_batches`` must be 1). A non-finite loss or gradient leaves params and
     optimizer state unchanged (``lax.cond``: no second copy of the state; the step counter
@@ -181,7 +149,7 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
                                                      place.batch)
             (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(
                 state.params, frozen, piece, state.step, shared)
-            per_chain = metrics.pop(objective.RECORDED, {})
+            per_chain = metrics.pop(trajectory.PER_CHAIN_METRICS, {})
             return jax.tree.map(jnp.add, grads, g), (value, metrics, per_chain)
 
         grads, (values, metrics, per_chain) = jax.lax.scan(accumulate, zeros,
