@@ -27,11 +27,12 @@ PROMPTS = ('a photo of a circle', 'a photo of two triangles', 'a photo of three 
            'a photo of a red square', 'a photo of two red triangles',
            'a photo of a red square and a circle')
 
-# Each check: (the objective mode, the change to the config, the sign z must have).
+# Each check: (the arm: configs/shapes_<arm>.py, the change to the config, the sign z must have).
 CHECKS = {
     'textgrpo': ('textgrpo', 'learn', 1),
     'flowgrpo': ('flowgrpo', 'learn', 1),
     'unigrpo': ('unigrpo', 'learn', 1),
+    'nft': ('nft', 'learn', 1),  # DiffusionNFT's image term alone (docs/nft.md)
     'unigrpo_lr0': ('unigrpo', 'lr0', 0),
     'unigrpo_flipped': ('unigrpo', 'flipped', -1),
 }
