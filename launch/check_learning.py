@@ -1,5 +1,5 @@
-r"""The learning check (``unigrpo_jax.shapes.learning_check``): TextGRPO, FlowGRPO and UniGRPO
-each raise a reward whose optimum is obvious (the share of the canvas in red) beyond the
+r"""The learning check (``unigrpo_jax.shapes.learning_check``): TextGRPO, FlowGRPO, UniGRPO and
+NFT (DiffusionNFT's image term, docs/nft.md) each raise a reward whose optimum is obvious (the share of the canvas in red) beyond the
 batch-to-batch noise; with both learning rates 0 it does not move; with the reward negated it
 falls.
 

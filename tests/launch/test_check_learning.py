@@ -1,5 +1,5 @@
-"""The learning check (launch/check_learning.py, shapes/learning_check.py): TextGRPO, FlowGRPO
-and UniGRPO each raise the share of red on 3 seeds well beyond the batch-to-batch noise; with
+"""The learning check (launch/check_learning.py, shapes/learning_check.py): TextGRPO, FlowGRPO,
+UniGRPO and NFT (DiffusionNFT's image term) each raise the share of red on 3 seeds well beyond the batch-to-batch noise; with
 both learning rates 0 it does not move; with the reward negated it falls. A failure here means
 the gradient (or the loop around it) is wrong, whatever a recipe does."""
 
@@ -16,7 +16,8 @@ def test_every_term_learns_and_the_controls_do_not(tmp_path, launch):
                      '--window=3'], timeout=1500)
     verdicts = json.loads((tmp_path / 'verdicts.json').read_text())
     runs = {(v['check'], v['seed']) for v in verdicts}
-    assert runs == {(c, s) for c in ('textgrpo', 'flowgrpo', 'unigrpo') for s in (0, 1, 2)} | {
+    assert runs == {(c, s) for c in ('textgrpo', 'flowgrpo', 'unigrpo', 'nft')
+                    for s in (0, 1, 2)} | {
         ('unigrpo_lr0', 0), ('unigrpo_flipped', 0)}, stdout
     assert all(v['passed'] for v in verdicts), stdout
 
