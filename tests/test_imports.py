@@ -161,3 +161,21 @@ def test_the_reader_sees_lazy_relative_and_from_package_imports(tmp_path):
     assert find_cycle(edges) == ['high', 'mid', 'high']
     assert layer_violations(edges, ['util', 'low', 'mid', 'high']) == [
         'mid -> high: unigrpo_jax/mid/d.py:1']
+
+
+def documented_layers(path: pathlib.Path = ROOT.parent / 'docs' / 'architecture.md'
+                      ) -> list[str]:
+    """The packages of docs/architecture.md's layer table, in its row order (a row may name
+    several: ``config_files``, ``viz``)."""
+    names = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.split('|')]
+        if len(cells) > 3 and cells[1].isdigit():
+            names += [n.strip().strip('`').rstrip('/') for n in cells[2].split(',')]
+    return names
+
+
+def test_the_architecture_doc_lists_the_layers_in_order():
+    assert documented_layers() == LAYERS, (
+        'docs/architecture.md\'s layer table disagrees with LAYERS: make its rows the same '
+        'packages in the same order')
