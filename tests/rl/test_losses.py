@@ -176,8 +176,9 @@ def test_diagnostics_count_only_the_chains_in_the_loss():
     a, weight = advantages.chain_advantages(
         r, closed, 4, truncated_think='drop', skip_zero_variance_groups=True, std='group',
         eps=1e-4, clip=5.0)
-    m = advantages.signal_metrics(r, a, weight, closed, 4)
+    m = advantages.signal_metrics(r, a, weight, advantages.counted_chains(closed, 'drop'), 4)
     assert m['reward/constant_group_fraction'] == 0.5  # group 2's closed chains all scored 4
+    assert advantages.counted_chains(closed, 'zero').all()  # a truncated chain still counts
     np.testing.assert_allclose(m['reward/group_std'], np.std([1., 2., 3.]) / 2)
     np.testing.assert_allclose([m['advantage/mean'], m['advantage/max']],
                                [a[:3].mean(), a[:3].max()], rtol=1e-6)

@@ -190,7 +190,8 @@ def train_program(config: BagelConfig, rc: RolloutConfig, obj: ObjectiveConfig, 
         return (step_lib.init_state(p, optimizer, place), step_lib.reference_params(p, place),
                 _place(b, abstract[2]))
 
-    return Program(fn=step_lib.make_train_step(rl_step.rl_loss(config, obj), optimizer, place),
+    return Program(fn=step_lib.make_train_step(rl_step.rl_loss(config, obj, place.params),
+                                               optimizer, place),
                    abstract=abstract, concrete=concrete, flops=train_step_flops(config, obj, w),
                    items=train_step_tokens(config, w), unit='tokens/s', threaded=True)
 

@@ -57,6 +57,13 @@ def chain_rewards(scores: np.ndarray, closed: np.ndarray, truncated_think: str) 
     return scores
 
 
+def counted_chains(closed: np.ndarray, truncated_think: str) -> np.ndarray:
+    """``[B]`` bool: the chains a group's statistics count (the closed ones under
+    ``truncated_think='drop'``, else all)."""
+    closed = np.asarray(closed, bool)
+    return closed if truncated_think == 'drop' else np.ones_like(closed)
+
+
 def chain_advantages(rewards: np.ndarray, closed: np.ndarray, group_size: int, *,
                      truncated_think: str, skip_zero_variance_groups: bool, std: str,
                      eps: float, clip: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,9 +74,10 @@ def chain_advantages(rewards: np.ndarray, closed: np.ndarray, group_size: int, *
     with ``skip_zero_variance_groups`` the chains of a group whose rewards are all equal get
     weight 0.
     """
-    counted = jnp.asarray(closed) if truncated_think == 'drop' else None
     adv, informative = group_advantages(jnp.asarray(rewards), group_size, std=std, eps=eps,
-                                        clip=clip, counted=counted)
+                                        clip=clip,
+                                        counted=jnp.asarray(counted_chains(closed,
+                                                                           truncated_think)))
     adv, informative = np.asarray(adv), np.asarray(informative)
     weight = np.ones_like(informative, np.float32)
     if skip_zero_variance_groups:
@@ -82,7 +90,7 @@ def chain_advantages(rewards: np.ndarray, closed: np.ndarray, group_size: int, *
 def signal_metrics(rewards: np.ndarray, advantages: np.ndarray, sample_weight: np.ndarray,
                    counted: np.ndarray, group_size: int) -> dict[str, float]:
     """The signal a rollout batch gives GRPO, over the chains the statistics count
-    (``counted [B]``: the closed chains under ``truncated_think='drop'``, else all):
+    (``counted [B]``: ``counted_chains``):
     ``reward/group_std`` (the spread within a prompt's group, mean over groups) and
     ``reward/constant_group_fraction`` (groups whose counted chains all scored the same: no
     advantage), and ``advantage/*`` over the chains in the loss (``sample_weight > 0``; 0 when

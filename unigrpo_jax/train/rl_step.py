@@ -72,12 +72,24 @@ class Programs:
     record: Callable     # (TrainBatch, idx [M], per-chain values) -> objective.record_old's batch
 
 
-def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig) -> step_lib.Loss:
+def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig,
+            param_shardings: Any = None) -> step_lib.Loss:
     """The full fine-tuning RL loss for ``step_lib.make_train_step`` (trainable = params; the
-    frozen reference enters through the batch's preparations)."""
+    frozen reference enters through the batch's preparations).
+
+    The float32 params are cast to the compute dtype first (``bagel.compute_params``: the
+    forward is bitwise the one of the float32 params, the gradient flows back to them), and
+    with ``param_shardings`` the cast copy is constrained to the params' own (sharded)
+    placement: with fsdp the weights are then gathered in the compute dtype, half the bytes of
+    float32 for bfloat16, instead of gathered in float32 and cast after."""
+    dtype = jnp.dtype(config.dtype)
+
     def loss(params, frozen, batch, step, totals):
         del frozen, step
-        return objective.loss_fn(params, batch, config, obj, totals)
+        compute = bagel.compute_params(params, dtype)
+        if param_shardings is not None:
+            compute = jax.tree.map(jax.lax.with_sharding_constraint, compute, param_shardings)
+        return objective.loss_fn(compute, batch, config, obj, totals)
     return loss
 
 
@@ -116,13 +128,14 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
     """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then
     holds only the adapters; the frozen params are the base). ``rollout_rules``: the strategy
     placing the compute-dtype copy of the policy the rollout samples from."""
-    loss = rl_loss(model, s.objective)
     if s.lora is None:
         place = step_lib.placement(model, optimizer, mesh, rules, batch_example)
+        loss = rl_loss(model, s.objective, place.params)
         merged = lambda trainable, frozen: trainable  # noqa: E731
     else:
         place = lora_lib.lora_placement(model, s.lora, optimizer, mesh, rules, batch_example)
-        loss = lora_lib.adapter_loss(loss, s.lora)
+        # The merged params are placed like the base (the frozen params).
+        loss = lora_lib.adapter_loss(rl_loss(model, s.objective, place.ref_params), s.lora)
         spec = s.lora
         merged = lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec)  # noqa: E731
     dtype = jnp.dtype(model.dtype)
@@ -293,8 +306,8 @@ def rl_step(programs: Programs, s: Settings, state: step_lib.TrainState, frozen:
         # The signal GRPO has (the spread of rewards within a prompt's group, the groups
         # whose chains all scored the same), over the chains its statistics count.
         **advantages.signal_metrics(
-            scores, adv, weight, closed if s.truncated_think == 'drop'
-            else np.ones_like(closed), s.rollout.group_size),
+            scores, adv, weight, advantages.counted_chains(closed, s.truncated_think),
+            s.rollout.group_size),
         'think/closed_fraction': float(closed.mean()),
         'skipped_updates': sum(float(m['skipped']) for m in metrics),
         # The chains with signal, and the chains the reference and the updates ran on.
