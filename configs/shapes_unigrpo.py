@@ -50,7 +50,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        max_prompt_tokens=sft.data.max_prompt_tokens)
     config.reward = ml_collections.ConfigDict(dict(name='shapes',
                                                    options=ml_collections.ConfigDict(
-                                                       dict(strict=arg != 'paper'))))
+                                                       dict(strict=arg != 'paper',
+                                                            exact_scene=False))))
     config.eval_reward = config.reward.copy_and_resolve_references()
     config.rollout.update(group_size=8, max_think_tokens=sft.data.max_think_tokens,
                           image_size=tuple(sft.data.image_size))

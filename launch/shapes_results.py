@@ -56,10 +56,12 @@ _KEEP_PERIOD = flags.DEFINE_integer('keep_period', None, 'Also keep every checkp
 _SFT = {'SFT (no think)': 'shapes_sft_nothink', 'SFT (think)': 'shapes_sft_think'}
 _ARMS = {'FlowGRPO (no think)': 'shapes_flowgrpo', 'TextGRPO (think)': 'shapes_textgrpo',
          'UniGRPO (think)': 'shapes_unigrpo', 'NFT (no think)': 'shapes_nft',
-         'UniGRPO-NFT (think)': 'shapes_uninft'}
+         'UniGRPO-NFT (think)': 'shapes_uninft',
+         'NFT, exact-scene reward (no think)': 'shapes_nft_exact'}
 _START = {'FlowGRPO (no think)': 'SFT (no think)', 'TextGRPO (think)': 'SFT (think)',
           'UniGRPO (think)': 'SFT (think)', 'NFT (no think)': 'SFT (no think)',
-          'UniGRPO-NFT (think)': 'SFT (think)'}  # each arm's SFT starting point
+          'UniGRPO-NFT (think)': 'SFT (think)',
+          'NFT, exact-scene reward (no think)': 'SFT (no think)'}  # each arm's SFT start
 _PARTS = ('sft', *(c.removeprefix('shapes_') for c in _ARMS.values()), 'ablation')
 _ONLY = flags.DEFINE_list('only', None, f'Train and evaluate only these parts ({", ".join(_PARTS)}; '
                           'sft: evaluate the SFT models) and write no report: to split the work '

@@ -27,12 +27,32 @@ def test_partial_credit_and_strict_scores_of_rendered_layouts():
     assert partial[0] == 1.0 and 0.0 < partial[1] < 1.0 and partial[2] < partial[1]
 
 
+def test_exact_scene_refuses_the_cluttered_canvas_that_passes_genevals_rules():
+    """'a red circle' passes GenEval's rules on a canvas that also holds a square and a blue
+    triangle (extra objects are not checked); ``exact_scene`` scores it 0, and the right scene
+    still 1."""
+    red_circle = {'tag': 'colors', 'prompt': 'a photo of a red circle',
+                  'include': [{'class': 'circle', 'count': 1, 'color': 'red'}]}
+    images = images_of([('circle', 'red', 0, 0), ('square', 'green', 2, 3),
+                        ('triangle', 'blue', 3, 0)],
+                       [('circle', 'red', 1, 1)])
+    np.testing.assert_array_equal(reward.shapes_scores(images, [red_circle] * 2, strict=True),
+                                  [1.0, 1.0])
+    np.testing.assert_array_equal(
+        reward.shapes_scores(images, [red_circle] * 2, strict=True, exact_scene=True), [0.0, 1.0])
+    np.testing.assert_array_equal(
+        registry.make_reward('shapes', {'strict': True, 'exact_scene': True})(
+            images, [red_circle] * 2), [0.0, 1.0])
+
+
 def test_every_eval_prompt_scores_one_on_a_layout_drawn_for_it():
     rng = np.random.default_rng(0)
     metadata = prompts.eval_prompts(seed=0, per_tag=3)
     images = images_of(*(prompts.sample_layout(m, rng) for m in metadata))
-    np.testing.assert_array_equal(reward.shapes_scores(images, metadata, strict=True),
-                                  np.ones(len(metadata), np.float32))
+    for exact_scene in (False, True):  # a layout drawn for a prompt holds only what it names
+        np.testing.assert_array_equal(
+            reward.shapes_scores(images, metadata, strict=True, exact_scene=exact_scene),
+            np.ones(len(metadata), np.float32))
 
 
 @pytest.mark.parametrize('options', [None, {}, {'strict': True},

@@ -13,21 +13,38 @@ from unigrpo_jax.rewards.registry import register
 from unigrpo_jax.shapes import detector, world
 
 
-def shapes_scores(images: np.ndarray, metadata: list[dict], *, strict: bool = False) -> np.ndarray:
-    """``[B]`` float32: partial credit (or strict 0/1) of each rendered ``[B, 32, 32, 3]`` image."""
+def named_objects(metadata: dict) -> int:
+    """The objects a prompt names: the sum of its include clauses' counts."""
+    return sum(c['count'] for c in metadata['include'])
+
+
+def shapes_scores(images: np.ndarray, metadata: list[dict], *, strict: bool = False,
+                  exact_scene: bool = False) -> np.ndarray:
+    """``[B]`` float32: partial credit (or strict 0/1) of each rendered ``[B, 32, 32, 3]`` image;
+    with ``exact_scene`` 0 for an image holding more or fewer objects than the prompt names
+    (GenEval's rules accept any extra object outside counting prompts, so a canvas filled with
+    every shape in every colour passes most of them: a hack a fast learner finds)."""
     score = geneval.strict_correct if strict else geneval.partial_credit
-    return np.array([float(score(detector.detect(im), m, threshold=world.RELATION_THRESHOLD_PX))
-                     for im, m in zip(np.asarray(images), metadata)], np.float32)
+    out = []
+    for im, m in zip(np.asarray(images), metadata):
+        found = detector.detect(im)
+        value = float(score(found, m, threshold=world.RELATION_THRESHOLD_PX))
+        out.append(value if not exact_scene or len(found) == named_objects(m) else 0.0)
+    return np.array(out, np.float32)
 
 
 @register('shapes', metadata_problem=geneval.metadata_problem)
 def make_shapes_reward(options):
-    """Options: ``strict`` (bool, default False: partial credit)."""
+    """Options: ``strict`` (bool, default False: partial credit), ``exact_scene`` (bool,
+    default False: extra objects are not penalised, as in GenEval)."""
     options = dict(options or {})
     strict = bool(options.pop('strict', False))
+    exact_scene = bool(options.pop('exact_scene', False))
     if options:
-        raise ValueError(f'unknown options {sorted(options)} for reward "shapes" (has: strict)')
-    return lambda images, metadata: shapes_scores(images, metadata, strict=strict)
+        raise ValueError(f'unknown options {sorted(options)} for reward "shapes" (has: strict, '
+                         'exact_scene)')
+    return lambda images, metadata: shapes_scores(images, metadata, strict=strict,
+                                                  exact_scene=exact_scene)
 
 
 def color_fraction(images: np.ndarray, color: str, sign: float = 1.0) -> np.ndarray:
