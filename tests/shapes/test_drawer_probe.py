@@ -42,6 +42,9 @@ def test_forced_plans_decide_where_the_model_draws():
                   for img, p in zip(result.images, plans)]
     assert np.mean(as_planned) >= 0.75, as_planned
     assert result.think_texts[5] == '<think> blue square at r1c1 </think>'
+    # Images with more objects than the prompt names (one square here).
+    assert result.stats['extra_objects'] == np.mean(
+        [len(detector.detect(img)) > 1 for img in result.images])
 
 
 def test_probe_launcher(tmp_path, launch):

@@ -21,7 +21,7 @@ def test_samples_per_prompt_score_every_draw(tmp_path):
                           out_dir=str(tmp_path), batch_size=16, samples_per_prompt=3)
     drawn = evaluate.evaluate_run(run, tokenizer, meta * 3, think=False, cfg_scale=1.0,
                                   batch_size=16)
-    assert rows['think=off cfg=1'] == drawn.accuracy
+    assert rows['think=off cfg=1'] == {**drawn.accuracy, **drawn.stats}
     # The repeats are new draws: the same prompt's images differ between its samples.
     assert (drawn.images[0] != drawn.images[12]).any()
     assert '12 prompts x 3 samples' in (tmp_path / 'results.md').read_text()

@@ -24,7 +24,7 @@ from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.rewards import geneval
 from unigrpo_jax.rollout import eval_sampler, generate
-from unigrpo_jax.shapes import detector, plan, prompts, world
+from unigrpo_jax.shapes import detector, plan, prompts, reward, world
 
 
 @dataclasses.dataclass
@@ -36,7 +36,9 @@ class EvalResult:
     think_texts: list         # [n] decoded thinking ('' without thinking)
     correct: list             # [n] strict correctness
     accuracy: dict            # tag -> accuracy, 'overall'
-    plan_stats: dict          # parsed / plan_correct / drawn_as_planned fractions (think only)
+    # Fractions: extra_objects (images holding more objects than the prompt names: what
+    # GenEval's rules do not check), plan_parsed / plan_correct / drawn_as_planned (think only).
+    stats: dict
 
 
 def load_prompts(path: str) -> list[dict]:
@@ -108,9 +110,10 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
                              if think else '')
     images = np.concatenate(images)
     threshold = world.RELATION_THRESHOLD_PX
-    correct, parsed, plan_ok, as_planned = [], 0, 0, 0
+    correct, parsed, plan_ok, as_planned, extra = [], 0, 0, 0, 0
     for m, image, text in zip(metadata, images, texts):
         detections = detector.detect(image)
+        extra += len(detections) > reward.named_objects(m)
         correct.append(geneval.strict_correct(detections, m, threshold=threshold))
         layout = plan.parse_plan(text) if think else None
         if layout is not None:
@@ -119,10 +122,12 @@ def evaluate(params, config: BagelConfig, tokenizer, metadata: list[dict], *, th
             as_planned += drawn_as_planned(detections, layout)
     accuracy = geneval.tag_accuracy([(m['tag'], c) for m, c in zip(metadata, correct)])
     n = len(metadata)
-    stats = (dict(plan_parsed=parsed / n, plan_correct=plan_ok / n, drawn_as_planned=as_planned / n)
-             if think else {})
+    stats = {'extra_objects': extra / n}
+    if think:
+        stats.update(plan_parsed=parsed / n, plan_correct=plan_ok / n,
+                     drawn_as_planned=as_planned / n)
     return EvalResult(metadata=metadata, images=images, think_texts=texts, correct=correct,
-                      accuracy=accuracy, plan_stats=stats)
+                      accuracy=accuracy, stats=stats)
 
 
 def evaluate_run(run, tokenizer, metadata: list[dict], *, think: bool, cfg_scale: float,
@@ -216,7 +221,7 @@ def sweep(run, tokenizer, metadata: list[dict], *, thinks: list[bool], cfg_scale
             start = time.time()
             result = evaluate_run(run, tokenizer, metadata, think=think, cfg_scale=scale,
                                   seed=seed, batch_size=batch_size)
-            rows[name] = {**result.accuracy, **result.plan_stats}
+            rows[name] = {**result.accuracy, **result.stats}
             log(f'eval {name}: overall {100 * result.accuracy["overall"]:.1f}% '
                 f'({prompts_given} prompts x {samples_per_prompt} samples, '
                 f'{time.time() - start:.0f}s) {rows[name]}')
