@@ -6,7 +6,10 @@ no-think SFT model; FlowGRPO's counterpart.
 Everything else (learning rates, reward, budget of 100 steps, velocity-MSE weight) as
 shapes_flowgrpo.py / shapes_unigrpo.py, with DiffusionNFT's GenEval settings: beta 1, advantages
 clipped to [-5, 5]. Images are drawn by the ODE (no SDE window). K = 3 forward-process points per
-chain: the image forwards of FlowGRPO's 3-step window, so an update costs the same.
+chain: the image forwards of FlowGRPO's 3-step window, so an update costs the same. None of
+these was tuned. With GenEval's rules as the training reward NFT hacks them within 100 steps
+(every canvas filled with every shape; docs/results.md): ``shapes_nft_exact.py`` trains on the
+exact-scene reward instead.
 Arguments: ``:test`` shrinks the run for tests.
 """
 
