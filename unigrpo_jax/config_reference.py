@@ -80,7 +80,8 @@ class Family:
 
 RL = Family('RL runs', (Variant('bagel_grpo.py'), Variant('bagel_grpo.py', 'tiny'),
                         Variant('shapes_unigrpo.py'), Variant('shapes_flowgrpo.py'),
-                        Variant('shapes_textgrpo.py')))
+                        Variant('shapes_textgrpo.py'), Variant('shapes_nft.py'),
+                        Variant('shapes_uninft.py'), Variant('shapes_nft_exact.py')))
 SFT = Family('Supervised fine-tuning',
              (Variant('shapes_sft.py'), Variant('shapes_sft.py', 'nothink'),
               Variant('shapes_sft.py', 'stage1'), Variant('shapes_sft.py', 'stage2')),
