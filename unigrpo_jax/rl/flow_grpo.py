@@ -80,15 +80,9 @@ def _loss(params, config, batch, ctx, obj, totals, fresh):
     return pieces, metrics, recorded
 
 
-def _record(batch, chains, recorded):
-    traj = batch.trajectory
-    return batch.replace(trajectory=traj.replace(
-        logp=traj.logp.at[chains].set(recorded['logp']),
-        mean=traj.mean.at[chains].set(recorded['mean'])))
-
-
 TERM = terms.register(terms.Term(
     name='flow_grpo', slot='image', needs_window=True,
     regularizers=('velocity_mse', 'latent_kl', 'none'),
     image_blocks=lambda obj: obj.schedule.window_size, uses_reference=_uses_reference,
-    prepare=_prepare, totals=_totals, loss=_loss, record=_record))
+    prepare=_prepare, totals=_totals, loss=_loss,
+    record=terms.record_in_trajectory('logp', 'mean')))

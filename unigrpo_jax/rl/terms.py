@@ -73,6 +73,16 @@ class UnknownTermError(ValueError):
     """No term is registered under a name, or it fills another slot."""
 
 
+def record_in_trajectory(*fields: str) -> Callable:
+    """A term's ``record`` that keeps its recorded values in the trajectory fields of the same
+    names (the rollout's own old values, overwritten for the recorded chains)."""
+    def record(batch, chains, recorded):
+        traj = batch.trajectory
+        return batch.replace(trajectory=traj.replace(
+            **{f: getattr(traj, f).at[chains].set(recorded[f]) for f in fields}))
+    return record
+
+
 def register(term: Term) -> Term:
     """Registers ``term`` under its name (a second registration of a name must be the same
     term) and returns it."""

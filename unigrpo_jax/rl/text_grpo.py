@@ -71,14 +71,9 @@ def _loss(params, config, batch, ctx, obj, totals, fresh):
     return pieces, metrics, recorded
 
 
-def _record(batch, chains, recorded):
-    traj = batch.trajectory
-    return batch.replace(trajectory=traj.replace(
-        think_logprobs=traj.think_logprobs.at[chains].set(recorded['think_logprobs'])))
-
-
 TERM = terms.register(terms.Term(
     name='text_grpo', slot='text', needs_window=False, regularizers=(),
     image_blocks=lambda obj: 0,
     uses_reference=_uses_reference,
-    prepare=_prepare, totals=_totals, loss=_loss, record=_record))
+    prepare=_prepare, totals=_totals, loss=_loss,
+    record=terms.record_in_trajectory('think_logprobs')))
