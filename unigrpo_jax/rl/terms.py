@@ -21,12 +21,14 @@ A term's functions (``obj``: the static ``objective.ObjectiveConfig``; ``ctx``: 
   reference's replay (None when ``uses_reference(obj)`` is False: the term needs no forward).
 - ``totals(batch, obj) -> {name: []}``: the term's minibatch-wide denominators (added to the
   objective's own ``chains``, ``weight`` and ``reg_weight``).
-- ``loss(params, config, batch, ctx, obj, totals, fresh) -> (loss, metrics, recorded)``: the
-  term's share of the loss of a micro-batch (already weighted: the objective adds the terms),
+- ``loss(params, config, batch, ctx, obj, totals, fresh) -> (pieces, metrics, recorded)``: the
+  term's share of the loss of a micro-batch as a list of scalars (already weighted; the
+  objective adds every term's pieces in order, so the sum is associated as one expression),
   its metrics as minibatch estimates, and its per-chain stop-gradient values that later updates
   of these chains take as old values. ``fresh [B]`` bool: the chains whose old values are this
   forward's own (their first update).
-- ``record(batch, chains, recorded) -> batch``: where those values are kept.
+- ``record(batch, chains, recorded) -> batch``: where those values are kept
+  (``record_in_trajectory`` for values that are trajectory fields).
 """
 
 from __future__ import annotations
