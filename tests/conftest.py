@@ -93,3 +93,31 @@ def processes(tmp_path):
                 p.wait()
         return [(code, log.read_text()) for code, log in zip(codes, logs)]
     return run
+
+
+@pytest.fixture(scope='session')
+def tiny_rollout():
+    """``tiny_rollout(cfg, config, params, ae, prompts=2)`` (``_tiny_rollout``)."""
+    return _tiny_rollout
+
+
+def _tiny_rollout(cfg, config, params, ae, prompts: int = 2):
+    """A rollout of ``prompts`` random prompts (6 tokens, [bos] ... [eos]) x the config's group
+    on one device, with a 5-token system segment: ``(rollout, system_ids)``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from unigrpo_jax.parallel.mesh import make_mesh
+    from unigrpo_jax.rollout import rollout as rollout_lib
+    from unigrpo_jax.train import settings
+
+    t = config.tokens
+    system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
+    ids = np.random.default_rng(0).integers(0, 100, (prompts, 6)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = t.bos, t.eos
+    out = rollout_lib.make_rollout_fn(config, settings.rollout_config(cfg),
+                                      make_mesh((1, 1, 1), jax.devices()[:1]))(
+        params, ae, system, jnp.asarray(ids), jnp.full((prompts,), 6, jnp.int32),
+        jax.random.key(0))
+    return out, system

@@ -10,9 +10,7 @@ import pytest
 from configs import bagel_grpo
 from unigrpo_jax.convert import factory
 from unigrpo_jax.model.config import ConfigError
-from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rl import losses, nft, objective, replay
-from unigrpo_jax.rollout import rollout as R
 from unigrpo_jax.train import settings
 
 
@@ -67,20 +65,13 @@ def test_off_policy_the_zero_advantage_loss_pulls_back_to_the_old_velocity():
 
 
 @pytest.fixture(scope='module')
-def nft_setup():
+def nft_setup(tiny_rollout):
     cfg = bagel_grpo.get_config('tiny')
     cfg.rollout.group_size = 2
     cfg.objective.image_term = 'nft'
     config, params, ae = factory.build_model(cfg.model)
-    rc = settings.rollout_config(cfg)
-    t = config.tokens
-    system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
-    prompts = np.random.default_rng(0).integers(0, 100, (2, 6)).astype(np.int32)
-    prompts[:, 0], prompts[:, -1] = t.bos, t.eos
-    out = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
-        params, ae, system, jnp.asarray(prompts), jnp.full((2,), 6, jnp.int32),
-        jax.random.key(0))
-    return cfg, config, params, rc, out, system
+    out, system = tiny_rollout(cfg, config, params, ae)
+    return cfg, config, params, settings.rollout_config(cfg), out, system
 
 
 def _obj(cfg, **kw):
@@ -116,7 +107,7 @@ def test_with_the_reward_constant_the_gradient_is_the_reference_pull_only(nft_se
     for mode in ('flowgrpo', 'unigrpo'):
         obj_none = _obj(cfg, mode=mode, regularizer='none')
         obj_mse = _obj(cfg, mode=mode, velocity_mse_weight=0.5)
-        batch = replay.train_batch(out if mode == 'unigrpo' else out, system, 0 * ones, ones)
+        batch = replay.train_batch(out, system, 0 * ones, ones)
         if mode == 'flowgrpo':  # the same chains, without their reasoning
             batch = batch.replace(trajectory=batch.trajectory.replace(
                 think_tokens=batch.trajectory.think_tokens[:, :0],

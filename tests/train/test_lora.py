@@ -15,7 +15,6 @@ from unigrpo_jax.model import bagel
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rl import advantages, objective, replay
-from unigrpo_jax.rollout import rollout as R
 from unigrpo_jax.train import lora as lora_lib
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import settings
@@ -48,16 +47,10 @@ def model():
 
 
 @pytest.fixture(scope='module')
-def setup(model):
+def setup(model, tiny_rollout):
     cfg, config, params, ae = model
     rc = settings.rollout_config(cfg)
-    t = config.tokens
-    system = jnp.array([t.bos, 5, 6, 7, t.eos], jnp.int32)
-    prompts = np.random.default_rng(0).integers(0, 100, (2, 6)).astype(np.int32)
-    prompts[:, 0], prompts[:, -1] = t.bos, t.eos
-    out = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
-        params, ae, system, jnp.asarray(prompts), jnp.full((2,), 6, jnp.int32),
-        jax.random.key(0))
+    out, system = tiny_rollout(cfg, config, params, ae)
     rewards = jnp.linspace(0.0, 1.0, 2 * rc.group_size)
     adv, informative = advantages.group_advantages(rewards, rc.group_size)
     batch = replay.train_batch(out, system, adv, informative.astype(jnp.float32))
