@@ -147,7 +147,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         weight_decay=0.0,  # AdamW's decoupled weight decay
         grad_clip=1.0,  # global gradient-norm clip
         warmup_steps=0,  # linear warm-up updates (0: none)
-        final_lr_fraction=1.0))  # 1: constant rates (the paper); < 1: cosine decay to it
+        final_lr_fraction=1.0,  # 1: constant rates (the paper); < 1: cosine decay to it
+        # > 0: the optimizer also keeps a moving average of the params with this decay per
+        # update, and evaluation, sampling and export use it (0: off, the paper)
+        ema_decay=0.0))
 
     # LoRA on both experts' projections (the reference is then the base: adapters off).
     config.lora = ml_collections.ConfigDict(dict(

@@ -74,7 +74,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # The RL optimizer (train/optimizer.py) with one rate for both experts.
     config.optimizer = ml_collections.ConfigDict(dict(
         lr_und=1e-3, lr_gen=1e-3, warmup_steps=50 if 'stage2' in args else 100,
-        final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip=1.0))
+        final_lr_fraction=0.1, b1=0.9, b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip=1.0,
+        ema_decay=0.0))
 
     # The RL train step's mesh and strategies (configs/bagel_grpo.py); one device by default
     # (the shipped models were trained on one; -1: all devices, batch split over them).

@@ -5,12 +5,14 @@ r"""ShapesEval accuracy of a run: per tag and overall, a markdown table and imag
     python launch/evaluate.py --workdir=runs/sft_think --per_tag=10  # an SFT run, quick
     python launch/evaluate.py --workdir=runs/shapes_unigrpo --step=40 \
         --prompts=data/shapes_eval/val_prompts.jsonl   # a saved step, on the validation set
+    python launch/evaluate.py --workdir=runs/shapes_unigrpo --weights=params  # not its EMA
 
 ``--workdir``: an RL workdir, an SFT workdir or an exported SFT checkpoint
 (``unigrpo_jax.train.run_dir``). Sweeps thinking on/off (``--think=auto``: as the run was
 trained) x the text-CFG scales (1 = off; default: 1 and the run's scale) with the run's ODE
 sampler; writes ``results.md``, ``results.json`` and ``grid_*.png`` to ``--out`` (default
-``<workdir>/eval_sweep``).
+``<workdir>/eval_sweep``). An RL run that kept a moving average of its params
+(``optimizer.ema_decay`` > 0) is evaluated with it unless ``--weights=params``.
 """
 
 import os
@@ -23,7 +25,7 @@ from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import distributed
-from unigrpo_jax.train import run_dir
+from unigrpo_jax.train import checkpointing, run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory (RL, SFT or an exported SFT '
                                'checkpoint).', required=True)
@@ -38,6 +40,9 @@ _STEP = flags.DEFINE_integer('step', None, 'An RL run\'s checkpoint step (defaul
 _SAMPLES = flags.DEFINE_integer('samples_per_prompt', 1, 'Images per prompt, each from its own '
                                 'initial noise (less sampling noise in the score).',
                                 lower_bound=1)
+_WEIGHTS = flags.DEFINE_enum('weights', None, list(checkpointing.WEIGHTS), 'An RL run\'s '
+                             'params or their moving average (optimizer.ema_decay > 0); default: '
+                             'the moving average when the run kept one.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 
 
@@ -49,8 +54,8 @@ def main(argv):
     except ConfigError as e:
         sys.exit(str(e))
     try:
-        run = run_dir.load(_WORKDIR.value, _STEP.value)
-    except FileNotFoundError as e:  # not a run, or a run that has saved nothing yet
+        run = run_dir.load(_WORKDIR.value, _STEP.value, weights=_WEIGHTS.value)
+    except (FileNotFoundError, ValueError) as e:  # not a run, nothing saved, no EMA
         sys.exit(f'launch/evaluate.py: {e}')
     if _NUM_TIMESTEPS.value:
         run.eval.num_timesteps = _NUM_TIMESTEPS.value

@@ -32,11 +32,14 @@ from unigrpo_jax.rollout import generate
 from unigrpo_jax.rollout.sampling import TokenSampler
 from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import distributed
-from unigrpo_jax.train import run_dir
+from unigrpo_jax.train import checkpointing, run_dir
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory.', required=True)
 _PROMPTS = flags.DEFINE_string('prompts', None, 'GenEval-format JSONL prompt file.',
                                required=True)
+_WEIGHTS = flags.DEFINE_enum('weights', None, list(checkpointing.WEIGHTS), 'An RL run\'s '
+                             'params or their moving average (optimizer.ema_decay > 0); default: '
+                             'the moving average when the run kept one.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.', required=True)
 _SAMPLES = flags.DEFINE_integer('samples', 1, 'Images per prompt.', lower_bound=1)
 _CFG = flags.DEFINE_float('cfg', None, 'Text CFG scale (1 = off); default: the run\'s.')
@@ -55,8 +58,8 @@ def main(argv):
         sys.exit(str(e))
     prompts = data_lib.read_jsonl_lines(_PROMPTS.value)  # a bad file fails before any load
     try:
-        run = run_dir.load(_WORKDIR.value)
-    except FileNotFoundError as e:  # not a run, or a run that has saved nothing yet
+        run = run_dir.load(_WORKDIR.value, weights=_WEIGHTS.value)
+    except (FileNotFoundError, ValueError) as e:  # not a run, nothing saved, no EMA
         sys.exit(f'launch/sample.py: {e}')
     tokenizer, tokens, _ = tokenizer_lib.load_tokenizer(run.tokenizer_dir)
     for line, item in prompts:  # every prompt is checked before any image is drawn

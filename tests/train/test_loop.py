@@ -67,6 +67,8 @@ def test_lora_loop_trains_only_the_adapters(tmp_path):
     assert _metrics(str(tmp_path))[0]['parity/first_minibatch_text_max_abs_logp_diff'] < 1e-5
     # Read back for sampling: the base with the trained adapters merged in.
     run = run_dir.load(str(tmp_path))
+    with pytest.raises(ValueError, match='kept no moving average'):  # ema_decay was 0
+        run_dir.load(str(tmp_path), weights='ema')
     _, base, _ = factory.build_model(cfg.model, seed=cfg.seed)
     assert jax.tree.structure(run.params) == jax.tree.structure(base)
     assert any(not np.allclose(np.asarray(a, np.float32), np.asarray(b, np.float32))

@@ -12,6 +12,7 @@ from PIL import Image
 from configs import shapes_flowgrpo, shapes_textgrpo, shapes_unigrpo
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.train import loop, run_dir
+from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train.settings import settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,15 +46,26 @@ def test_shapes_rl_configs_validate(module, think, mode, window):
 
 def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
     workdir = str(tmp_path / 'rl')
-    state = loop.train(_test_config(shapes_unigrpo), workdir)
+    config = _test_config(shapes_unigrpo)
+    config.optimizer.ema_decay = 0.5  # the run keeps a moving average: read by default
+    state = loop.train(config, workdir)
     run = run_dir.load(workdir)
     assert (run.kind, run.step, run.think, run.image_size) == ('rl', 2, True, (32, 32))
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(run.params)):
+    assert run.checkpoint.endswith('(moving average)')
+    ema = opt_lib.evaluated_params(state.params, state.opt_state)
+    for a, b in zip(jax.tree.leaves(ema), jax.tree.leaves(run.params)):
         np.testing.assert_array_equal(np.asarray(a), b)
-    first = run_dir.load(workdir, step=1)
+    raw = run_dir.load(workdir, weights='params')
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(raw.params)):
+        np.testing.assert_array_equal(np.asarray(a), b)
+    assert any(not np.array_equal(a, b)
+               for a, b in zip(jax.tree.leaves(raw.params), jax.tree.leaves(run.params)))
+    first = run_dir.load(workdir, step=1, weights='params')
     assert first.step == 1 and any(
         not np.array_equal(a, b)
-        for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(run.params)))
+        for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(raw.params)))
+    with pytest.raises(ValueError, match='only RL run directories'):
+        run_dir.load(SFT_THINK, weights='ema')
     with pytest.raises(FileNotFoundError, match=r'no checkpoint of step 7; saved steps: \[1, 2\]'):
         run_dir.load(workdir, step=7)
     with pytest.raises(ValueError, match='only RL run directories'):
@@ -80,9 +92,11 @@ def test_rl_run_directory_sample_and_evaluate(tmp_path, launch):
     stdout = launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
                       f'--out={tmp_path / "eval"}'])
     assert '| think=on cfg=1 |' in stdout and 'step 2' in stdout
+    assert '(moving average)' in stdout
     stdout = launch(['launch/evaluate.py', f'--workdir={workdir}', '--per_tag=1', '--cfg=1',
-                     '--step=1', f'--out={tmp_path / "eval1"}'])
+                     '--step=1', '--weights=params', f'--out={tmp_path / "eval1"}'])
     assert '| think=on cfg=1 |' in stdout and '(step 1)' in stdout
+    assert '(moving average)' not in stdout
 
 
 def test_sft_directories_and_errors(tmp_path):

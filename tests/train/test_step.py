@@ -6,10 +6,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import bagel_grpo
 from unigrpo_jax.convert import factory
+from unigrpo_jax.model.config import ConfigError
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rl import advantages, objective, replay
@@ -256,6 +258,30 @@ def test_warmup_then_cosine_per_expert():
               final_lr_fraction=0.1)
     rates = [float(opt_lib.learning_rate(c, 1e-2, 20)(k)) for k in (0, 2, 4, 20)]
     np.testing.assert_allclose(rates, [0.0, 5e-3, 1e-2, 1e-3], rtol=1e-5)
+
+
+def test_params_ema_tracks_every_update_and_is_what_evaluation_reads():
+    """ema_decay > 0: the optimizer state keeps ema <- d * ema + (1 - d) * params after each
+    update, from the initial params; evaluated_params reads it (the params without one)."""
+    c = _with(bagel_grpo.get_config().optimizer, lr_und=1e-2, lr_gen=1e-1, ema_decay=0.5)
+    params = {'language_model': {'layers': {'gen': {'w': jnp.ones(3)}, 'und': {'w': jnp.ones(3)}}}}
+    opt = opt_lib.make_optimizer(c, total_updates=3)
+    state = opt.init(params)
+    assert opt_lib.evaluated_params(params, state) is not params
+    want = jax.tree.map(np.asarray, params)
+    for k in range(3):
+        grads = jax.tree.map(lambda p: jnp.full_like(p, k + 1.0), params)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        want = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * np.asarray(p), want, params)
+    got = opt_lib.evaluated_params(params, state)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
+    assert not np.allclose(got['language_model']['layers']['gen']['w'],
+                           params['language_model']['layers']['gen']['w'])
+    plain = opt_lib.make_optimizer(_with(c, ema_decay=0.0), total_updates=3)
+    assert opt_lib.evaluated_params(params, plain.init(params)) is params
+    with pytest.raises(ConfigError, match='optimizer.ema_decay'):
+        settings.check_optimizer(_with(c, ema_decay=1.0))
 
 
 def _with(c, **changes):

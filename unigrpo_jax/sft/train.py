@@ -129,15 +129,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     log(f'SFT think={config.think}: {n_params / 1e6:.2f}M params, layout {lay}, '
         f'batch {config.data.batch_size}, {config.steps} steps{stop} -> {workdir}')
 
-    def save(name: str):
-        checkpointing.save_params_dir(os.path.join(workdir, name), model,
-                                      jax.device_get(state.params), config.tokenizer)
+    def save(name: str):  # the evaluated params (the moving average when the optimizer keeps one)
+        checkpointing.save_params_dir(
+            os.path.join(workdir, name), model,
+            jax.device_get(opt_lib.evaluated_params(state.params, state.opt_state)),
+            config.tokenizer)
 
     eval_prompts = shapes_eval.load_prompts(config.eval_prompts)
 
     def evaluate(per_tag: int | None, cfg_scales: list[float], out_dir: str | None):
         metadata = shapes_eval.subset(eval_prompts, per_tag) if per_tag else eval_prompts
-        run = run_dir.sft_run(workdir, config, model, state.params)
+        run = run_dir.sft_run(workdir, config, model,
+                              opt_lib.evaluated_params(state.params, state.opt_state))
         return shapes_eval.sweep(run, tokenizer, metadata, thinks=[config.think],
                                  cfg_scales=cfg_scales, out_dir=out_dir,
                                  batch_size=config.eval.batch_size, seed=config.eval.seed,

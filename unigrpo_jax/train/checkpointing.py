@@ -75,13 +75,31 @@ def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] |
     return out['state'], out['meta']
 
 
-def restore_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
-    """``(params, meta)`` of the checkpoint at ``step`` (None: the latest) under ``workdir``, as
-    host numpy arrays.
+WEIGHTS = ('params', 'ema')  # what restore_params reads: the params, or their moving average
 
-    Reads only the params (not the optimizer state), whatever mesh saved them: for sampling
-    and evaluation. Raises FileNotFoundError when the run has no checkpoint (at ``step``).
+
+def _ema_index(opt_state_meta) -> int | None:
+    """Where ``train.optimizer.params_ema``'s state sits in a saved optimizer chain (None: the
+    run kept no moving average)."""
+    if isinstance(opt_state_meta, (list, tuple)):
+        for i, entry in enumerate(opt_state_meta):
+            if isinstance(entry, dict) and set(entry) == {'ema'}:
+                return i
+    return None
+
+
+def restore_params(workdir: str, step: int | None = None,
+                   weights: str = 'params') -> tuple[dict, dict]:
+    """``(params, meta)`` of the checkpoint at ``step`` (None: the latest) under ``workdir``, as
+    host numpy arrays; ``weights='ema'``: the moving average of the params the optimizer kept
+    (``optimizer.ema_decay`` > 0) instead of the params.
+
+    Reads only those arrays (not the rest of the optimizer state), whatever mesh saved them: for
+    sampling and evaluation. Raises FileNotFoundError when the run has no checkpoint (at
+    ``step``), ValueError for ``weights='ema'`` when the run kept no moving average.
     """
+    if weights not in WEIGHTS:
+        raise ValueError(f'weights={weights!r}; expected one of {WEIGHTS}')
     directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     mgr = ocp.CheckpointManager(directory, item_handlers={
         'state': ocp.PyTreeCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
@@ -94,14 +112,29 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[dict, dict]:
         raise FileNotFoundError(f'{workdir} has no checkpoint of step {step}; saved steps: '
                                 f'{sorted(saved)}')
     tree = mgr.item_metadata(step)['state'].tree
-    target = {'params': jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                                     tree['params'])}
+
+    def abstract(meta_tree):
+        return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), meta_tree)
+
+    index = _ema_index(tree['opt_state'])
+    if weights == 'params':
+        target = {'params': abstract(tree['params'])}
+    elif index is None:
+        mgr.close()
+        raise ValueError(f'{workdir} kept no moving average of its params (its '
+                         'optimizer.ema_decay was 0): read its params (weights=params)')
+    else:  # the chain's other entries are left out (a partial restore)
+        chain = [None] * len(tree['opt_state'])
+        chain[index] = {'ema': abstract(tree['opt_state'][index]['ema'])}
+        target = {'opt_state': chain}
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     out = mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True),
         meta=ocp.args.JsonRestore()))
     mgr.close()
-    return out['state']['params'], out['meta']
+    state = out['state']
+    return (state['params'] if weights == 'params' else state['opt_state'][index]['ema'],
+            out['meta'])
 
 
 def save_params_dir(directory: str, config, params, tokenizer_dir: str | None = None, *,

@@ -9,10 +9,19 @@ Param groups (algorithm.md §6: understanding/reasoning expert 1e-6, generation/
   token embedding (read only by und-routed tokens: text and the image markers, so it belongs to
   the understanding side), the ViT and connector (unused by text-to-image, so their gradients
   are zero).
+
+``ema_decay`` > 0 chains ``params_ema`` after AdamW: the optimizer state then also holds an
+exponential moving average of the params (updated after every optimizer update), which
+evaluation and sampling use in place of the params (``evaluated_params``; flow_grpo evaluates
+its EMA too).
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 import optax
 
 from unigrpo_jax.convert.checkpoint import flatten, unflatten
@@ -58,11 +67,47 @@ def make_optimizer(c, total_updates: int) -> optax.GradientTransformation:
     def adamw(lr):
         return optax.adamw(learning_rate(c, lr, total_updates), b1=c.b1, b2=c.b2, eps=c.eps,
                            weight_decay=c.weight_decay)
-    per_expert = optax.multi_transform({'und': adamw(c.lr_und), 'gen': adamw(c.lr_gen)},
-                                       expert_labels)
+    parts = [optax.multi_transform({'und': adamw(c.lr_und), 'gen': adamw(c.lr_gen)},
+                                   expert_labels)]
     if c.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(c.grad_clip), per_expert)
-    return per_expert
+        parts.insert(0, optax.clip_by_global_norm(c.grad_clip))
+    if c.ema_decay > 0:
+        parts.append(params_ema(c.ema_decay))
+    return optax.chain(*parts) if len(parts) > 1 else parts[0]
+
+
+class ParamsEma(NamedTuple):
+    """``params_ema``'s state: the moving average, float32, a tree like the params."""
+
+    ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+    """Passes the updates through unchanged and keeps ``ema <- decay * ema + (1 - decay) *
+    (params + updates)`` in its state (it must come last in a chain: it sees the final updates).
+    Starts at the initial params. ``decay`` per optimizer update (an RL step makes
+    ``ppo_epochs x num_minibatches`` of them)."""
+
+    def init(params):
+        return ParamsEma(ema=jax.tree.map(lambda p: jnp.array(p, jnp.float32), params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError('params_ema needs the params (optimizer.update(g, s, params))')
+        new = optax.apply_updates(params, updates)
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p.astype(jnp.float32),
+                           state.ema, new)
+        return updates, ParamsEma(ema=ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def evaluated_params(params, opt_state):
+    """The params evaluation and sampling use: the moving average of ``params_ema`` when the
+    optimizer keeps one (``ema_decay`` > 0), else ``params``."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, ParamsEma))
+             if isinstance(s, ParamsEma)]
+    return found[0].ema if found else params
 
 
 def grad_norms(grads) -> dict[str, float]:

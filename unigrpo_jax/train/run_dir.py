@@ -178,20 +178,24 @@ def _latest_sft_checkpoint(directory: str) -> str:
                             'step_<k>/ or params next to the config)')
 
 
-def _load_rl(directory: str, step: int | None) -> Run:
+def _load_rl(directory: str, step: int | None, weights: str | None) -> Run:
     config = _read_json(os.path.join(directory, RL_CONFIG))
+    if weights is None:  # the run's own choice (runs before ema_decay existed kept none)
+        weights = 'ema' if config.optimizer.get('ema_decay', 0.0) > 0 else 'params'
     tokens = tokenizer_lib.load_tokenizer(config.tokenizer)[1]
     spec = settings.lora_spec(config.lora)
     # The run's checkpoint holds the policy (LoRA: only the adapters, so the base is read too).
     model, base, ae_params = factory.build_model(config.model, seed=config.seed, tokens=tokens,
                                                  with_params=spec is not None)
-    params, meta = checkpointing.restore_params(directory, step)
+    params, meta = checkpointing.restore_params(directory, step, weights)
     if spec is not None:  # the checkpoint holds the adapters; the policy is base + adapters
         params = jax.jit(lambda b, a: lora_lib.merge(b, a, spec))(
             jax.tree.map(lambda x: jnp.asarray(x, model.dtype), base), params)
     r = config.rollout
     think = objective.thinks(config.objective.mode)
-    return Run(directory=directory, kind='rl', checkpoint=os.path.join(directory, 'checkpoints'),
+    where = os.path.join(directory, 'checkpoints') + (' (moving average)' if weights == 'ema'
+                                                       else '')
+    return Run(directory=directory, kind='rl', checkpoint=where,
                step=int(meta['step']), model=model, params=params, ae_params=ae_params,
                tokenizer_dir=config.tokenizer, think=think,
                system_prompt=config.system_prompt if think else '',
@@ -200,13 +204,18 @@ def _load_rl(directory: str, step: int | None) -> Run:
                eval=config.eval)
 
 
-def load(directory: str, step: int | None = None) -> Run:
+def load(directory: str, step: int | None = None, weights: str | None = None) -> Run:
     """The ``Run`` of an RL workdir (its checkpoint at ``step``; None: the latest), an SFT
-    workdir or an exported SFT checkpoint (their final or latest params; no ``step``)."""
+    workdir or an exported SFT checkpoint (their final or latest params; no ``step``).
+    ``weights`` (RL runs): ``'params'`` or ``'ema'`` (``checkpointing.restore_params``); None:
+    the moving average when the run kept one (``optimizer.ema_decay`` > 0), else the params."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f'run directory {directory!r} does not exist')
     if os.path.exists(os.path.join(directory, RL_CONFIG)):
-        return _load_rl(directory, step)
+        return _load_rl(directory, step, weights)
+    if weights is not None:
+        raise ValueError(f'weights={weights!r}: only RL run directories ({RL_CONFIG}) choose '
+                         f'their weights (an SFT checkpoint holds one set); {directory} is not one')
     if step is not None:
         raise ValueError(f'step={step}: only RL run directories ({RL_CONFIG}) have checkpoints '
                          f'by step; {directory} is not one')

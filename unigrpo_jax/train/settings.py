@@ -205,6 +205,8 @@ def check_optimizer(c) -> None:
     _need(0.0 < c.final_lr_fraction <= 1.0, 'optimizer.final_lr_fraction',
           c.final_lr_fraction, '1 = constant rates, < 1 = cosine decay to it; > 0')
     _need(c.warmup_steps >= 0, 'optimizer.warmup_steps', c.warmup_steps, 'must be >= 0')
+    _need(0.0 <= c.ema_decay < 1.0, 'optimizer.ema_decay', c.ema_decay,
+          '0 = off, else the moving average\'s decay per update, in (0, 1)')
     for name in ('lr_und', 'lr_gen'):
         _need(c[name] >= 0, f'optimizer.{name}', c[name], 'must be >= 0')
 
