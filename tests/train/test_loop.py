@@ -207,6 +207,9 @@ def test_the_first_update_is_exactly_on_policy_in_bfloat16(tmp_path):
     # 8.9e-4 for the text and 3.6e-6 for the image here; now 0 and 1.9e-6).
     assert row['parity/rollout_text_max_abs_logp_diff'] < 1e-4
     assert row['parity/rollout_image_max_abs_logp_diff'] < 3e-6
+    # On the scale of the flow clip (1e-6): the RatioNorm log-ratio, 1.7e-6 here in bf16 (1.1e-7
+    # in float32): the rollout's values could not serve as old values inside that clip.
+    assert 0.0 < row['parity/rollout_image_max_abs_log_ratio'] < 5e-6
 
 
 def test_a_parity_breach_stops_the_run_before_it_saves(tmp_path):

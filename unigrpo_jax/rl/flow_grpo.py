@@ -15,6 +15,7 @@ from unigrpo_jax.rl import losses, terms
 from unigrpo_jax.rl.replay import window_logp, window_std, window_velocities
 
 REF_VELOCITIES = 'flow_grpo/ref_velocities'  # [B, W, N, F] float32, the reference's velocities
+PARITY_METRIC = 'parity/rollout_image_max_abs_log_ratio'
 
 
 def _uses_reference(obj) -> bool:
@@ -61,6 +62,10 @@ def _loss(params, config, batch, ctx, obj, totals, fresh):
     metrics['parity/image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - logp_old), initial=0.0)
     metrics['parity/rollout_image_max_abs_logp_diff'] = jnp.max(jnp.abs(logp - traj.logp),
                                                                 initial=0.0)
+    # The same on the scale of the clip: the RatioNorm log-ratio of the update's step to the
+    # rollout's, what ``flow_clip`` would see with the rollout's values as the old ones.
+    metrics[PARITY_METRIC] = jnp.max(jnp.abs(losses.ratio_norm_log_ratio(
+        logp, traj.logp, mean, traj.mean, s[None])), initial=0.0)
     if obj.regularizer != 'none':
         v_ref = batch.extras.get(REF_VELOCITIES)
         if v_ref is None or v_ref.shape != v.shape:

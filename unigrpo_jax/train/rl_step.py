@@ -322,10 +322,7 @@ def rl_step(programs: Programs, s: Settings, state: step_lib.TrainState, frozen:
             float(metrics[0].get('parity/image_max_abs_logp_diff', 0.0)),
         'image/first_minibatch_clip_fraction':
             float(metrics[0].get('image/clip_fraction', 0.0)),
-        'parity/rollout_text_max_abs_logp_diff':
-            float(metrics[0].get('parity/rollout_text_max_abs_logp_diff', 0.0)),
-        'parity/rollout_image_max_abs_logp_diff':
-            float(metrics[0].get('parity/rollout_image_max_abs_logp_diff', 0.0)),
+        **{k: float(v) for k, v in metrics[0].items() if k.startswith('parity/rollout_')},
         'time/step_s': t_done - t0,
         'time/rollout_s': t_rollout - t0,
         'time/reward_s': t_reward - t_rollout,  # with the images' copy to the host
