@@ -212,6 +212,22 @@ def test_the_first_update_is_exactly_on_policy_in_bfloat16(tmp_path):
     assert 0.0 < row['parity/rollout_image_max_abs_log_ratio'] < 5e-6
 
 
+def test_every_minibatch_starts_from_the_update_s_own_old_values_in_bfloat16(tmp_path):
+    """Two minibatches, learning rates 0 (the params never move): every ratio of every update
+    is exactly 1, the second minibatch's too (its old values come from the update's forward
+    before any update, not from the rollout's, which differ by bf16 rounding)."""
+    loop.train(_config(**{'total_steps': 1, 'model.dtype': 'bfloat16', 'num_minibatches': 2,
+                          'ppo_epochs': 2, 'optimizer.lr_und': 0.0, 'optimizer.lr_gen': 0.0}),
+               str(tmp_path))
+    [row] = _metrics(str(tmp_path))
+    # The rollout's own values differ (measured on all chains before any update) ...
+    assert 0 < row['parity/rollout_image_max_abs_logp_diff'] < 3e-6
+    assert row['grad_norm/rollout_batch'] > 0
+    assert row['parity/image_max_abs_logp_diff'] == 0.0  # every update's ratio: exactly 1
+    assert row['parity/text_max_abs_logp_diff'] == 0.0
+    assert row['image/clip_fraction'] == 0.0 and row['text/clip_fraction'] == 0.0
+
+
 def test_a_parity_breach_stops_the_run_before_it_saves(tmp_path):
     with pytest.raises(loop.TrainingError, match=r'differ from the rollout\'s by .* > '
                                                  r'parity_bound=1e-12'):

@@ -9,7 +9,8 @@ metrics. It writes nothing (no checkpoints, logs or files): ``train.loop`` drive
 The ratios' old log-probs and step means: the first update on a rollout batch takes them from
 its own forward (the params are still those that drew the samples, so they are the rollout
 policy's, and every ratio is exactly 1 in every dtype), and records them for the batch's later
-updates (``objective.record_old``); with several minibatches the chains outside the first keep
+updates (``objective.record_old``); with several minibatches every chain's old values come from
+one forward of the update's loss before any update (``make_old_values_fn``), so no chain keeps
 the rollout's. The rollout's own values are compared with that first forward
 (``parity/rollout_*``); beyond ``Settings.parity_bound`` the step raises ``ParityError``.
 """
@@ -23,9 +24,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -67,6 +70,9 @@ class Programs:
     # {chains of a bucket: (frozen, TrainBatch, key) -> the batch with its terms' preparations}
     reference: dict[int, Callable]
     select: Callable     # (TrainBatch, idx [M]) -> the minibatch, placed for train_step
+    # {chains of a bucket: (state, frozen, TrainBatch) -> every chain's old values}; only
+    # with several minibatches (make_old_values_fn)
+    old_values: dict[int, Callable]
     # {minibatch chains: (state, frozen, TrainBatch) -> (state, metrics, per-chain values)}
     train_step: dict[int, Callable]
     record: Callable     # (TrainBatch, idx [M], per-chain values) -> objective.record_old's batch
@@ -123,6 +129,44 @@ def make_reference_fn(config: BagelConfig, obj: objective.ObjectiveConfig,
                    out_shardings=place.batch)
 
 
+def make_old_values_fn(loss: step_lib.Loss, place: step_lib.Placement, micro_batches: int,
+                       totals: Callable):
+    """``old_values(state, frozen, batch) -> (recorded, scalars)``: ``recorded {name: [B, ...]}``
+    the per-chain values the terms record as old values (``trajectory.PER_CHAIN_METRICS``) of
+    every chain of ``batch`` at the state's params, in ``micro_batches`` sequential pieces, before
+    any update; ``scalars``: the rollout-vs-update parity over all chains (``parity/rollout_*``,
+    the max over pieces) and ``grad_norm/rollout_batch``, the norm of the whole batch's gradient.
+
+    The gradient is computed (and its norm returned) so that XLA compiles the forward as in the
+    update: a forward alone fuses differently and its log-probs differ from the update's by
+    rounding (1e-6 in bf16 on ``configs/bagel_grpo.py:tiny``), outside the 1e-6 flow clip.
+    With these old values every minibatch's first ratio is exactly 1 in every dtype."""
+
+    def old_values(state, frozen, batch):
+        shared = totals(batch)
+        pieces = trajectory.split_micro_batches(batch, micro_batches)
+
+        def one(grads, j):
+            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
+                                                     place.batch)
+            (_, metrics), g = jax.value_and_grad(loss, has_aux=True)(
+                state.params, frozen, piece, state.step, shared)
+            parity = {k: v for k, v in metrics.items() if k.startswith('parity/rollout_')}
+            return (jax.tree.map(jnp.add, grads, g),
+                    (metrics[trajectory.PER_CHAIN_METRICS], parity))
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, (recorded, parity) = jax.lax.scan(one, zeros, jnp.arange(micro_batches))
+        scalars = {k: jnp.max(v) for k, v in parity.items()}
+        scalars['grad_norm/rollout_batch'] = optax.tree.norm(grads)
+        return (jax.tree.map(lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), recorded),
+                scalars)
+
+    return jax.jit(sharding.traced_on(place.mesh, old_values),
+                   in_shardings=(place.state, place.ref_params, place.batch),
+                   out_shardings=(place.batch.advantages, sharding.replicated(place.mesh)))
+
+
 def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, rollout_rules,
                    batch_example) -> Programs:
     """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then
@@ -156,6 +200,8 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
         reference={m: make_reference_fn(model, s.objective, place, s.reference_pieces_of(m))
                    for m in s.buckets},
         select=jax.jit(trajectory.select_chains, out_shardings=place.batch),
+        old_values={m: make_old_values_fn(loss, place, s.reference_pieces_of(m), totals)
+                    for m in s.buckets} if s.num_minibatches > 1 else {},
         train_step={m // s.num_minibatches: step_lib.make_train_step(
             loss, optimizer, place, s.micro_batches_of(m // s.num_minibatches), totals,
             recorded=True) for m in s.buckets},
@@ -286,6 +332,10 @@ def rl_step(programs: Programs, s: Settings, state: step_lib.TrainState, frozen:
     batch = programs.reference[n](frozen, batch.replace(
         fresh_old=sharding.host_to_global(fresh, chains_placement)),
         jax.random.fold_in(key, PREPARE_STREAM))
+    before_update = {}  # with several minibatches: parity over all chains, measured before
+    if orders:  # every chain's old values from the update's numerics, before any update
+        recorded, before_update = programs.old_values[n](state, frozen, batch)
+        batch = programs.record(batch, sharding.host_to_global(np.arange(n), whole), recorded)
     jax.block_until_ready(batch)
     t_reference = time.time()
     train_step = programs.train_step[n // s.num_minibatches]
@@ -323,6 +373,7 @@ def rl_step(programs: Programs, s: Settings, state: step_lib.TrainState, frozen:
         'image/first_minibatch_clip_fraction':
             float(metrics[0].get('image/clip_fraction', 0.0)),
         **{k: float(v) for k, v in metrics[0].items() if k.startswith('parity/rollout_')},
+        **{k: float(v) for k, v in jax.device_get(before_update).items()},
         'time/step_s': t_done - t0,
         'time/rollout_s': t_rollout - t0,
         'time/reward_s': t_reward - t_rollout,  # with the images' copy to the host
