@@ -91,7 +91,10 @@ def model_config(size: str, cfg, layers: int | None = None) -> BagelConfig:
 def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> float:
     """Model FLOPs of one train step (see ``sweep``'s module docstring): per chain the context
     (system, prompt and think segments, causal), ``lm_head`` on the T reasoning tokens, and the
-    image blocks over the context; the reference repeats the context and what its terms read."""
+    image blocks over the context; 3x (forward and backward) for what gets gradients, 1x for a
+    context replayed without them (``image_grad_to_context=False`` without a text term). The
+    frozen reference is not in the step: its outputs are prepared once per rollout batch
+    (``objective.prepare``, ``rl_programs.iteration_estimate``'s ``reference_s``)."""
     llm = config.llm
     segments = [(w.system_len, 0), (w.prompt_len, w.system_len)]
     if w.think:
@@ -102,11 +105,8 @@ def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> 
     image = (w.image_blocks * perf.block_forward_flops(config, 1, w.latent_tokens(config),
                                                        w.context) if obj.flow_term else 0.0)
     context_grad = obj.text_term or obj.image_grad_to_context
-    ref_image = obj.flow_term and obj.regularizer != 'none'
-    ref_text = obj.text_term and obj.text_kl_weight > 0
     with_grad = logits + image + (ctx if context_grad else 0.0)
-    forward_only = ((0.0 if context_grad else ctx) + (ctx if ref_image or ref_text else 0.0)
-                    + (image if ref_image else 0.0) + (logits if ref_text else 0.0))
+    forward_only = 0.0 if context_grad else ctx
     return w.batch * (3 * with_grad + forward_only)
 
 

@@ -24,8 +24,9 @@ Columns and their conventions (``report.COLUMNS``):
 * ``throughput``: tokens/s (train: every token of the policy forward, context and image blocks;
   decode: one per chain) or images/s (denoise: one step of ``batch`` images);
 * ``model_flops``: analytic matmul FLOPs per call (``unigrpo_jax.bench.perf``). Train: 3x the
-  forward of what gets gradients (forward + backward) plus 1x the forward of the frozen reference
-  and of any policy part without gradients: MaxText's model FLOPs, rematerialisation not counted;
+  forward of what gets gradients (forward + backward) plus 1x the forward of any policy part
+  without gradients (``programs.train_step_flops``; the frozen reference's outputs come with the
+  batch): MaxText's model FLOPs, rematerialisation not counted;
 * ``mfu``: model FLOPs / step_s / (devices x peak dense bf16 FLOP/s of ``perf.PEAKS``);
   MaxText's definition, empty when the peak is unknown (CPU);
 * ``mem_*``: ``compiled.memory_analysis()`` (``hlo.memory``), per device; ``mem_peak`` =
