@@ -390,7 +390,7 @@ def markdown(result: dict) -> str:
             f'max abs diff {a["max_abs_diff"]:.2e}; xla / {a["kernel"]} time '
             f'{a["speedup"]:.3g}',
             f'{sh["block"]} queries over {sh["context"]} cached rows + the block, '
-            f'{sh["heads"]}/{sh["kv_heads"]} heads of {sh["head_dim"]}, |out| <= '
+            f'{sh["heads"]}/{sh["kv_heads"]} heads of {sh["head_dim"]}, outputs up to '
             f'{a["max_abs"]:.3g}; {1e3 * a["xla_s"]:.4g} vs {1e3 * a["fused_s"]:.4g} ms')
     what = dict(decode=f'decode step, {s["chains"]} chains: of peak bandwidth',
                 denoise=f'denoise step, {s["chains"]} images: MFU',
