@@ -93,6 +93,16 @@ def _program(fn, n=4):
                             threaded=False)
 
 
+def test_first_call_measures_only_where_the_fill_leaves_room():
+    program = _program(lambda x: x * 2)
+    compiled = program.fn.lower(*program.abstract).compile()
+    device = _Device(dict(bytes_in_use=0, peak_bytes_in_use=100))
+    args, rise, why = device_check._first_call(compiled, program, device, 16, None)
+    assert rise == 0 and why == '' and args[0].shape == (4,)  # the stats never move here
+    _, rise, why = device_check._first_call(compiled, program, device, 16, 110)
+    assert rise is None and why == 'the previous peak plus this call would not fit the device'
+
+
 def test_run_programs_reports_each_program_on_its_own(monkeypatch):
     def broken(x):
         raise RuntimeError('no kernel for this')

@@ -184,23 +184,28 @@ def _fill_to_peak(device) -> list[jax.Array]:
     return jax.block_until_ready(chunks)
 
 
-def _first_call(compiled, program: programs.Program, device) -> tuple[tuple, int | None, str]:
+def _first_call(compiled, program: programs.Program, device, extra: int,
+                limit: float | None) -> tuple[tuple, int | None, str]:
     """Runs ``program`` once on new inputs: ``(the inputs of a next call, the rise of the
-    device's peak bytes during the call or None, why it is None)``."""
+    device's peak bytes during the call or None, why it is None)``. ``extra``: the bytes the
+    call is predicted to add to its arguments; the live memory is filled up to the peak only
+    where that leaves room for them under ``limit``."""
     args = jax.block_until_ready(program.concrete())
-    if memory_stats(device) is None:
-        out = jax.block_until_ready(compiled(*args))
-        return ((out[0], *args[1:]) if program.threaded else args), None, 'no device statistics'
-    why = ''
-    try:
-        fill = _fill_to_peak(device)
-    except Exception as e:  # pylint: disable=broad-except  (the call still runs, unmeasured)
-        fill = None
-        why = 'could not fill the live memory up to the peak: ' + sweep.error_status(e)[1]
-    high = memory_stats(device)['peak_bytes_in_use']
+    fill, why = None, 'no device statistics'
+    stats = memory_stats(device)
+    if stats is not None:
+        if limit is not None and stats['peak_bytes_in_use'] + extra > limit:
+            why = 'the previous peak plus this call would not fit the device'
+        else:
+            try:
+                fill = _fill_to_peak(device)
+            except Exception as e:  # pylint: disable=broad-except  (the call runs, unmeasured)
+                why = 'could not fill the live memory up to the peak: ' + sweep.error_status(e)[1]
+    high = None if fill is None else memory_stats(device)['peak_bytes_in_use']
     out = jax.block_until_ready(compiled(*args))
-    rise = memory_stats(device)['peak_bytes_in_use'] - high if fill is not None else None
+    rise = None if fill is None else memory_stats(device)['peak_bytes_in_use'] - high
     del fill
+    why = '' if rise is not None else why
     return ((out[0], *args[1:]) if program.threaded else args), rise, why
 
 
@@ -235,11 +240,13 @@ def run_programs(named: dict[str, programs.Program], repeats: int) -> dict[str, 
                        f'{limit / 2**30:.3g} GiB')
             continue
         try:
-            args, rise, why = _first_call(compiled[name], program, device)
+            m = row['memory']
+            extra = (m['predicted'] or 0) - (m['argument'] or 0)
+            args, rise, why = _first_call(compiled[name], program, device, extra, limit)
             if rise is not None:
-                row['memory']['measured'] = row['memory']['argument'] + rise
+                m['measured'] = m['argument'] + rise
             else:
-                row['memory']['unmeasured'] = why
+                m['unmeasured'] = why
             row.update(status='ok', step_s=sweep.step_seconds(compiled[name], program, repeats,
                                                               args))
             del args
