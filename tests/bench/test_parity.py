@@ -1,5 +1,6 @@
 """Every case of the shipped reference fixture, through the same code as check_fixture.py."""
 
+import numpy as np
 import pytest
 
 from unigrpo_jax.bench import parity
@@ -31,3 +32,10 @@ def test_a_wrong_port_fails(fixture):
     params['language_model']['embed_tokens']['embedding'] = emb * 1.01
     broken = parity.Fixture(fixture.config, params, fixture.ae_params, fixture.cases)
     assert not all(c.passed for c in parity.check_text_forward(broken))
+
+
+def test_checks_say_their_kind():
+    assert parity.close('c', 'x', [1.0, 2.0], [1.0, 2.0 + 1e-5]).kind == 'close'
+    assert parity.equal('c', 'ids', [1, 2], [1, 3]) == parity.Check('c', 'ids', 1.0, 0.0, 'equal')
+    image = parity.image_close('c', 'img', np.array([3], np.uint8), np.array([5], np.uint8))
+    assert (image.kind, image.error, image.passed) == ('image', 2.0, False)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.bench import perf
+from unigrpo_jax.bench import perf, targets
 from unigrpo_jax.model import bagel
-from unigrpo_jax.model.config import config_from_dict
+from unigrpo_jax.model.config import ConfigError, config_from_dict
 
 
 @pytest.fixture(scope='module')
@@ -89,6 +89,13 @@ def test_peaks():
     assert perf.peak_for('NVIDIA H200').bandwidth == 4.8e12
     assert perf.peak_for('NVIDIA H200').bf16_flops == 989e12
     assert perf.peak_for('cpu') is None
+    # The TPU kinds as jax names them, with targets' published numbers (one table).
+    assert perf.peak_for('TPU v5').bf16_flops == perf.peak_for('TPU v5p').bf16_flops == 459e12
+    assert perf.peak_for('TPU v5 lite').bandwidth == targets.get('v5e-32').bandwidth
+    assert perf.peak_for('TPU v6 lite').bf16_flops == targets.get('v6e-8').peak_flops
+    assert perf.peak_for('NVIDIA H100 80GB HBM3').bf16_flops == targets.get('h100x8').peak_flops
+    with pytest.raises(ConfigError, match="unknown device family 'a100'"):
+        targets.family_peaks('a100')
 
 
 def test_count_compiles():

@@ -25,9 +25,9 @@ def test_train_step_flops_by_hand():
     logits = 2 * 2 * 64 * 128
     image = 2 * (2 * 66 * p + 4 * 66 * (12 + 66) * hd) + 2 * 64 * 2 * 16 * 64 + 2 * (
         256 * 64 + 64 * 64)
-    # unigrpo, velocity_mse: policy context, logits and image with gradients; the reference
-    # context and image forward only.
-    expected = 2 * (3 * (ctx + logits + image) + ctx + image)
+    # unigrpo, velocity_mse: policy context, logits and image with gradients; the reference's
+    # outputs come with the batch (prepared once per rollout batch), no FLOPs of the step.
+    expected = 2 * 3 * (ctx + logits + image)
     assert programs.train_step_flops(config, obj, w) == expected
     assert programs.train_step_tokens(config, w) == 2 * (12 + 66)
     assert perf.decode_step_flops(config.llm, 2, 12) == 2 * (text(1, 12) + 2 * 64 * 128)

@@ -42,6 +42,7 @@ class Check:
     name: str
     error: float
     tolerance: float
+    kind: str = 'close'  # 'close' (float arrays), 'equal' (integers), 'image' (uint8)
 
     @property
     def passed(self) -> bool:
@@ -80,14 +81,14 @@ def equal(case: str, name: str, ours, ref) -> Check:
     """Integer arrays: error = number of differing entries, tolerance 0."""
     ours, ref = np.asarray(ours), np.asarray(ref)
     if ours.shape != ref.shape:
-        return Check(case, f'{name} (shape {ours.shape} != {ref.shape})', np.inf, 0.0)
-    return Check(case, name, float(np.sum(ours != ref)), 0.0)
+        return Check(case, f'{name} (shape {ours.shape} != {ref.shape})', np.inf, 0.0, 'equal')
+    return Check(case, name, float(np.sum(ours != ref)), 0.0, 'equal')
 
 
 def image_close(case: str, name: str, ours, ref) -> Check:
     """uint8 images: error = max |difference|, tolerance 1 (rounding boundaries)."""
     diff = np.abs(np.asarray(ours, np.int32) - np.asarray(ref, np.int32))
-    return Check(case, name, float(diff.max()), 1.0)
+    return Check(case, name, float(diff.max()), 1.0, 'image')
 
 
 # --- helpers over the context API ---------------------------------------------------------

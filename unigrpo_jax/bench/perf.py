@@ -29,6 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unigrpo_jax.bench import targets
 from unigrpo_jax.convert import synthetic
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, LLMConfig, SpecialTokens
@@ -43,12 +44,25 @@ class Peak:
     bf16_flops: float
 
 
-# Keyed by ``jax.Device.device_kind``. An H200 NVL also reports 'NVIDIA H200' (same bandwidth,
-# 835 TFLOP/s); the SXM numbers are used.
-PEAKS = {
-    'NVIDIA H100 80GB HBM3': Peak('H100 SXM', 3.35e12, 989e12),
-    'NVIDIA H200': Peak('H200 SXM', 4.8e12, 989e12),
+# ``jax.Device.device_kind`` -> (the ``targets`` family whose published peaks it has, the name
+# rows print). An H200 NVL also reports 'NVIDIA H200' (same bandwidth, 835 TFLOP/s); the SXM
+# numbers are used. jax calls a TPU v5p chip 'TPU v5', a v5e 'TPU v5 lite', a v6e 'TPU v6 lite'.
+DEVICE_KINDS = {
+    'NVIDIA H100 80GB HBM3': ('h100', 'H100 SXM'),
+    'NVIDIA H200': ('h200', 'H200 SXM'),
+    'TPU v5': ('v5p', 'TPU v5p'),
+    'TPU v5p': ('v5p', 'TPU v5p'),
+    'TPU v5 lite': ('v5e', 'TPU v5e'),
+    'TPU v6 lite': ('v6e', 'TPU v6e'),
 }
+
+
+def _peak(family: str, name: str) -> Peak:
+    flops, bandwidth = targets.family_peaks(family)
+    return Peak(name, bandwidth, flops)
+
+
+PEAKS = {kind: _peak(*spec) for kind, spec in DEVICE_KINDS.items()}
 
 
 def peak_for(device_kind: str) -> Peak | None:

@@ -91,7 +91,10 @@ def model_config(size: str, cfg, layers: int | None = None) -> BagelConfig:
 def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> float:
     """Model FLOPs of one train step (see ``sweep``'s module docstring): per chain the context
     (system, prompt and think segments, causal), ``lm_head`` on the T reasoning tokens, and the
-    image blocks over the context; the reference repeats the context and what its terms read."""
+    image blocks over the context; 3x (forward and backward) for what gets gradients, 1x for a
+    context replayed without them (``image_grad_to_context=False`` without a text term). The
+    frozen reference is not in the step: its outputs are prepared once per rollout batch
+    (``objective.prepare``, ``rl_programs.iteration_estimate``'s ``reference_s``)."""
     llm = config.llm
     segments = [(w.system_len, 0), (w.prompt_len, w.system_len)]
     if w.think:
@@ -102,11 +105,8 @@ def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> 
     image = (w.image_blocks * perf.block_forward_flops(config, 1, w.latent_tokens(config),
                                                        w.context) if obj.flow_term else 0.0)
     context_grad = obj.text_term or obj.image_grad_to_context
-    ref_image = obj.flow_term and obj.regularizer != 'none'
-    ref_text = obj.text_term and obj.text_kl_weight > 0
     with_grad = logits + image + (ctx if context_grad else 0.0)
-    forward_only = ((0.0 if context_grad else ctx) + (ctx if ref_image or ref_text else 0.0)
-                    + (image if ref_image else 0.0) + (logits if ref_text else 0.0))
+    forward_only = 0.0 if context_grad else ctx
     return w.batch * (3 * with_grad + forward_only)
 
 
@@ -156,8 +156,8 @@ def _place(tree, abstract):
     return jax.tree.map(lambda x, s: jax.device_put(x, s.sharding), tree, abstract)
 
 
-def _params(config: BagelConfig, key) -> Any:
-    return perf.random_params(config, key, jnp.float32)
+def _params(config: BagelConfig, key, dtype=jnp.float32) -> Any:
+    return perf.random_params(config, key, dtype)
 
 
 def _param_shapes(config: BagelConfig, dtype) -> Any:
@@ -223,13 +223,18 @@ def _cache(config: BagelConfig, mesh, rules, batch: int, size: int, length: int)
     return abstract, concrete
 
 
-def _placed_params(config: BagelConfig, mesh, rules):
-    return placed_shapes(_param_shapes(config, jnp.float32), sharding.param_shardings(
+def _placed_params(config: BagelConfig, mesh, rules, dtype):
+    return placed_shapes(_param_shapes(config, dtype), sharding.param_shardings(
         bagel.abstract_params(config), mesh, rules))
 
 
-def decode_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key) -> Program:
-    params = _placed_params(config, mesh, rules)
+def decode_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key,
+                   param_dtype=jnp.float32) -> Program:
+    """One think-token ``context.decode_step`` of ``w.batch`` chains over caches holding the
+    system and prompt segments; params in ``param_dtype`` (float32: as the train state holds
+    them; the compute dtype: as the rollout's copy, ``bagel.compute_params``, bar its float32
+    modules)."""
+    params = _placed_params(config, mesh, rules, param_dtype)
     cache, make_cache = _cache(config, mesh, rules, w.batch, w.text_context + w.think_tokens + 2,
                                w.text_context)
     chains = sharding.batch_sharding(mesh, w.batch)
@@ -240,7 +245,7 @@ def decode_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key) -> 
 
     def concrete():
         key_params, key_cache = jax.random.split(key)
-        return (make_cache(key_cache), _place(_params(config, key_params), params),
+        return (make_cache(key_cache), _place(_params(config, key_params, param_dtype), params),
                 jax.device_put(jnp.zeros((w.batch,), jnp.int32), chains))
 
     return Program(fn=fn, abstract=(cache, params, tokens), concrete=concrete,
@@ -248,8 +253,11 @@ def decode_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key) -> 
                    items=w.batch, unit='tokens/s', threaded=True)
 
 
-def denoise_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key) -> Program:
-    params = _placed_params(config, mesh, rules)
+def denoise_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key,
+                    param_dtype=jnp.float32) -> Program:
+    """One ``context.image_velocities`` call with W = 1: ``w.batch`` image blocks over the cache
+    left by thinking; params in ``param_dtype`` (as ``decode_program``)."""
+    params = _placed_params(config, mesh, rules, param_dtype)
     cache, make_cache = _cache(config, mesh, rules, w.batch, w.context, w.context)
     chains = sharding.batch_sharding(mesh, w.batch)
     h, wd = latents.token_grid(*w.image_size, config.latent_downsample)
@@ -263,7 +271,7 @@ def denoise_program(config: BagelConfig, mesh: Mesh, rules, w: Workload, key) ->
 
     def concrete():
         key_params, key_cache, key_x = jax.random.split(key, 3)
-        return (_place(_params(config, key_params), params), make_cache(key_cache),
+        return (_place(_params(config, key_params, param_dtype), params), make_cache(key_cache),
                 jax.device_put(jax.random.normal(key_x, x_t.shape), chains),
                 jax.device_put(jnp.full(t.shape, 0.7), chains),
                 jax.device_put(pos, pos_abstract.sharding))

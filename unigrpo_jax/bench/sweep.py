@@ -24,8 +24,9 @@ Columns and their conventions (``report.COLUMNS``):
 * ``throughput``: tokens/s (train: every token of the policy forward, context and image blocks;
   decode: one per chain) or images/s (denoise: one step of ``batch`` images);
 * ``model_flops``: analytic matmul FLOPs per call (``unigrpo_jax.bench.perf``). Train: 3x the
-  forward of what gets gradients (forward + backward) plus 1x the forward of the frozen reference
-  and of any policy part without gradients: MaxText's model FLOPs, rematerialisation not counted;
+  forward of what gets gradients (forward + backward) plus 1x the forward of any policy part
+  without gradients (``programs.train_step_flops``; the frozen reference's outputs come with the
+  batch): MaxText's model FLOPs, rematerialisation not counted;
 * ``mfu``: model FLOPs / step_s / (devices x peak dense bf16 FLOP/s of ``perf.PEAKS``);
   MaxText's definition, empty when the peak is unknown (CPU);
 * ``mem_*``: ``compiled.memory_analysis()`` (``hlo.memory``), per device; ``mem_peak`` =
@@ -104,14 +105,19 @@ def device_memory_limit() -> float | None:
 
 
 # --- rows --------------------------------------------------------------------------------------
-def _error(e: Exception) -> tuple[str, str]:
+def error_status(e: Exception) -> tuple[str, str]:
+    """``(status, message)`` of a row that raised: 'does not fit' for an out-of-memory error,
+    else 'error'; the message is the exception's type and text on one line."""
     msg = f'{type(e).__name__}: {" ".join(str(e).split())}'[:300]
     fits = not re.search(r'RESOURCE_EXHAUSTED|out of memory|\bOOM\b', msg, re.IGNORECASE)
     return ('error' if fits else 'does not fit'), msg
 
 
-def _step_seconds(compiled, program: Program, repeats: int) -> float:
-    args = program.concrete()
+def step_seconds(compiled, program: Program, repeats: int, args: tuple | None = None) -> float:
+    """Median seconds of ``repeats`` calls of ``compiled`` after a warm-up call, on ``args``
+    (default: ``program.concrete()``); a threaded program's first output is the next call's
+    first input."""
+    args = program.concrete() if args is None else args
 
     def call():
         nonlocal args
@@ -143,7 +149,7 @@ def measure(program: Program, run: bool, memory_limit: float | None, repeats: in
     if not run:
         row['status'] = 'compile-only'
         return row
-    seconds = _step_seconds(compiled, program, repeats)
+    seconds = step_seconds(compiled, program, repeats)
     row.update(status='ok', step_s=seconds, throughput=program.items / seconds)
     if peak is not None:
         row['mfu'] = program.flops / seconds / (devices * peak.bf16_flops)
@@ -196,5 +202,5 @@ def sweep(cfg, optimizer, *, sizes: Sequence[str],
                         row.update(measure(program, execute and executable(size),
                                            memory_limit, repeats, peak, mesh.size))
                     except Exception as e:  # pylint: disable=broad-except
-                        row['status'], row['error'] = _error(e)
+                        row['status'], row['error'] = error_status(e)
                     yield {c: row.get(c) for c in COLUMNS}

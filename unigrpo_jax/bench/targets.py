@@ -33,7 +33,9 @@ next to ``shared/``); its memory is the spec's ``device_memory_size``.
 
 ``peak_flops`` (dense bf16 matmul FLOP/s per chip) and ``bandwidth`` (HBM bytes/s per chip) are
 the vendors' published numbers (Cloud TPU system architecture pages; NVIDIA H100/H200 SXM data
-sheets, dense): only for analytic step-time estimates (``bench.rl_programs.iteration_estimate``).
+sheets, dense): the analytic step-time estimates (``bench.rl_programs.iteration_estimate``) and,
+through ``bench.perf.PEAKS`` (keyed by ``jax.Device.device_kind``), the measured fractions of
+peak of ``launch/bench_rollout.py``, ``bench_sharding.py`` and ``device_check.py``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,18 @@ _FAMILIES = {
     'h100': _Family('cuda', _H100, 989e12, 3.35e12, f'{_GPU_SPECS}/h100_sxm.txtpb'),
     'h200': _Family('cuda', _H200, 989e12, 4.8e12, f'{_GPU_SPECS}/h200.txtpb'),
 }
+
+
+def family_peaks(family: str) -> tuple[float, float]:
+    """``(peak_flops, bandwidth)`` per device of a family ('v5p', 'v5e', 'v6e', 'h100',
+    'h200'): the published dense bf16 FLOP/s and HBM bytes/s (the one table of them;
+    ``bench.perf.PEAKS`` names the device kinds that have them)."""
+    if family not in _FAMILIES:
+        raise ConfigError(f'unknown device family {family!r}; expected one of {list(_FAMILIES)}')
+    spec = _FAMILIES[family]
+    return spec.peak_flops, spec.bandwidth
+
+
 _LITE_GRIDS = {4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
                256: '16x16'}  # v5e / v6e slices: chips -> topology
 _V5P_CHIPS = tuple(2 ** k for k in range(2, 13))  # v5p-8 ... v5p-8192
