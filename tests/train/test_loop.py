@@ -163,7 +163,14 @@ def test_a_resume_with_another_config_names_what_changed(tmp_path):
         loop.train(_config(**{'total_steps': 2, 'objective.velocity_mse_weight': 2e-3}),
                    str(tmp_path))
     with open(tmp_path / 'rl_config.json') as f:  # the run's own config is kept
-        assert json.load(f)["objective"]["velocity_mse_weight"] == 1.5e-5
+        saved = json.load(f)
+    assert saved["objective"]["velocity_mse_weight"] == 1.5e-5
+    # A run saved before a field was added resumes when the field keeps its former behaviour.
+    del saved['optimizer']['ema_decay']
+    current = json.loads(_config().to_json_best_effort())
+    assert run_dir.config_changes(saved, current) == []
+    current['optimizer']['ema_decay'] = 0.9
+    assert run_dir.config_changes(saved, current) == ['optimizer.ema_decay: 0.0 -> 0.9']
 
 
 def test_prompts_the_reward_cannot_score_stop_the_run_before_it_compiles(tmp_path):

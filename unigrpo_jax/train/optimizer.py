@@ -85,8 +85,10 @@ class ParamsEma(NamedTuple):
 def params_ema(decay: float) -> optax.GradientTransformation:
     """Passes the updates through unchanged and keeps ``ema <- decay * ema + (1 - decay) *
     (params + updates)`` in its state (it must come last in a chain: it sees the final updates).
-    Starts at the initial params. ``decay`` per optimizer update (an RL step makes
-    ``ppo_epochs x num_minibatches`` of them)."""
+    Starts at the initial params, without bias correction: after n updates they keep the weight
+    ``decay ** n`` (0.9: 3e-5 after 100). ``decay`` per optimizer update (an RL step makes
+    ``ppo_epochs x num_minibatches`` of them). Under LoRA the trained params are the adapters:
+    the average is the adapters', merged into the base like the adapters themselves."""
 
     def init(params):
         return ParamsEma(ema=jax.tree.map(lambda p: jnp.array(p, jnp.float32), params))

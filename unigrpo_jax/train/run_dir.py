@@ -109,10 +109,16 @@ def _flat(tree, prefix: str = '') -> dict:
     return out
 
 
+# Fields added after runs may have been saved, with the value that keeps those runs' behaviour:
+# a saved config without the field equals a current one with that value.
+ADDED_FIELDS = {'optimizer.ema_decay': 0.0}
+
+
 def config_changes(saved: dict, current: dict) -> list[str]:
     """``'field: saved -> current'`` for each field that differs between two configs (as
-    JSON dicts), except ``RESUMABLE_CHANGES``."""
-    a, b = _flat(saved), _flat(current)
+    JSON dicts), except ``RESUMABLE_CHANGES`` (and ``ADDED_FIELDS`` absent from ``saved``
+    and at their former behaviour's value in ``current``)."""
+    a, b = {**ADDED_FIELDS, **_flat(saved)}, _flat(current)
     return [f'{k}: {a.get(k, "(absent)")!r} -> {b.get(k, "(absent)")!r}'
             for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not any(k == c or (c.endswith('.') and k.startswith(c))
@@ -181,7 +187,8 @@ def _latest_sft_checkpoint(directory: str) -> str:
 def _load_rl(directory: str, step: int | None, weights: str | None) -> Run:
     config = _read_json(os.path.join(directory, RL_CONFIG))
     if weights is None:  # the run's own choice (runs before ema_decay existed kept none)
-        weights = 'ema' if config.optimizer.get('ema_decay', 0.0) > 0 else 'params'
+        weights = ('ema' if config.optimizer.get('ema_decay', ADDED_FIELDS['optimizer.ema_decay'])
+                   > 0 else 'params')
     tokens = tokenizer_lib.load_tokenizer(config.tokenizer)[1]
     spec = settings.lora_spec(config.lora)
     # The run's checkpoint holds the policy (LoRA: only the adapters, so the base is read too).
