@@ -116,7 +116,7 @@ def test_mode_decides_thinking_and_the_window(mode, think, window):
     its window settings and gets none."""
     s = settings.settings(_config(**{'objective.mode': mode}), 2)
     assert (s.rollout.think, s.schedule.window_size, s.objective.think) == (think, window, think)
-    assert (s.objective.text_term, s.objective.flow_term) == (mode != 'flowgrpo',
+    assert (s.objective.trains_text, s.objective.trains_image) == (mode != 'flowgrpo',
                                                              mode != 'textgrpo')
     if mode == 'textgrpo':
         assert s.schedule.window_max_start == 0

@@ -101,10 +101,10 @@ def train_step_flops(config: BagelConfig, obj: ObjectiveConfig, w: Workload) -> 
         segments.append((w.think_tokens + 2, w.text_context))
     ctx = sum(perf.segment_forward_flops(llm, n, before, causal=True)
               for n, before in segments if n)
-    logits = perf.lm_head_flops(llm, w.think_tokens) if obj.text_term else 0.0
+    logits = perf.lm_head_flops(llm, w.think_tokens) if obj.trains_text else 0.0
     image = (w.image_blocks * perf.block_forward_flops(config, 1, w.latent_tokens(config),
-                                                       w.context) if obj.flow_term else 0.0)
-    context_grad = obj.text_term or obj.image_grad_to_context
+                                                       w.context) if obj.trains_image else 0.0)
+    context_grad = obj.trains_text or obj.image_grad_to_context
     with_grad = logits + image + (ctx if context_grad else 0.0)
     forward_only = 0.0 if context_grad else ctx
     return w.batch * (3 * with_grad + forward_only)

@@ -66,12 +66,12 @@ class ObjectiveConfig:
         return sum(t.image_blocks(self) for t in self.terms)
 
     @property
-    def text_term(self) -> bool:
+    def trains_text(self) -> bool:
         return any(t.slot == 'text' for t in self.terms)
 
     @property
-    def flow_term(self) -> bool:
-        """Whether an image term trains the denoising (any image term, not only FlowGRPO)."""
+    def trains_image(self) -> bool:
+        """Whether an image term trains the denoising (FlowGRPO's, NFT's or one's own)."""
         return any(t.slot == 'image' for t in self.terms)
 
 
