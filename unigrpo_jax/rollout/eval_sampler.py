@@ -49,7 +49,7 @@ class SamplerConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Trajectory:
+class SamplerPath:
     """What the sampler returns; ``x`` includes the initial noise: ``[steps + 1, batch, ...]``."""
 
     x: jax.Array
@@ -62,14 +62,14 @@ class Trajectory:
         return self.x[-1]
 
 
-jax.tree_util.register_dataclass(Trajectory, data_fields=['x', 'v', 't', 'cfg_active'],
+jax.tree_util.register_dataclass(SamplerPath, data_fields=['x', 'v', 't', 'cfg_active'],
                                  meta_fields=[])
 
 
 @functools.partial(jax.jit, static_argnames=('config', 'sampler'))
 def sample_ode(params, config: BagelConfig, sampler: SamplerConfig, noise: jax.Array,
                position_ids: jax.Array, cond: KVCache, text_uncond: KVCache,
-               img_uncond: KVCache | None = None) -> Trajectory:
+               img_uncond: KVCache | None = None) -> SamplerPath:
     """Denoises ``noise [batch, tokens, latent_token_dim]`` from t = 1 to 0.
 
     Args:
@@ -77,7 +77,7 @@ def sample_ode(params, config: BagelConfig, sampler: SamplerConfig, noise: jax.A
       cond, text_uncond, img_uncond: the three contexts (KV caches) of Bagel's CFG; the
         image-unconditional one is needed only with ``img_scale > 1``.
     Returns:
-      the ``Trajectory`` (float32): states, combined velocities, times, CFG flags per step.
+      the ``SamplerPath`` (float32): states, combined velocities, times, CFG flags per step.
     """
     cfg = sampler.cfg
     use_img = cfg.img_scale > 1.0
@@ -107,7 +107,7 @@ def sample_ode(params, config: BagelConfig, sampler: SamplerConfig, noise: jax.A
     x_final, (xs, vs, active) = jax.lax.scan(step, noise.astype(jnp.float32),
                                              (grid[:-1], grid[1:]))
     del x_final
-    return Trajectory(x=jnp.concatenate([noise[None].astype(jnp.float32), xs]), v=vs,
+    return SamplerPath(x=jnp.concatenate([noise[None].astype(jnp.float32), xs]), v=vs,
                       t=grid[:-1], cfg_active=active)
 
 
