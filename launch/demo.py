@@ -52,6 +52,12 @@ _ARM = 'UniGRPO (think)'
 SMOOTHING = 10  # steps in the smoothed training-reward curve
 
 
+def _reward_label(config) -> str:
+    """The reward curve's axis: the strict GenEval reward (0/1) or FlowGRPO's partial credit."""
+    strict = config.reward.options.get('strict', False)
+    return 'strict reward (0/1 per image)' if strict else 'partial-credit reward'
+
+
 def _say(message: str) -> None:
     print(f'[demo {time.strftime("%H:%M:%S")}] {message}', flush=True)
 
@@ -209,7 +215,7 @@ def main(argv):
                                     samples)
     minutes['evaluation after RL'] = (time.time() - t) / 60
     viz.plot_curves(os.path.join(out, 'reward_curve.png'), _reward_curves(rl_dir),
-                    title='UniGRPO on ShapesEval', ylabel='partial-credit reward')
+                    title='UniGRPO on ShapesEval', ylabel=_reward_label(config))
     minutes['total'] = (time.time() - start) / 60
     path = _report(out, before, after, (drawer_before, drawer_after), after_run.step, minutes,
                    documented)
