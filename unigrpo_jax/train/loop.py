@@ -228,9 +228,12 @@ def _train(config, workdir: str, devices, s):
     def meta(step):
         return {'step': step, 'seed': config.seed, 'data_position': step * config.batch_size}
 
-    if config.eval_every and start == 0:
+    def evaluate_state(state, step):  # the params evaluation reads (the moving average if kept)
         evaluate(programs.policy(opt_lib.evaluated_params(state.params, state.opt_state),
-                                 frozen), ae_dev, 0)  # the curve's start
+                                 frozen), ae_dev, step)
+
+    if config.eval_every and start == 0:
+        evaluate_state(state, 0)  # the curve's start
     for step in range(start, config.total_steps):
         checkpointing.raise_if_save_failed(mgr)  # a save that failed in the background
         items = train_prompts.batch(step)
@@ -270,8 +273,7 @@ def _train(config, workdir: str, devices, s):
                                 'or check the rewards.')
         done = step + 1 == config.total_steps
         if config.eval_every and ((step + 1) % config.eval_every == 0 or done):
-            evaluate(programs.policy(opt_lib.evaluated_params(state.params, state.opt_state),
-                                     frozen), ae_dev, step + 1)
+            evaluate_state(state, step + 1)
         # Every process stops at the same step (a SIGTERM may reach one host only, or land
         # on different sides of a step boundary): none enters a step the others left.
         stop = distributed.any_process(preempt.requested)

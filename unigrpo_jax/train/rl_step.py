@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,30 +136,18 @@ def make_old_values_fn(loss: step_lib.Loss, place: step_lib.Placement, micro_bat
     any update; ``scalars``: the rollout-vs-update parity over all chains (``parity/rollout_*``,
     the max over pieces) and ``grad_norm/rollout_batch``, the norm of the whole batch's gradient.
 
-    The gradient is computed (and its norm returned) so that XLA compiles the forward as in the
-    update: a forward alone fuses differently and its log-probs differ from the update's by
+    It is the update's own computation (``step.accumulated_gradient``), gradient included (its
+    norm is returned), so that XLA compiles the forward as in the update: a forward alone fuses differently and its log-probs differ from the update's by
     rounding (1e-6 in bf16 on ``configs/bagel_grpo.py:tiny``), outside the 1e-6 flow clip.
     With these old values every minibatch's first ratio is exactly 1 in every dtype."""
 
     def old_values(state, frozen, batch):
-        shared = totals(batch)
-        pieces = trajectory.split_micro_batches(batch, micro_batches)
-
-        def one(grads, j):
-            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
-                                                     place.batch)
-            (_, metrics), g = jax.value_and_grad(loss, has_aux=True)(
-                state.params, frozen, piece, state.step, shared)
-            parity = {k: v for k, v in metrics.items() if k.startswith('parity/rollout_')}
-            return (jax.tree.map(jnp.add, grads, g),
-                    (metrics[trajectory.PER_CHAIN_METRICS], parity))
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, (recorded, parity) = jax.lax.scan(one, zeros, jnp.arange(micro_batches))
-        scalars = {k: jnp.max(v) for k, v in parity.items()}
+        grads, _, metrics, recorded = step_lib.accumulated_gradient(
+            loss, state.params, frozen, batch, state.step, totals(batch), micro_batches,
+            place.batch)
+        scalars = {k: jnp.max(v) for k, v in metrics.items() if k.startswith('parity/rollout_')}
         scalars['grad_norm/rollout_batch'] = optax.tree.norm(grads)
-        return (jax.tree.map(lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), recorded),
-                scalars)
+        return step_lib.merge_per_chain(recorded), scalars
 
     return jax.jit(sharding.traced_on(place.mesh, old_values),
                    in_shardings=(place.state, place.ref_params, place.batch),

@@ -117,6 +117,36 @@ def _combine(metrics: dict, count: int) -> dict:
     return {k: jnp.max(v) if 'max' in k else jnp.sum(v) / count for k, v in metrics.items()}
 
 
+def accumulated_gradient(loss: Loss, params, frozen, batch, step, shared, micro_batches: int,
+                         batch_sharding):
+    """The gradient of ``loss`` at ``params`` over ``batch`` in ``micro_batches`` sequential
+    pieces (``trajectory.split_micro_batches``, each constrained to ``batch_sharding``), added
+    up: ``(grads, values [k], metrics {name: [k]}, per_chain {name: [k, B / k, ...]})``, the
+    per-chain values being what the loss puts under ``trajectory.PER_CHAIN_METRICS``.
+    ``shared``: the minibatch-wide denominators the loss divides by. The computation of every
+    update (``make_train_step``) and of the RL old values (``rl_step.make_old_values_fn``)."""
+    pieces = trajectory.split_micro_batches(batch, micro_batches)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+
+    def accumulate(grads, j):
+        piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
+                                                 batch_sharding)
+        (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(
+            params, frozen, piece, step, shared)
+        per_chain = metrics.pop(trajectory.PER_CHAIN_METRICS, {})
+        return jax.tree.map(jnp.add, grads, g), (value, metrics, per_chain)
+
+    grads, (values, metrics, per_chain) = jax.lax.scan(accumulate, zeros,
+                                                       jnp.arange(micro_batches))
+    return grads, values, metrics, per_chain
+
+
+def merge_per_chain(per_chain):
+    """``accumulated_gradient``'s per-chain values ``[k, B / k, ...]`` -> ``[B, ...]`` in the
+    batch's chain order."""
+    return jax.tree.map(lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), per_chain)
+
+
 def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int = 1,
                     totals: Callable[[Any], Any] | None = None, recorded: bool = False):
     """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state: one
@@ -141,19 +171,8 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
 
     def step(state: TrainState, frozen, batch):
         shared = None if totals is None else totals(batch)
-        pieces = trajectory.split_micro_batches(batch, micro_batches)
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-
-        def accumulate(grads, j):
-            piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
-                                                     place.batch)
-            (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(
-                state.params, frozen, piece, state.step, shared)
-            per_chain = metrics.pop(trajectory.PER_CHAIN_METRICS, {})
-            return jax.tree.map(jnp.add, grads, g), (value, metrics, per_chain)
-
-        grads, (values, metrics, per_chain) = jax.lax.scan(accumulate, zeros,
-                                                           jnp.arange(micro_batches))
+        grads, values, metrics, per_chain = accumulated_gradient(
+            loss, state.params, frozen, batch, state.step, shared, micro_batches, place.batch)
         loss_value = jnp.sum(values)
         norms = grad_norms(grads)
         finite = jnp.isfinite(loss_value) & jnp.isfinite(norms['grad_norm/total'])
@@ -169,9 +188,7 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
                    'skipped': (~finite).astype(jnp.float32)}
         if not recorded:
             return state, scalars
-        # [micro_batches, B / micro_batches, ...] -> [B, ...] in the minibatch's chain order.
-        return state, scalars, jax.tree.map(
-            lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), per_chain)
+        return state, scalars, merge_per_chain(per_chain)
 
     outputs = (place.state, sharding.replicated(place.mesh))
     if recorded:  # placed like the chains' advantages [B]: a prefix for every [B, ...] array
