@@ -38,7 +38,8 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
     try:
         distributed.initialize_from_flags(_CONFIG.value.distributed)
-        loop.train(_CONFIG.value, _WORKDIR.value)
+        with distributed.exit_when_a_process_is_lost():  # exits EXIT_PROCESS_LOST (69)
+            loop.train(_CONFIG.value, _WORKDIR.value)
     except ConfigError as e:  # a user's config: one line, no traceback (bugs keep theirs)
         sys.exit(f'launch/train.py: {e}')
     except loop.Preempted as e:

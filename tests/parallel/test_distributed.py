@@ -90,6 +90,39 @@ def test_a_missing_process_fails_the_run_instead_of_hanging(processes):
     assert rc != 0 and 'DEADLINE_EXCEEDED' in out and 'AGREED' not in out, out
 
 
+# Argv: PORT PROCESS_ID SLEEP_S: both processes fail with the same error inside
+# exit_when_a_process_is_lost after sleeping SLEEP_S[pid] (SLEEP_S negative: exit normally).
+_LOST_WORKER = textwrap.dedent('''
+    import sys, time
+    from unigrpo_jax.parallel import distributed
+    port, pid, sleep_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    distributed.initialize('auto', f'127.0.0.1:{port}', 2, pid, timeout_s=60)
+    start = time.monotonic()
+    try:
+        with distributed.exit_when_a_process_is_lost():
+            time.sleep(abs(sleep_s))
+            if sleep_s >= 0:
+                raise ValueError('the same bad input on every process')
+    except ValueError as e:
+        print(f'RAISED AFTER {time.monotonic() - start:.1f} s:', e)
+        sys.exit(3)
+    print('FINISHED')
+''')
+
+
+def test_an_error_every_process_meets_is_raised_at_once_not_taken_for_a_lost_process(
+        processes):
+    for rc, out in processes(_LOST_WORKER, [[0], [1]]):
+        assert rc == 3 and 'RAISED AFTER' in out and 'was lost' not in out, out
+        assert float(out.split('RAISED AFTER ')[1].split(' s')[0]) < 15, out  # not 40 s
+
+
+def test_a_process_that_finished_is_not_taken_for_lost(processes):
+    # process 1 exits at once; process 0 works on for longer than the watchdog's 30 s
+    [(rc0, out0), (rc1, out1)] = processes(_LOST_WORKER, [[-40], [-0.01]], timeout=120)
+    assert rc0 == 0 and rc1 == 0 and 'FINISHED' in out0 and 'was lost' not in out0, out0
+
+
 _SCORE_WORKER = textwrap.dedent('''
     import os, sys
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'

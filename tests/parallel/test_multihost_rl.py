@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from configs import bagel_grpo, shapes_unigrpo
+from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import checkpointing, loop
 
 # Argv: PORT PROCESS_ID CONFIG WORKDIR TOTAL_STEPS... : one run per total, each resuming the
@@ -145,3 +146,33 @@ def test_sigterm_on_one_process_stops_every_process_at_the_same_step(processes, 
     assert [r['step'] for r in _metrics(workdir)] == [1]
     _run_two(processes, 'grpo', workdir, 3)  # and the run resumes from it
     assert [r['step'] for r in _metrics(workdir)] == [1, 2, 3]
+
+
+# Argv: PORT PROCESS_ID WORKDIR: process 1 is killed (SIGKILL) as its first step starts;
+# process 0 must say which process was lost and exit with the launcher's code, not wait in
+# its next collective or abort in JAX's shutdown.
+_KILLED_WORKER = _PREEMPTED_WORKER.split('import signal')[0] + textwrap.dedent('''
+    import signal
+    from tests.parallel import test_multihost_rl
+    from unigrpo_jax.parallel import distributed
+    from unigrpo_jax.train import loop
+    real = loop.rl_step.rl_step
+
+    def die_on_process_1(*args, **kwargs):
+        if jax.process_index() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    loop.rl_step.rl_step = die_on_process_1
+    with distributed.exit_when_a_process_is_lost():
+        loop.train(test_multihost_rl.CONFIGS['grpo'](3), sys.argv[3])
+''')
+
+
+def test_a_killed_process_stops_the_others_with_one_line_naming_it(processes, tmp_path):
+    (rc0, out0), (rc1, _) = processes(_KILLED_WORKER, [[str(tmp_path / 'run')]] * 2,
+                                      timeout=600)
+    assert rc1 == -9
+    assert rc0 == distributed.EXIT_PROCESS_LOST, out0[-5000:]
+    assert 'unigrpo_jax: process 1 of 2 was lost' in out0, out0[-5000:]
+    assert 'Terminating process' not in out0 and 'SIGABRT' not in out0, out0[-5000:]

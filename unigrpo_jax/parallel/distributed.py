@@ -17,12 +17,18 @@ Commands for each cluster: docs/multihost.md.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import hashlib
 import os
+import sys
+import threading
+import time
 
 import jax
 import numpy as np
 from absl import flags, logging
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
 from unigrpo_jax.model.config import ConfigError
@@ -118,6 +124,8 @@ def initialize(mode: str, coordinator_address: str | None = None,
                  '%d s fails the run with DEADLINE_EXCEEDED', kwargs or 'from the environment',
                  timeout_s)
     jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
+    if jax.process_count() > 1:
+        watch_processes()
     return jax.process_count() > 1
 
 
@@ -220,3 +228,105 @@ def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
     out = np.empty((total,) + values.shape[1:], values.dtype)
     out[rows] = values
     return out
+
+
+
+# The exit status of a process that stops because another process of its run was lost
+# (EX_UNAVAILABLE): start every process again with the same command to resume.
+EXIT_PROCESS_LOST = 69
+_HEARTBEAT = 'unigrpo_jax/heartbeat/'
+_ROLL_CALL = 'unigrpo_jax/roll_call/'
+_EXITED = 'exited'
+_failures = [0]  # this process's failures so far: each roll call has its own keys
+
+
+def watch_processes(interval_s: float = 2.0, silent_s: float = 30.0) -> None:
+    """Starts this process's watchdog: a daemon thread that posts a heartbeat to the
+    coordinator's key-value store every ``interval_s`` seconds and reads everyone's. When
+    another process's heartbeat stops for ``silent_s`` seconds (killed, its host gone) or the
+    store stops answering (process 0, which holds it, is gone), this process prints one line
+    naming the lost process and exits with ``EXIT_PROCESS_LOST`` at once, wherever its main
+    thread is (compiling, computing, or waiting in a collective the lost process never
+    joins). Without it, JAX aborts the survivors after its own heartbeat timeout with SIGABRT
+    and a C++ stack dump. A process that exits normally says so first (``atexit``), so the
+    others do not take it for lost. ``silent_s`` stays below JAX's heartbeat timeout (its
+    ``initialize`` default is 100 s) so the watchdog speaks first."""
+    client = jax_distributed.global_state.client
+    me, n = jax.process_index(), jax.process_count()
+    stopped = threading.Event()
+
+    def beat_and_watch():
+        beats, last, changed = 0, {}, dict.fromkeys(range(n), time.monotonic())
+        while not stopped.wait(interval_s):
+            beats += 1
+            try:
+                client.key_value_set(f'{_HEARTBEAT}{me}', str(beats), allow_overwrite=True)
+                seen = {int(key.rsplit('/', 1)[-1]): value
+                        for key, value in client.key_value_dir_get(_HEARTBEAT)}
+            except Exception as e:  # noqa: BLE001 - the store is unreachable: process 0 is gone
+                if not stopped.is_set():
+                    _exit_lost([0], f'the coordinator does not answer ({_first_line(e)})')
+                return
+            now = time.monotonic()
+            for i, value in seen.items():
+                if value != last.get(i):
+                    last[i], changed[i] = value, now
+            lost = [i for i in range(n) if i != me and last.get(i) != _EXITED
+                    and now - changed[i] > silent_s]
+            if lost and not stopped.is_set():
+                _exit_lost(lost, f'no heartbeat for {silent_s:.0f} s')
+
+    def say_exited():
+        stopped.set()
+        try:
+            client.key_value_set(f'{_HEARTBEAT}{me}', _EXITED, allow_overwrite=True)
+        except Exception:  # noqa: BLE001 - the coordinator is gone; nobody is left to tell
+            pass
+
+    threading.Thread(target=beat_and_watch, name='unigrpo_jax-watchdog', daemon=True).start()
+    atexit.register(say_exited)  # runs before JAX's own shutdown (registered earlier)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _exit_lost(lost: list[int], why: str) -> None:
+    names = ', '.join(map(str, lost))
+    print(f'unigrpo_jax: process {names} of {jax.process_count()} was lost ({why}). Process '
+          f'{jax.process_index()} stops with exit code {EXIT_PROCESS_LOST}; start every process '
+          'again with the same command to resume from the last checkpoint.',
+          file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_PROCESS_LOST)  # skips the shutdown barrier the lost process never reaches
+
+
+@contextlib.contextmanager
+def exit_when_a_process_is_lost(wait_s: float = 40.0):
+    """Runs the block; where it fails in a multi-process run, first asks whether every process
+    is still there: a roll call through the coordinator's key-value store, which every
+    process that fails answers. When all answer (an error every process met), the error is
+    raised as it is. When some do not, this process waits up to ``wait_s`` seconds for the
+    watchdog (``watch_processes``) to find them lost, which ends the process with one line
+    (a collective with a dead process fails at once, long before JAX's shutdown would give
+    up on it); a process that is alive but has not failed (yet) lets the error through."""
+    try:
+        yield
+    except Exception:
+        if jax.process_count() > 1:
+            _failures[0] += 1
+            _roll_call(f'{_ROLL_CALL}{_failures[0]}/', wait_s)
+        raise
+
+
+def _roll_call(prefix: str, wait_s: float) -> None:
+    client = jax_distributed.global_state.client
+    try:
+        client.key_value_set(f'{prefix}{jax.process_index()}', 'here', allow_overwrite=True)
+        deadline = time.monotonic() + wait_s
+        while len(client.key_value_dir_get(prefix)) < jax.process_count():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+    except Exception:  # noqa: BLE001 - the store is gone: the watchdog says so and exits
+        time.sleep(wait_s)
