@@ -156,6 +156,18 @@ def test_a_second_run_on_a_workdir_stops_and_a_crashed_one_leaves_no_lock(tmp_pa
     run_dir.lock(str(tmp_path)).close()
 
 
+def test_a_workdir_that_cannot_be_written_stops_the_run_before_anything_starts(tmp_path):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    with pytest.raises(run_dir.WorkdirError,
+                       match=r'--workdir=.*a_file/run cannot be written \(Not a directory\)'):
+        loop.train(_config(total_steps=1), str(blocker / 'run'))
+    if os.geteuid() != 0:  # root writes anywhere: a read-only directory is tried by others
+        (tmp_path / 'read_only').mkdir(mode=0o555)
+        with pytest.raises(run_dir.WorkdirError, match=r'cannot be written \(Permission denied'):
+            run_dir.make_writable(str(tmp_path / 'read_only'))
+
+
 def test_a_resume_with_another_config_names_what_changed(tmp_path):
     loop.train(_config(total_steps=1), str(tmp_path))
     with pytest.raises(run_dir.WorkdirError,

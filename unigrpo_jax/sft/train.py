@@ -90,7 +90,7 @@ def end_step(config: ml_collections.ConfigDict) -> int:
 def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | None = None,
           command: str = '', log=print) -> dict:
     """Runs SFT, checkpoints, evaluates at the end; returns the final evaluation rows."""
-    os.makedirs(workdir, exist_ok=True)
+    run_dir.make_writable(workdir)
     commit = git_commit()  # the code that trains (not the one at export time)
     with open(os.path.join(workdir, CONFIG_FILE), 'w') as f:
         f.write(config.to_json(indent=1))

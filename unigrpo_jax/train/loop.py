@@ -134,17 +134,18 @@ def train(config, workdir: str):
                           f'devices of every process ({jax.device_count()}); set -1')
     devices = jax.devices()[:n] if n > 0 else jax.devices()
     s = settings(config, len(devices))  # a bad config stops before anything is written
-    os.makedirs(workdir, exist_ok=True)
     owner, error = None, ''
     try:
-        if jax.process_index() == 0:
-            try:
+        try:
+            run_dir.make_writable(workdir)
+            if jax.process_index() == 0:
                 owner = run_dir.lock(workdir)
                 run_dir.check_resume_config(workdir, config)
-            except run_dir.WorkdirError as e:
-                error = str(e)
+        except run_dir.WorkdirError as e:
+            error = str(e)
         if distributed.any_process(bool(error)):  # every process stops, none waits
-            raise run_dir.WorkdirError(error or 'process 0 cannot use the workdir (see its log)')
+            raise run_dir.WorkdirError(error or 'another process cannot use the workdir (see '
+                                       'its log)')
         return _train(config, workdir, devices, s)
     finally:
         if owner is not None:

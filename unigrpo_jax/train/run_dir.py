@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 
 import jax
@@ -69,6 +70,19 @@ RESUMABLE_CHANGES = ('total_steps', 'eval_every', 'checkpoint_every', 'checkpoin
 
 class WorkdirError(ConfigError):
     """A workdir another run owns, or a resume whose config differs from the run's."""
+
+
+def make_writable(workdir: str) -> None:
+    """Creates ``workdir`` (and its parents) and checks that a file can be written in it;
+    raises ``WorkdirError`` naming it when not (a read-only mount, no permission, a file in
+    the way), before a run spends anything on it."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise WorkdirError(f'--workdir={workdir} cannot be written ({e.strerror or e}): give a '
+                           'directory this process can create and write') from e
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
