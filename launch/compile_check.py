@@ -28,7 +28,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from unigrpo_jax import config_files
 from unigrpo_jax.bench import compile_check, rl_programs, targets  # noqa: E402
-from unigrpo_jax.model.config import ConfigError  # noqa: E402
+from unigrpo_jax.errors import ConfigError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].',
                                           lock_config=True)

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 
 from unigrpo_jax.convert import pipeline
 from unigrpo_jax.convert.checkpoint import CheckpointError
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 
 _SRC = flags.DEFINE_string('src', None, 'Directory to read.', required=True)
 _DST = flags.DEFINE_string('dst', None, 'Directory to write.', required=True)

@@ -23,7 +23,7 @@ from absl import app, flags
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import checkpointing, run_dir
 

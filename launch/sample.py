@@ -30,7 +30,7 @@ from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.rollout import generate
 from unigrpo_jax.rollout.sampling import TokenSampler
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import checkpointing, run_dir
 

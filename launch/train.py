@@ -18,7 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unigrpo_jax import config_files
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.train import loop
 

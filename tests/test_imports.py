@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 
 # Lowest first: a package imports only itself and packages before it.
 LAYERS = [
+    'errors',        # ConfigError: what a user's input causes
     'config_files',  # get_config() files by path
     'viz',           # image grids
     'model',         # Bagel in Flax: config, layers, KV cache, latents

@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from unigrpo_jax.bench import compile_check, targets
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 
 # Compile-only executables go into conftest's persistent compilation cache but cannot be read
 # back (no client to load them on): jax warns and compiles again.

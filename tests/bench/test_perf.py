@@ -11,7 +11,8 @@ import pytest
 from configs import bagel_grpo
 from unigrpo_jax.bench import perf, targets
 from unigrpo_jax.model import bagel
-from unigrpo_jax.model.config import ConfigError, config_from_dict
+from unigrpo_jax.model.config import config_from_dict
+from unigrpo_jax.errors import ConfigError
 
 
 @pytest.fixture(scope='module')

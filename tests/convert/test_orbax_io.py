@@ -14,7 +14,8 @@ import pytest
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert.checkpoint import CheckpointError, flatten, unflatten
 from unigrpo_jax.model import autoencoder, bagel
-from unigrpo_jax.model.config import ConfigError, load_config
+from unigrpo_jax.model.config import load_config
+from unigrpo_jax.errors import ConfigError
 
 
 def _random(tree, seed, dtype=None):

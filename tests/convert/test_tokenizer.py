@@ -9,7 +9,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from unigrpo_jax.convert import tokenizer as tok
-from unigrpo_jax.model.config import ConfigError, SpecialTokens
+from unigrpo_jax.model.config import SpecialTokens
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.shapes import tokenizer as shapes_tokenizer
 
 _QWEN_SPECIALS = ['<|endoftext|>', '<|im_start|>', '<|im_end|>', '<|vision_start|>',

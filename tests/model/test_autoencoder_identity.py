@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from unigrpo_jax.model import autoencoder
-from unigrpo_jax.model.config import AEConfig, ConfigError, ae_config_from_dict
+from unigrpo_jax.model.config import AEConfig, ae_config_from_dict
+from unigrpo_jax.errors import ConfigError
 
 
 def _identity(**kw) -> AEConfig:

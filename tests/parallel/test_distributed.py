@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
 
 
@@ -58,7 +58,7 @@ _WORKER = textwrap.dedent('''
     import sys
     timeout_s = 60 if len(sys.argv) < 5 else int(sys.argv[4])
     from ml_collections import ConfigDict
-    from unigrpo_jax.model.config import ConfigError
+    from unigrpo_jax.errors import ConfigError
     from unigrpo_jax.parallel import distributed
     port, pid, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     assert distributed.initialize('auto', f'127.0.0.1:{port}', 2, pid, timeout_s=timeout_s)

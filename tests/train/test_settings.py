@@ -3,7 +3,7 @@
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.train import settings
 
 

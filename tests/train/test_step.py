@@ -11,7 +11,7 @@ import pytest
 
 from configs import bagel_grpo
 from unigrpo_jax.convert import factory
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rl import advantages, objective, replay

@@ -42,7 +42,7 @@ import jax
 
 from unigrpo_jax.bench import report, targets
 from unigrpo_jax.bench.hlo import KINDS, collectives, memory
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 
 # (name, jitted fn, abstract args[, resident]): ``resident`` (optional) is a pytree of the
 # abstract arrays the run keeps alive on the devices while the program runs that are not its

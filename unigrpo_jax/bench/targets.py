@@ -44,7 +44,7 @@ import dataclasses
 import importlib.metadata
 import pathlib
 
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _GPU_SPECS = '../shared/data/gpu_targets'

@@ -11,7 +11,8 @@ import numpy as np
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert.bagel import load_bagel
 from unigrpo_jax.model import attention, autoencoder, bagel
-from unigrpo_jax.model.config import BagelConfig, ConfigError, SpecialTokens, config_from_dict
+from unigrpo_jax.model.config import BagelConfig, SpecialTokens, config_from_dict
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import sharding
 
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from unigrpo_jax.model.config import ConfigError, SpecialTokens
+from unigrpo_jax.model.config import SpecialTokens
+from unigrpo_jax.errors import ConfigError
 
 BOS = '<|im_start|>'
 EOS = '<|im_end|>'

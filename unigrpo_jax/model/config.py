@@ -14,6 +14,8 @@ import json
 import os
 from typing import Any
 
+from unigrpo_jax.errors import ConfigError
+
 # Bagel's defaults for the fields its loader sets in code (app.py:50-60).
 _RELEASE_BAGEL_DEFAULTS = dict(
     latent_patch_size=2,
@@ -39,10 +41,6 @@ _FLUX_AE_DEFAULTS = dict(
     groupnorm_groups=32,
     groupnorm_eps=1e-6,
 )
-
-
-class ConfigError(ValueError):
-    """A configuration file or field is missing or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)

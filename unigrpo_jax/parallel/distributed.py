@@ -31,7 +31,7 @@ from absl import flags, logging
 from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 
 MODES = ('auto', 'on', 'off')
 

@@ -27,7 +27,7 @@ from clu import metric_writers, periodic_actions
 from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding

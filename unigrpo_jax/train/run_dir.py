@@ -29,7 +29,8 @@ import ml_collections
 from unigrpo_jax.convert import factory
 from unigrpo_jax.convert import orbax_io
 from unigrpo_jax.convert import tokenizer as tokenizer_lib
-from unigrpo_jax.model.config import BagelConfig, ConfigError
+from unigrpo_jax.model.config import BagelConfig
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.rl import objective
 from unigrpo_jax.train import checkpointing, settings
 from unigrpo_jax.train import lora as lora_lib

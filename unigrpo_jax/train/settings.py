@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from unigrpo_jax.model import attention
-from unigrpo_jax.model.config import ConfigError
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rewards import registry

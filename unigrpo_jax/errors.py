@@ -1,0 +1,7 @@
+"""The error a user's input causes: a config file or field, a flag, a checkpoint or data file
+that is missing or inconsistent. Launchers print it as one line without a traceback (a bug
+keeps its traceback); every layer of the library raises it, so it sits below all of them."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or field is missing or inconsistent."""
