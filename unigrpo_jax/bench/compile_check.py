@@ -44,10 +44,11 @@ from unigrpo_jax.bench import report, targets
 from unigrpo_jax.bench.hlo import KINDS, collectives, memory
 from unigrpo_jax.errors import ConfigError
 
-# (name, jitted fn, abstract args[, resident]): ``resident`` (optional) is a pytree of the
-# abstract arrays the run keeps alive on the devices while the program runs that are not its
-# arguments (e.g. the train state during the rollout); they count against the device memory.
-Program = tuple
+# A call to compile ahead of time: (name, jitted fn, abstract args[, resident]). ``resident``
+# (optional) is a pytree of the abstract arrays the run keeps alive on the devices while the
+# program runs that are not its arguments (e.g. the train state during the rollout); they
+# count against the device memory.
+AbstractCall = tuple
 
 COLUMNS = ('target', 'program', 'devices', 'status', 'compile_s', 'mem_argument', 'mem_output',
            'mem_alias', 'mem_temp', 'mem_peak', 'mem_resident', 'mem_total', 'mem_required',
@@ -89,7 +90,7 @@ def resident_bytes(tree) -> int:
                for x in jax.tree.leaves(tree))
 
 
-def compile_program(program: Program, target: targets.Target,
+def compile_program(program: AbstractCall, target: targets.Target,
                     limit_fraction: float = 0.9) -> dict[str, Any]:
     """Compiles ``program`` for ``target``; its row (``COLUMNS``). A failure is the row's
     ``status``, never an exception."""
@@ -129,7 +130,7 @@ def compile_program(program: Program, target: targets.Target,
     return {c: row.get(c) for c in COLUMNS}
 
 
-def compile_programs(programs: Sequence[Program], target: targets.Target,
+def compile_programs(programs: Sequence[AbstractCall], target: targets.Target,
                      limit_fraction: float = 0.9) -> list[dict[str, Any]]:
     """One row (``COLUMNS``) per program, compiled for ``target`` in order; prints progress
     (a 7B train step takes minutes)."""
@@ -188,7 +189,8 @@ def write_outputs(rows: Sequence[dict], out_dir: str) -> list[str]:
     return [csv_path, md_path]
 
 
-def select(programs: Sequence[Program], names: Sequence[str] | None) -> list[Program]:
+def select(programs: Sequence[AbstractCall],
+           names: Sequence[str] | None) -> list[AbstractCall]:
     """The programs called ``names`` (all if None), in ``programs``' order; a ConfigError if
     that is none or names one that is not there."""
     known = [program[0] for program in programs]
@@ -200,7 +202,7 @@ def select(programs: Sequence[Program], names: Sequence[str] | None) -> list[Pro
 
 def check(config, target_name: str, out_dir: str, names: Sequence[str] | None = None,
           limit_fraction: float = 0.9,
-          build_programs: Callable[[Any, list], Sequence[Program]] | None = None,
+          build_programs: Callable[[Any, list], Sequence[AbstractCall]] | None = None,
           ) -> tuple[list[dict], bool]:
     """Compiles ``config``'s programs (``build_programs(config, devices)``, by default
     ``bench.rl_programs.rl_programs``; only ``names`` if given) for the target called

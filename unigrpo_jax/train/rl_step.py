@@ -57,7 +57,7 @@ class ParityError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class Programs:
+class RunFunctions:
     """The jitted functions of an RL run and the placements they were compiled for."""
 
     place: step_lib.Placement
@@ -155,7 +155,7 @@ def make_old_values_fn(loss: step_lib.Loss, place: step_lib.Placement, micro_bat
 
 
 def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, rollout_rules,
-                   batch_example) -> Programs:
+                   batch_example) -> RunFunctions:
     """The programs of full fine-tuning, or of LoRA when ``s.lora`` is set (the state then
     holds only the adapters; the frozen params are the base). ``rollout_rules``: the strategy
     placing the compute-dtype copy of the policy the rollout samples from."""
@@ -178,7 +178,7 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
 
     policy = jax.jit(policy, out_shardings=policy_sharding)
     totals = functools.partial(objective.loss_totals, obj=s.objective)
-    return Programs(
+    return RunFunctions(
         place=place, policy_sharding=policy_sharding, policy=policy,
         rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh, policy_sharding,
                                             s.rollout_calls),
@@ -267,7 +267,7 @@ def score(reward_fn, images: jax.Array, metadata: list[dict]) -> np.ndarray:
     return every
 
 
-def rl_step(programs: Programs, s: Settings, state: step_lib.TrainState, frozen: Any,
+def rl_step(programs: RunFunctions, s: Settings, state: step_lib.TrainState, frozen: Any,
             ae_params, system_ids: np.ndarray | None, prompt_ids: np.ndarray,
             prompt_lengths: np.ndarray, items: list[dict], reward_fn, key: jax.Array,
             step: int) -> tuple[step_lib.TrainState, dict[str, float]]:
