@@ -6,7 +6,7 @@ loading the converted checkpoint sharded over devices split between processes.
     python launch/bench_convert.py --layers=4 --load_processes=1,2 [--load_strategy=fsdp]
 
 For each layer count: writes a synthetic release directory (7B widths, full ViT and VAE,
-``--layers`` LLM layers, random bf16 weights; ``unigrpo_jax.convert.synthetic``), then runs
+``--layers`` LLM layers, random bf16 weights; ``unigrpo_jax.loading.synthetic``), then runs
 ``launch/convert_bagel.py --dtype=keep`` on it in a child process and reports the child's peak
 RSS (``ru_maxrss``; and the peaks of its anonymous / file-backed parts sampled from
 ``/proc/PID/status``) against the bytes of the converted params, and the wall time. One JSON line
@@ -35,7 +35,7 @@ import numpy as np
 import psutil
 from absl import app, flags
 
-from unigrpo_jax.convert import synthetic
+from unigrpo_jax.loading import synthetic
 
 _LAYERS = flags.DEFINE_list('layers', ['8'], 'LLM layer counts to measure (7B: 28).')
 _TINY = flags.DEFINE_bool('tiny', False, 'Tiny test shapes instead of the 7B widths.')
@@ -63,7 +63,7 @@ from unigrpo_jax.parallel import mesh as mesh_lib
 if int(processes) > 1:
     distributed.initialize('auto', f'127.0.0.1:{port}', int(processes), int(pid))
 import jax, ml_collections
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import load_config
 mesh = mesh_lib.make_mesh((1, len(jax.devices()), 1), jax.devices())
@@ -174,7 +174,7 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
     work = _DIR.value or tempfile.mkdtemp(prefix='bench_convert_')
     os.makedirs(work, exist_ok=True)
-    base = measure([sys.executable, '-c', 'import jax; from unigrpo_jax.convert import '
+    base = measure([sys.executable, '-c', 'import jax; from unigrpo_jax.loading import '
                     'pipeline; jax.devices()'], os.path.join(work, 'baseline.log'))
     failed = 0
     for layers in (int(n) for n in _LAYERS.value):

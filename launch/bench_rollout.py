@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from unigrpo_jax import config_files
 from unigrpo_jax.bench import perf
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.model import autoencoder, context, latents
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rollout import rollout

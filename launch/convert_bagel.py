@@ -7,15 +7,15 @@ BAGEL_DIR holds ``ema.safetensors`` (or ``model.safetensors``), ``ae.safetensors
 ``llm_config.json``, ``vit_config.json`` and the tokenizer files (or, like the fixtures, a
 ``config.json`` with ``new_token_ids``). OUT_DIR gets the json configs, ``checkpoint/`` (Orbax)
 and ``tokenizer/`` (with Bagel's special tokens added). The logic is in
-``unigrpo_jax.convert.pipeline``.
+``unigrpo_jax.loading.pipeline``.
 """
 
 import sys
 
 from absl import app, flags, logging
 
-from unigrpo_jax.convert import pipeline
-from unigrpo_jax.convert.checkpoint import CheckpointError
+from unigrpo_jax.loading import pipeline
+from unigrpo_jax.loading.checkpoint import CheckpointError
 from unigrpo_jax.errors import ConfigError
 
 _SRC = flags.DEFINE_string('src', None, 'Directory to read.', required=True)

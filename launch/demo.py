@@ -24,7 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unigrpo_jax import config_files, viz
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.errors import ConfigError

@@ -25,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from unigrpo_jax import viz
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.rollout import generate

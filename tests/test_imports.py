@@ -22,7 +22,7 @@ LAYERS = [
     'viz',           # image grids
     'model',         # Bagel in Flax: config, layers, KV cache, latents
     'parallel',      # mesh, sharding, joining a multi-process run
-    'convert',       # checkpoints, tokenizer, the model factory (placed by parallel.sharding)
+    'loading',       # what a run reads from disk: Bagel releases (converted), Orbax checkpoints, the tokenizer, the model factory
     'rewards',       # GenEval rules, the registry, remote rewards
     'rollout',       # generation: think-then-draw, ODE/SDE samplers
     'shapes',        # ShapesEval: world, detector, prompts, its reward, its evaluation

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from unigrpo_jax.convert import rules
-from unigrpo_jax.convert.ae_table import AE_RULES
+from unigrpo_jax.loading import rules
+from unigrpo_jax.loading.ae_table import AE_RULES
 from unigrpo_jax.model import autoencoder
 from unigrpo_jax.model.config import ae_config_from_dict
 

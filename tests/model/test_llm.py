@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unigrpo_jax.convert.bagel import load_bagel
-from unigrpo_jax.convert.checkpoint import flatten
+from unigrpo_jax.loading.bagel import load_bagel
+from unigrpo_jax.loading.checkpoint import flatten
 from unigrpo_jax.model import bagel, context
 from unigrpo_jax.model.kv_cache import init_cache
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from unigrpo_jax.convert import checkpoint, rules
-from unigrpo_jax.convert.vit_table import VIT_RULES
+from unigrpo_jax.loading import checkpoint, rules
+from unigrpo_jax.loading.vit_table import VIT_RULES
 from unigrpo_jax.model import vit
 from unigrpo_jax.model.config import load_config
 from unigrpo_jax.model.posembed import sincos_2d, sincos_2d_table

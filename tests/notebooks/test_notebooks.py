@@ -18,8 +18,8 @@ from nbclient.exceptions import CellExecutionError
 
 from unigrpo_jax import config_files
 from unigrpo_jax.bench import targets
-from unigrpo_jax.convert import orbax_io
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import orbax_io
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.rl import advantages, compaction, objective, replay
 from unigrpo_jax.rollout import rollout as R

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.rl import losses, nft, objective, replay
 from unigrpo_jax.train import settings

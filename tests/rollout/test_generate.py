@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.rollout import eval_sampler, generate
 
 

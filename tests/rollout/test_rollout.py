@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.model import context
 from unigrpo_jax.model.kv_cache import init_cache
 from unigrpo_jax.parallel.mesh import make_mesh

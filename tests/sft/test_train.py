@@ -9,7 +9,7 @@ import pytest
 import flax.linen as nn
 
 from configs import shapes_sft
-from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.loading import orbax_io
 from unigrpo_jax.model import bagel
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.rollout import eval_sampler
 from unigrpo_jax.shapes import detector, drawer_probe, evaluate
 from unigrpo_jax.train import run_dir

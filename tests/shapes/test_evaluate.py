@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.shapes import evaluate
 from unigrpo_jax.train import run_dir

@@ -5,8 +5,8 @@ import numpy as np
 from clu import metric_writers
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import factory
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.parallel.mesh import make_mesh
 from unigrpo_jax.train import evaluation
 from unigrpo_jax.train.settings import settings

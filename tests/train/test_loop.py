@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.train import loop, run_dir
 
 

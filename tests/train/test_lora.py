@@ -9,8 +9,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
-from unigrpo_jax.convert.checkpoint import flatten
+from unigrpo_jax.loading import factory
+from unigrpo_jax.loading.checkpoint import flatten
 from unigrpo_jax.model import bagel
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh

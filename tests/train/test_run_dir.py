@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from configs import shapes_flowgrpo, shapes_textgrpo, shapes_unigrpo
-from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.loading import orbax_io
 from unigrpo_jax.train import loop, run_dir
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train.settings import settings

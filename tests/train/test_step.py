@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import bagel_grpo
-from unigrpo_jax.convert import factory
+from unigrpo_jax.loading import factory
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh

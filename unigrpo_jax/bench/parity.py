@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unigrpo_jax.convert.bagel import load_bagel
+from unigrpo_jax.loading.bagel import load_bagel
 from unigrpo_jax.model import autoencoder, context, guidance, latents, packing, posembed, vit
 from unigrpo_jax.model.bagel import Bagel
 from unigrpo_jax.model.config import BagelConfig

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from unigrpo_jax.bench import targets
-from unigrpo_jax.convert import synthetic
+from unigrpo_jax.loading import synthetic
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, LLMConfig, SpecialTokens
 

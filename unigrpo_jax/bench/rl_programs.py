@@ -29,8 +29,8 @@ from absl import logging
 
 from unigrpo_jax.bench import perf, programs
 from unigrpo_jax.bench.programs import placed_shapes
-from unigrpo_jax.convert import synthetic
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import synthetic
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.model import attention, autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict, load_config
 from unigrpo_jax.parallel import mesh as mesh_lib

@@ -4,7 +4,7 @@ Layout is NHWC throughout: images ``[B, H, W, in_channels]`` with pixels in [-1,
 ``[B, h, w, z_channels]`` with ``h = H // downsample``. The autoencoder always runs in float32
 (as in Bagel's inference). The param tree mirrors the checkpoint's module tree:
 ``encoder.down.{i}.block.{j}.conv1.weight`` is ``encoder/down_{i}/block_{j}/conv1/kernel``
-(table in ``unigrpo_jax/convert/ae_table.py``); the decoder's ``up_{i}`` keeps checkpoint
+(table in ``unigrpo_jax/loading/ae_table.py``); the decoder's ``up_{i}`` keeps checkpoint
 index ``i`` (0 = highest resolution) although the levels run from the last index down.
 See ``shared/docs/bagel.md`` §7.
 

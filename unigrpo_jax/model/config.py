@@ -291,7 +291,7 @@ def load_config(directory: str, *, tokens: SpecialTokens | None = None,
     present, ``config.json`` (Bagel fields and special token ids) and ``ae_config.json``. Without
     them the release values of Bagel-7B-MoT are used. Special token ids come from ``tokens``,
     else ``config.json``'s ``new_token_ids``; the real release reads them from the tokenizer
-    (see ``unigrpo_jax.convert.tokenizer``).
+    (see ``unigrpo_jax.loading.tokenizer``).
     """
     if not os.path.isdir(directory):
         raise ConfigError(f'checkpoint directory {directory} does not exist')
@@ -306,7 +306,7 @@ def load_config(directory: str, *, tokens: SpecialTokens | None = None,
         if 'new_token_ids' not in bagel:
             raise ConfigError(
                 f'no special token ids: {bagel_path} has no new_token_ids; load the tokenizer '
-                '(unigrpo_jax.convert.tokenizer.load_tokenizer) and pass its ids as tokens=')
+                '(unigrpo_jax.loading.tokenizer.load_tokenizer) and pass its ids as tokens=')
         tokens = special_tokens_from_ids(bagel['new_token_ids'])
     fields = {k: bagel.get(k, v) for k, v in _RELEASE_BAGEL_DEFAULTS.items()}
     if fields['interpolate_pos']:

@@ -39,7 +39,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.model import latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.shapes import plan, prompts, world

@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from unigrpo_jax.convert import orbax_io
+from unigrpo_jax.loading import orbax_io
 from unigrpo_jax.data import sft_samples
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.rewards import geneval
 from unigrpo_jax.rollout import eval_sampler, generate

@@ -2,7 +2,7 @@
 
 A ``tokenizers`` WordLevel model on whitespace-split words (``WhitespaceSplit``, so ``<think>``
 and ``;`` stay whole words), wrapped as a ``transformers.PreTrainedTokenizerFast`` so that
-``unigrpo_jax.convert.tokenizer.load_tokenizer`` reads it like Bagel's Qwen2 tokenizer. Ids:
+``unigrpo_jax.loading.tokenizer.load_tokenizer`` reads it like Bagel's Qwen2 tokenizer. Ids:
 
 - 0 ``<pad>``, 1 ``<unk>``, then Bagel's ``<|im_start|>`` (bos), ``<|im_end|>`` (eos),
   ``<|vision_start|>``, ``<|vision_end|>`` as special tokens (2..5);
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 
-from unigrpo_jax.convert import tokenizer as bagel_tokenizer
+from unigrpo_jax.loading import tokenizer as bagel_tokenizer
 from unigrpo_jax.shapes import plan, prompts, world
 
 PAD = '<pad>'

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unigrpo_jax.convert import orbax_io
-from unigrpo_jax.convert.pipeline import TOKENIZER_DIR
+from unigrpo_jax.loading import orbax_io
+from unigrpo_jax.loading.pipeline import TOKENIZER_DIR
 
 
 def manager(workdir: str, *, max_to_keep: int, keep_period: int | None) -> ocp.CheckpointManager:

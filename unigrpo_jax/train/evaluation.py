@@ -13,7 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from unigrpo_jax import viz
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rollout import generate

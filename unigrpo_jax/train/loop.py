@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from unigrpo_jax.convert import factory
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import factory
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unigrpo_jax.convert.checkpoint import flatten, unflatten
+from unigrpo_jax.loading.checkpoint import flatten, unflatten
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.parallel import sharding

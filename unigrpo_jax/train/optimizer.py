@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unigrpo_jax.convert.checkpoint import flatten, unflatten
+from unigrpo_jax.loading.checkpoint import flatten, unflatten
 
 GEN_PREFIXES = ('language_model/layers/gen/', 'language_model/norm_gen/', 'time_embedder/',
                 'vae2llm/', 'llm2vae/')

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from unigrpo_jax.convert import factory
-from unigrpo_jax.convert import orbax_io
-from unigrpo_jax.convert import tokenizer as tokenizer_lib
+from unigrpo_jax.loading import factory
+from unigrpo_jax.loading import orbax_io
+from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.rl import objective

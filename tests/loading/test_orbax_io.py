@@ -11,8 +11,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from unigrpo_jax.convert import orbax_io
-from unigrpo_jax.convert.checkpoint import CheckpointError, flatten, unflatten
+from unigrpo_jax.loading import orbax_io
+from unigrpo_jax.loading.checkpoint import CheckpointError, flatten, unflatten
 from unigrpo_jax.model import autoencoder, bagel
 from unigrpo_jax.model.config import load_config
 from unigrpo_jax.errors import ConfigError

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from unigrpo_jax.convert import rules
-from unigrpo_jax.convert.bagel import export_bagel, load_bagel
-from unigrpo_jax.convert.checkpoint import CheckpointError
+from unigrpo_jax.loading import rules
+from unigrpo_jax.loading.bagel import export_bagel, load_bagel
+from unigrpo_jax.loading.checkpoint import CheckpointError
 from unigrpo_jax.errors import ConfigError
 
 MLP_KEY = 'language_model.model.layers.1.mlp_moe_gen.up_proj.weight'

@@ -18,11 +18,11 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
-from unigrpo_jax.convert.ae_table import AE_RULES
-from unigrpo_jax.convert.bagel_table import FIXED_TABLES, HEAD_RULES, LLM_RULES
-from unigrpo_jax.convert.checkpoint import (CheckpointError, SafetensorsSource, convert, export,
+from unigrpo_jax.loading.ae_table import AE_RULES
+from unigrpo_jax.loading.bagel_table import FIXED_TABLES, HEAD_RULES, LLM_RULES
+from unigrpo_jax.loading.checkpoint import (CheckpointError, SafetensorsSource, convert, export,
                                             flatten)
-from unigrpo_jax.convert.vit_table import VIT_RULES
+from unigrpo_jax.loading.vit_table import VIT_RULES
 from unigrpo_jax.model import autoencoder, bagel, posembed
 from unigrpo_jax.model.config import BagelConfig, SpecialTokens, load_config
 

@@ -20,8 +20,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from unigrpo_jax.convert import rules as rules_lib
-from unigrpo_jax.convert.rules import Rule
+from unigrpo_jax.loading import rules as rules_lib
+from unigrpo_jax.loading.rules import Rule
 
 
 class CheckpointError(ValueError):

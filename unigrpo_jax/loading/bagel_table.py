@@ -8,7 +8,7 @@ unsuffixed for the understanding expert (``und``) and ``_moe_gen`` for the gener
 
 from __future__ import annotations
 
-from unigrpo_jax.convert.rules import Rule
+from unigrpo_jax.loading.rules import Rule
 
 EXPERTS = (('und', ''), ('gen', '_moe_gen'))
 

@@ -6,7 +6,7 @@ param, and has no rule. Param layouts: see ``unigrpo_jax.model.vit``.
 
 from __future__ import annotations
 
-from unigrpo_jax.convert.rules import Rule
+from unigrpo_jax.loading.rules import Rule
 
 _VM = r'vit_model\.vision_model\.'
 _LAYER = _VM + r'encoder\.layers\.(?P<i>\d+)\.'

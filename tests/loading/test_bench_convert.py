@@ -10,8 +10,8 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
-from unigrpo_jax.convert import synthetic
-from unigrpo_jax.convert.bagel import load_bagel
+from unigrpo_jax.loading import synthetic
+from unigrpo_jax.loading.bagel import load_bagel
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

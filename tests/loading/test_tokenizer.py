@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from unigrpo_jax.convert import tokenizer as tok
+from unigrpo_jax.loading import tokenizer as tok
 from unigrpo_jax.model.config import SpecialTokens
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.shapes import tokenizer as shapes_tokenizer

@@ -19,10 +19,10 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from unigrpo_jax.convert import orbax_io
-from unigrpo_jax.convert.bagel import export_bagel, load_bagel
-from unigrpo_jax.convert.checkpoint import CheckpointError
-from unigrpo_jax.convert.tokenizer import has_tokenizer, load_tokenizer
+from unigrpo_jax.loading import orbax_io
+from unigrpo_jax.loading.bagel import export_bagel, load_bagel
+from unigrpo_jax.loading.checkpoint import CheckpointError
+from unigrpo_jax.loading.tokenizer import has_tokenizer, load_tokenizer
 from unigrpo_jax.model.config import BagelConfig, SpecialTokens, special_tokens_from_ids
 
 DTYPES = {'keep': None, 'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}

@@ -25,8 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from unigrpo_jax.convert.bagel import config_files
-from unigrpo_jax.convert.checkpoint import CheckpointError, flatten, unflatten
+from unigrpo_jax.loading.bagel import config_files
+from unigrpo_jax.loading.checkpoint import CheckpointError, flatten, unflatten
 from unigrpo_jax.model import autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, load_config
 

@@ -9,7 +9,7 @@ GroupNorm an ``nn.GroupNorm`` (``weight`` -> ``scale``).
 
 from __future__ import annotations
 
-from unigrpo_jax.convert.rules import Rule
+from unigrpo_jax.loading.rules import Rule
 
 # (checkpoint module regex, param module path) of every ResnetBlock.
 _RESNET_BLOCKS = (

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from unigrpo_jax.convert import orbax_io
-from unigrpo_jax.convert.bagel import load_bagel
+from unigrpo_jax.loading import orbax_io
+from unigrpo_jax.loading.bagel import load_bagel
 from unigrpo_jax.model import attention, autoencoder, bagel
 from unigrpo_jax.model.config import BagelConfig, SpecialTokens, config_from_dict
 from unigrpo_jax.errors import ConfigError

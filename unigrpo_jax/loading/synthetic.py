@@ -19,12 +19,12 @@ import flax.linen as nn
 import ml_dtypes
 import numpy as np
 
-from unigrpo_jax.convert.ae_table import AE_RULES
-from unigrpo_jax.convert.bagel import AE_FILE, model_rules
-from unigrpo_jax.convert.bagel_table import FIXED_TABLES
-from unigrpo_jax.convert.checkpoint import flatten, key_for
-from unigrpo_jax.convert.orbax_io import write_config_files
-from unigrpo_jax.convert.rules import source_shape
+from unigrpo_jax.loading.ae_table import AE_RULES
+from unigrpo_jax.loading.bagel import AE_FILE, model_rules
+from unigrpo_jax.loading.bagel_table import FIXED_TABLES
+from unigrpo_jax.loading.checkpoint import flatten, key_for
+from unigrpo_jax.loading.orbax_io import write_config_files
+from unigrpo_jax.loading.rules import source_shape
 from unigrpo_jax.model import autoencoder, bagel, posembed
 from unigrpo_jax.model.config import (AEConfig, BagelConfig, LLMConfig, SpecialTokens,
                                       ViTConfig)

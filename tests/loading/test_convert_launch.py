@@ -10,9 +10,9 @@ from safetensors.numpy import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from unigrpo_jax.convert import orbax_io, pipeline
-from unigrpo_jax.convert.checkpoint import CheckpointError
-from unigrpo_jax.convert.tokenizer import load_tokenizer
+from unigrpo_jax.loading import orbax_io, pipeline
+from unigrpo_jax.loading.checkpoint import CheckpointError
+from unigrpo_jax.loading.tokenizer import load_tokenizer
 from unigrpo_jax.model.config import SpecialTokens, load_config
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
