@@ -18,7 +18,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from unigrpo_jax.rewards import registry, remote
+from unigrpo_jax.errors import ConfigError
+from unigrpo_jax.rewards import registry, remote, server
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Back-off small enough that every failing test stays well under a second.
@@ -357,24 +358,33 @@ def test_reward_server_script_end_to_end(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def limited_server(tmp_path_factory):
-    """launch/reward_server.py with small limits: 1 MiB bodies, 1 s to read one, the default
-    image-size limit; yields (host, port)."""
-    stderr_path = tmp_path_factory.mktemp('server') / 'stderr'
-    with open(stderr_path, 'w') as stderr:
-        server = subprocess.Popen(
-            [sys.executable, os.path.join(REPO_ROOT, 'launch', 'reward_server.py'), '--port=0',
-             '--scorer=unigrpo_jax.rewards.remote:mean_brightness_scorer', '--max_body_mb=1',
-             '--read_timeout_s=1'], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=stderr,
-            text=True)
+def limited_server():
+    """The reward server in this process (``rewards.server``) with small limits: 1 MiB bodies,
+    1 s to read one, the default image-size limit; yields (host, port)."""
+    application = server.make_app(server.load_scorer(
+        'unigrpo_jax.rewards.remote:mean_brightness_scorer'), 'brightness',
+        max_body_bytes=2**20, read_timeout_s=1.0, max_image_pixels=remote.MAX_IMAGE_PIXELS)
+    listener = socket.create_server(('127.0.0.1', 0))
+    uvicorn_server = server.make_server(application)
+    thread = threading.Thread(target=uvicorn_server.run, kwargs=dict(sockets=[listener]),
+                              daemon=True)
+    thread.start()
     try:
-        listening = re.search(r'on http://(127\.0\.0\.1):(\d+)', server.stdout.readline())
-        assert listening, stderr_path.read_text()
-        yield listening.group(1), int(listening.group(2))
+        while not uvicorn_server.started:
+            time.sleep(0.05)
+        yield listener.getsockname()[:2]
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-        server.stdout.close()
+        uvicorn_server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_scorer_is_named_as_module_colon_function():
+    assert server.load_scorer('unigrpo_jax.rewards.remote:mean_brightness_scorer') is (
+        remote.mean_brightness_scorer)
+    for spec, message in [('unigrpo_jax.rewards.remote', 'expected module:function'),
+                          ('unigrpo_jax.rewards.remote:nothing', 'has no callable nothing')]:
+        with pytest.raises(ConfigError, match=message):
+            server.load_scorer(spec)
 
 
 def _raw(address, head: bytes, body: bytes = b'', timeout: float = 10.0):
