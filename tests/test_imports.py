@@ -30,6 +30,7 @@ LAYERS = [
     'rl',            # advantages, objectives, replay
     'train',         # the RL loop, optimizer, checkpoints, run directories
     'sft',           # supervised fine-tuning
+    'demo',          # the ShapesEval demo: SFT model -> UniGRPO -> report
     'config_reference',  # docs/configuration.md from the configs and the dataclasses they become
     'bench',         # benchmarks, parity checks
 ]

@@ -3,6 +3,9 @@
 import json
 import os
 
+from configs import shapes_unigrpo
+from unigrpo_jax import demo
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -37,13 +40,26 @@ def test_demo_writes_runs_and_report(tmp_path, launch):
         assert (tmp_path / run / '2_0.png').exists()
 
 
-def test_demo_from_scratch_trains_both_sft_stages(tmp_path, launch):
-    out = tmp_path / 'demo'
-    stdout = launch(['launch/demo.py', '--config=configs/shapes_unigrpo.py:test',
-                     '--config.parallelism.num_devices=1', f'--out={out}', '--eval_per_tag=1',
-                     '--from-scratch', '--sft_scale=,test', '--config.total_steps=1'],
-                    timeout=600)
-    assert 'stage1 (10 of 20 steps)' in stdout and 'stage2 (10 of 20 steps)' in stdout
-    assert 'initialised from' in stdout and 'report:' in stdout
+def test_demo_from_scratch_trains_both_sft_stages(tmp_path):
+    config = shapes_unigrpo.get_config('test')
+    config.parallelism.num_devices, config.total_steps = 1, 1
+    said = []
+    report = demo.run(config, str(tmp_path), from_scratch=True, sft_scale=',test', per_tag=1,
+                      say=said.append)
+    said = '\n'.join(said)
+    assert 'stage1 (10 of 20 steps)' in said and 'stage2 (10 of 20 steps)' in said
+    assert 'initialised from' in said and report == str(tmp_path / 'report.md')
     for path in ('sft_think_stage1/final', 'sft_think/final', 'unigrpo/rl_config.json'):
-        assert (out / path).exists(), path
+        assert (tmp_path / path).exists(), path
+    assert '| UniGRPO step 1, think=on cfg=1 |' in (tmp_path / 'report.md').read_text()
+
+
+def test_the_run_is_put_beside_the_documented_seeds_or_says_what_is_missing():
+    before = {'think=on cfg=2': {'overall': 0.70}}
+    after = {'think=on cfg=2': {'overall': 0.75}}
+    documented = {'seeds': [0, 1], 'steps': {demo.ARM: 100},
+                  demo.ARM: {'cfg=2': {'gain': {'mean': 4.0, 'std': 1.5, 'values': [3.0, 5.0]}}}}
+    assert demo.documented_lines(before, after, documented) == [
+        'think=on cfg=2: this run +5.0 points; documented over seeds [0, 1] (100 steps): '
+        '+4.0 ± 1.5 (per seed +3.0 / +5.0)']
+    assert 'no documented distribution' in demo.documented_lines(before, after, {})[0]
