@@ -247,10 +247,16 @@ def test_every_minibatch_starts_from_the_update_s_own_old_values_in_bfloat16(tmp
     assert row['image/clip_fraction'] == 0.0 and row['text/clip_fraction'] == 0.0
 
 
-def test_a_parity_breach_stops_the_run_before_it_saves(tmp_path):
-    with pytest.raises(loop.TrainingError, match=r'differ from the rollout\'s by .* > '
-                                                 r'parity_bound=1e-12'):
-        loop.train(_config(total_steps=1, parity_bound=1e-12), str(tmp_path))
+@pytest.mark.parametrize('slot, term, metric', [
+    ('image', 'flow_grpo', 'parity/rollout_image_max_abs_log_ratio'),
+    ('text', 'text_grpo', 'parity/rollout_text_max_abs_logp_diff')])
+def test_a_parity_breach_stops_the_run_before_it_saves(tmp_path, slot, term, metric):
+    # Each term against its own bound, on its own ratio's scale; the other term's bound is
+    # left where it is (float32 rounding stays far below both defaults).
+    with pytest.raises(loop.TrainingError, match=rf'in the {term} term: {metric}=.* > '
+                                                 rf'parity_bounds.{slot}=1e-12'):
+        loop.train(_config(**{'total_steps': 1, f'parity_bounds.{slot}': 1e-12}),
+                   str(tmp_path))
     assert not os.path.exists(tmp_path / 'checkpoints' / '1')
 
 

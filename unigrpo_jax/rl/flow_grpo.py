@@ -15,6 +15,8 @@ from unigrpo_jax.rl import losses, terms
 from unigrpo_jax.rl.replay import window_logp, window_std, window_velocities
 
 REF_VELOCITIES = 'flow_grpo/ref_velocities'  # [B, W, N, F] float32, the reference's velocities
+# Rollout vs update on the flow ratio's own scale: max |RatioNorm log-ratio| of a window step
+# (the ratio is its exp; the flow clip is objective.flow_clip, 1e-6).
 PARITY_METRIC = 'parity/rollout_image_max_abs_log_ratio'
 
 
@@ -87,7 +89,7 @@ def _loss(params, config, batch, ctx, obj, totals, fresh):
 
 TERM = terms.register(terms.Term(
     name='flow_grpo', slot='image', needs_window=True,
-    regularizers=('velocity_mse', 'latent_kl', 'none'),
+    regularizers=('velocity_mse', 'latent_kl', 'none'), parity_metric=PARITY_METRIC,
     image_blocks=lambda obj: obj.schedule.window_size, uses_reference=_uses_reference,
     prepare=_prepare, totals=_totals, loss=_loss,
     record=terms.record_in_trajectory('logp', 'mean')))

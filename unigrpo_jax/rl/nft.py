@@ -126,6 +126,7 @@ def _record(batch, chains, recorded):
 
 TERM = terms.register(terms.Term(
     name='nft', slot='image', needs_window=False, regularizers=('velocity_mse', 'none'),
+    parity_metric=None,
     image_blocks=lambda obj: obj.nft_timesteps,
     uses_reference=_uses_reference, prepare=_prepare, totals=_totals, loss=_loss,
     record=_record))

@@ -60,6 +60,10 @@ class Term:
     slot: str             # 'text' or 'image': what it trains
     needs_window: bool    # the rollout draws an SDE window of stored steps for it
     regularizers: tuple[str, ...]  # the objective.regularizer values it supports (image terms)
+    # The metric of the rollout-vs-update disagreement on the scale of the term's own ratio
+    # (max over the chains, checked against config.parity_bounds[slot]); None: the term has no
+    # likelihood of the rollout's samples to compare (NFT).
+    parity_metric: str | None
     image_blocks: Callable  # (obj) -> int: image forwards per chain per replay (0: none)
     uses_reference: Callable   # (obj) -> bool: prepare needs the frozen reference's replay
     prepare: Callable

@@ -14,6 +14,9 @@ from unigrpo_jax.rl import losses, terms
 from unigrpo_jax.rl.replay import think_logprobs
 
 REF_LOGPROBS = 'text_grpo/ref_think_logprobs'  # [B, T] float32, the reference's log-probs
+# Rollout vs update on the text ratio's own scale: max |log-prob difference| of a think token
+# (the ratio is its exp; the PPO clip 0.2 is 0.18 in log space).
+PARITY_METRIC = 'parity/rollout_text_max_abs_logp_diff'
 
 
 def _masked_max(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -58,7 +61,7 @@ def _loss(params, config, batch, ctx, obj, totals, fresh):
     metrics['text/loss'] = text_loss / share
     metrics['text/entropy'] = losses.entropy(logits, mask, w, totals['tokens']) / share
     metrics['parity/text_max_abs_logp_diff'] = _masked_max(jnp.abs(logp - logp_old), mask)
-    metrics['parity/rollout_text_max_abs_logp_diff'] = _masked_max(
+    metrics[PARITY_METRIC] = _masked_max(
         jnp.abs(logp - traj.think_logprobs), mask)
     if obj.text_kl_weight > 0:
         ref_logp = batch.extras.get(REF_LOGPROBS)
@@ -73,6 +76,7 @@ def _loss(params, config, batch, ctx, obj, totals, fresh):
 
 TERM = terms.register(terms.Term(
     name='text_grpo', slot='text', needs_window=False, regularizers=(),
+    parity_metric=PARITY_METRIC,
     image_blocks=lambda obj: 0,
     uses_reference=_uses_reference,
     prepare=_prepare, totals=_totals, loss=_loss,

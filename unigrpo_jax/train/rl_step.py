@@ -12,7 +12,8 @@ policy's, and every ratio is exactly 1 in every dtype), and records them for the
 updates (``objective.record_old``); with several minibatches every chain's old values come from
 one forward of the update's loss before any update (``make_old_values_fn``), so no chain keeps
 the rollout's. The rollout's own values are compared with that first forward
-(``parity/rollout_*``); beyond ``Settings.parity_bound`` the step raises ``ParityError``.
+(``parity/rollout_*``); beyond ``Settings.parity_bounds`` (per term, on its own ratio's scale:
+``Term.parity_metric``) the step raises ``ParityError``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class RewardError(RuntimeError):
 
 class ParityError(RuntimeError):
     """The update's log-probs of the rollout's own samples, under the rollout's params, differ
-    from the rollout's by more than ``Settings.parity_bound``."""
+    from the rollout's by more than ``Settings.parity_bounds`` allows."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,13 +370,18 @@ def rl_step(programs: RunFunctions, s: Settings, state: step_lib.TrainState, fro
         'time/reference_s': t_reference - t_reward,  # and the advantages
         'time/update_s': t_done - t_reference,
     })
-    for term in ('text', 'image'):  # the terms of the objective (NFT's ODE rollout has none)
-        diff = scalars.get(f'parity/rollout_{term}_max_abs_logp_diff', 0.0)
-        if diff > s.parity_bound:
+    for term in s.objective.terms:
+        if term.parity_metric is None:  # no likelihood of the rollout's samples (NFT)
+            continue
+        diff, bound = scalars[term.parity_metric], s.parity_bounds[term.slot]
+        if diff > bound:
             raise ParityError(
-                f'step {step + 1}: the update\'s {term} log-probs of the rollout\'s samples, '
-                f'under the params that drew them, differ from the rollout\'s by {diff:.3g} > '
-                f'parity_bound={s.parity_bound:g}: the rollout and the update compute '
-                'different policies (dtype, attention kernel, sharding or a bug); the ratios '
-                'would be off-policy. Check them, or raise --config.parity_bound.')
+                f'step {step + 1}: the update\'s replay of the rollout\'s samples under the '
+                f'params that drew them disagrees with the rollout in the {term.name} term: '
+                f'{term.parity_metric}={diff:.3g} > parity_bounds.{term.slot}={bound:g}. The '
+                'rollout and the update compute different policies (a dtype, an attention '
+                'kernel, a sharding, or a bug). Rerun with --config.model.dtype=float32: if '
+                'the difference drops to rounding there (~1e-7), it is bfloat16 rounding and '
+                f'--config.parity_bounds.{term.slot} may be raised above it; otherwise the '
+                'rollout samples from another policy than the one trained.')
     return state, scalars

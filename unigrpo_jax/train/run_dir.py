@@ -63,9 +63,10 @@ class Run:
 LOCK = '.run_lock'
 # Fields a resumed run may change: its length and bookkeeping, how it is laid out on the
 # devices (the algorithm is the same; checkpoints restore onto any mesh) and how its rewards
-# are reached (a reward server's address, retries and timeouts).
+# are reached (a reward server's address, retries and timeouts), and the parity checks' bounds.
 RESUMABLE_CHANGES = ('total_steps', 'eval_every', 'checkpoint_every', 'checkpoint_max_to_keep',
                      'checkpoint_keep_period', 'max_skipped_updates', 'distributed',
+                     'parity_bound', 'parity_bounds.',
                      'parallelism.', 'reward.options.', 'eval_reward.options.')
 
 

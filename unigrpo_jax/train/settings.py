@@ -61,7 +61,7 @@ class Settings:
     advantage_eps: float          # the eps of the advantages' denominator
     advantage_clip: float         # advantages clipped to [-clip, clip]
     update_chains: str            # 'all' or 'signal' (rl.compaction)
-    parity_bound: float           # the largest rollout-vs-update log-prob difference allowed
+    parity_bounds: dict[str, float]  # {slot: the largest rollout-vs-update disagreement allowed}
 
     @property
     def schedule(self) -> Schedule:
@@ -308,8 +308,11 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     o = config.objective
     _need(o.advantage_eps > 0, 'objective.advantage_eps', o.advantage_eps, 'must be > 0')
     _need(o.advantage_clip > 0, 'objective.advantage_clip', o.advantage_clip, 'must be > 0')
-    _need(config.parity_bound > 0, 'parity_bound', config.parity_bound,
-          'must be > 0 (the largest rollout-vs-update log-prob difference that runs on)')
+    for slot in terms.SLOTS:
+        bound = config.parity_bounds.get(slot)
+        _need(bound is not None and bound > 0, f'parity_bounds.{slot}', bound,
+              'must be > 0 (the largest rollout-vs-update disagreement that runs on, on the '
+              'scale of the term\'s own ratio)')
     _need(config.max_skipped_updates >= 1, 'max_skipped_updates', config.max_skipped_updates,
           'must be >= 1')
     try:
@@ -327,4 +330,4 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         skip_zero_variance_groups=bool(o.skip_zero_variance_groups),
         advantage_std=o.advantage_std, advantage_eps=float(o.advantage_eps),
         advantage_clip=float(o.advantage_clip), update_chains=config.update_chains,
-        parity_bound=float(config.parity_bound))
+        parity_bounds={slot: float(config.parity_bounds[slot]) for slot in terms.SLOTS})
