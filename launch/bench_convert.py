@@ -13,8 +13,8 @@ RSS (``ru_maxrss``; and the peaks of its anonymous / file-backed parts sampled f
 per run on stdout. The synthetic and converted directories are deleted unless ``--keep``.
 
 ``--load_processes=1,2``: then, for each count P, P processes on localhost (a
-``jax.distributed`` run, ``--load_devices`` CPU devices split evenly over them) load the
-converted checkpoint as ``train.loop`` does (``factory.build_model`` with the strategy's
+``jax.distributed`` run, ``--load_devices`` CPU devices split evenly over them;
+``unigrpo_jax.bench.host_memory``) load the converted checkpoint as ``train.loop`` does (``factory.build_model`` with the strategy's
 param shardings over a ``(1, devices, 1)`` mesh): each process reads only the shards its
 devices hold. One JSON line per P: each process's peak RSS against the converted bytes, and
 the bytes of the distinct param shards its devices hold.
@@ -23,11 +23,8 @@ the bytes of the distinct param shards its devices hold.
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import ml_dtypes
@@ -35,6 +32,7 @@ import numpy as np
 import psutil
 from absl import app, flags
 
+from unigrpo_jax.bench import host_memory
 from unigrpo_jax.loading import synthetic
 
 _LAYERS = flags.DEFINE_list('layers', ['8'], 'LLM layer counts to measure (7B: 28).')
@@ -53,112 +51,7 @@ _LOAD_STRATEGY = flags.DEFINE_enum('load_strategy', 'fsdp', ['fsdp', 'fsdp_tp', 
                                    'Sharding strategy of the loaded params.')
 
 _CONVERT = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'convert_bagel.py')
-# Argv: PORT PROCESS_ID PROCESSES DEVICES_PER_PROCESS CHECKPOINT STRATEGY.
-_LOADER = """
-import json, os, sys
-port, pid, processes, devices, checkpoint, strategy = sys.argv[1:]
-os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
-from unigrpo_jax.parallel import distributed, sharding
-from unigrpo_jax.parallel import mesh as mesh_lib
-if int(processes) > 1:
-    distributed.initialize('auto', f'127.0.0.1:{port}', int(processes), int(pid))
-import jax, ml_collections
-from unigrpo_jax.loading import factory
-from unigrpo_jax.model import bagel
-from unigrpo_jax.model.config import load_config
-mesh = mesh_lib.make_mesh((1, len(jax.devices()), 1), jax.devices())
-shardings = sharding.param_shardings(bagel.abstract_params(load_config(checkpoint)), mesh,
-                                     sharding.strategy_rules(strategy))
-model = ml_collections.ConfigDict(dict(checkpoint=checkpoint, dtype='bfloat16',
-                                       attention='xla', random=None))
-_, params, _ = factory.build_model(model, shardings=shardings)
-held = {(i, str(s.index)): s.data.nbytes  # distinct shards: a replica counts once
-        for i, x in enumerate(jax.tree.leaves(jax.block_until_ready(params)))
-        for s in x.addressable_shards}
-print(json.dumps(dict(local_param_bytes=sum(held.values()))))
-"""
 _DTYPES = {'bfloat16': ml_dtypes.bfloat16, 'float32': np.float32}
-
-
-def _status_kib(pid: int) -> dict[str, int]:
-    """RssAnon / RssFile / VmHWM of ``pid`` in KiB (empty once it has exited)."""
-    out = {}
-    try:
-        with open(f'/proc/{pid}/status') as f:
-            for line in f:
-                name, _, value = line.partition(':')
-                if name in ('RssAnon', 'RssFile', 'VmHWM'):
-                    out[name] = int(value.split()[0])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
-
-
-def measure_all(cmds: list[list[str]], log_paths: list[str], interval: float = 0.05
-                ) -> list[dict]:
-    """Runs ``cmds`` at once; returns each one's exit code, wall time and peak memory (bytes)."""
-    env = dict(os.environ)
-    env.setdefault('JAX_PLATFORMS', 'cpu')
-    env.pop('XLA_FLAGS', None)  # the children set their own device counts
-    logs = [open(path, 'w') for path in log_paths]
-    start = time.perf_counter()
-    children = [subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                for cmd, log in zip(cmds, logs)]
-    peaks = [dict(RssAnon=0, RssFile=0, VmHWM=0) for _ in children]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            for child, peak in zip(children, peaks):
-                for k, v in _status_kib(child.pid).items():
-                    peak[k] = max(peak[k], v)
-            time.sleep(interval)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out = []
-    for child, peak in zip(children, peaks):
-        _, status, usage = os.wait4(child.pid, 0)
-        out.append(dict(returncode=os.waitstatus_to_exitcode(status),
-                        seconds=time.perf_counter() - start, peak_rss=usage.ru_maxrss * 1024,
-                        peak_anon=peak['RssAnon'] * 1024, peak_file=peak['RssFile'] * 1024))
-    done.set()
-    sampler.join()
-    for log in logs:
-        log.close()
-    return out
-
-
-def measure(cmd: list[str], log_path: str) -> dict:
-    """Runs ``cmd``; returns its exit code, wall time and peak memory (bytes)."""
-    return measure_all([cmd], [log_path])[0]
-
-
-def measure_load(checkpoint: str, processes: int, work: str) -> list[dict]:
-    """Peak memory of each of ``processes`` processes loading ``checkpoint`` sharded over
-    ``--load_devices`` devices (``_LOADER``), with the bytes its devices hold."""
-    if _LOAD_DEVICES.value % processes:
-        raise app.UsageError(f'--load_devices={_LOAD_DEVICES.value} does not split over '
-                             f'{processes} processes')
-    port = _free_port()
-    logs = [os.path.join(work, f'load_{processes}_{i}.log') for i in range(processes)]
-    runs = measure_all([[sys.executable, '-c', _LOADER, str(port), str(i), str(processes),
-                         str(_LOAD_DEVICES.value // processes), checkpoint, _LOAD_STRATEGY.value]
-                        for i in range(processes)], logs)
-    for run, log in zip(runs, logs):
-        with open(log) as f:
-            text = f.read()
-        if run['returncode']:
-            sys.stderr.write(text[-5000:])
-        else:
-            [line] = [x for x in text.splitlines() if x.startswith('{"local_param_bytes"')]
-            run.update(json.loads(line))  # gloo's own lines may follow it
-    return runs
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _du(path: str) -> int:
@@ -174,7 +67,7 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments {argv[1:]}')
     work = _DIR.value or tempfile.mkdtemp(prefix='bench_convert_')
     os.makedirs(work, exist_ok=True)
-    base = measure([sys.executable, '-c', 'import jax; from unigrpo_jax.loading import '
+    base = host_memory.measure([sys.executable, '-c', 'import jax; from unigrpo_jax.loading import '
                     'pipeline; jax.devices()'], os.path.join(work, 'baseline.log'))
     failed = 0
     for layers in (int(n) for n in _LAYERS.value):
@@ -190,7 +83,7 @@ def main(argv):
             raise app.UsageError(f'{layers} layers: {_gib(converted)} GiB of params, only '
                                  f'{_gib(available)} GiB available; use fewer --layers or --force')
         log = os.path.join(work, f'convert_{layers}.log')
-        run = measure([sys.executable, _CONVERT, f'--src={src}', f'--dst={dst}', '--dtype=keep'],
+        run = host_memory.measure([sys.executable, _CONVERT, f'--src={src}', f'--dst={dst}', '--dtype=keep'],
                       log)
         if run['returncode']:
             with open(log) as f:
@@ -212,7 +105,11 @@ def main(argv):
         for processes in (int(n) for n in _LOAD_PROCESSES.value):
             if run['returncode']:
                 break
-            loads = measure_load(dst, processes, work)
+            if _LOAD_DEVICES.value % processes:
+                raise app.UsageError(f'--load_devices={_LOAD_DEVICES.value} does not split '
+                                     f'over {processes} processes')
+            loads = host_memory.measure_load(dst, processes, _LOAD_DEVICES.value,
+                                             _LOAD_STRATEGY.value, work)
             failed += sum(bool(r['returncode']) for r in loads)
             print(json.dumps(dict(
                 shapes=result['shapes'], layers=layers, load_processes=processes,

@@ -1,4 +1,5 @@
-"""launch/bench_convert.py (tiny shapes) and the synthetic checkpoint writer behind it."""
+"""launch/bench_convert.py (tiny shapes), the synthetic checkpoint writer behind it and its
+host-memory measurement (bench.host_memory)."""
 
 import json
 import math
@@ -10,6 +11,7 @@ import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 
+from unigrpo_jax.bench import host_memory
 from unigrpo_jax.loading import synthetic
 from unigrpo_jax.loading.bagel import load_bagel
 
@@ -94,3 +96,17 @@ def test_bench_script_sharded_load_over_two_processes(tmp_path):
     # fsdp over 8 devices: each of 2 processes holds half the params; 1 process all of them.
     [whole] = one['local_param_bytes']
     assert all(0.4 * whole < b < 0.6 * whole for b in two['local_param_bytes']), (one, two)
+
+
+def test_a_child_s_peak_memory_is_measured(tmp_path):
+    allocate = 'import numpy as np, time; x = np.ones(2**27, np.uint8); time.sleep(0.3)'
+    idle, busy = host_memory.measure_all(
+        [[sys.executable, '-c', 'import numpy'], [sys.executable, '-c', allocate]],
+        [str(tmp_path / 'idle.log'), str(tmp_path / 'busy.log')])
+    assert idle['returncode'] == busy['returncode'] == 0
+    # ru_maxrss keeps the forking parent's size across exec (this pytest's), so the array
+    # shows in the anonymous memory sampled from /proc while the child slept.
+    assert busy['peak_rss'] > 2**27 and busy['peak_anon'] - idle['peak_anon'] > 0.9 * 2**27
+    failed = host_memory.measure([sys.executable, '-c', 'raise SystemExit(3)'],
+                                 str(tmp_path / 'failed.log'))
+    assert failed['returncode'] == 3
