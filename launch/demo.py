@@ -5,8 +5,8 @@ r"""The ShapesEval demo: UniGRPO from the shipped SFT model, evaluated before an
     python launch/demo.py --config.total_steps=10 --out=/tmp/demo   # shorter
 
 What it writes under ``--out`` (run directories, ``report.md``, the reward curve, image
-grids): ``unigrpo_jax.demo``. Running it again resumes the RL run where it stopped and redoes
-the report.
+grids): ``unigrpo_jax.experiments.demo``. Running it again resumes the RL run where it stopped
+and redoes the report.
 """
 
 import os

@@ -30,7 +30,7 @@ LAYERS = [
     'rl',            # advantages, objectives, replay
     'train',         # the RL loop, optimizer, checkpoints, run directories
     'sft',           # supervised fine-tuning
-    'demo',          # the ShapesEval demo: SFT model -> UniGRPO -> report
+    'experiments',   # ShapesEval end to end: the demo, the Table-2 runs and their report
     'config_reference',  # docs/configuration.md from the configs and the dataclasses they become
     'bench',         # benchmarks, parity checks
 ]

@@ -4,7 +4,7 @@ import json
 import os
 
 from configs import shapes_unigrpo
-from unigrpo_jax import demo
+from unigrpo_jax.experiments import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
