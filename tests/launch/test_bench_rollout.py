@@ -1,4 +1,5 @@
-"""launch/bench_rollout.py on configs/bagel_grpo.py:tiny: the rows it prints (timings unchecked)."""
+"""launch/bench_rollout.py on configs/bagel_grpo.py:tiny (the rows it prints, timings unchecked)
+and its library, unigrpo_jax.bench.rollout_speed."""
 
 import json
 import os
@@ -43,3 +44,15 @@ def test_tiny_prints_every_row(tmp_path):
 
 def test_7b_shapes_are_skipped_on_cpu():
     assert 'skipped: it needs an accelerator' in _run('--shapes=7b')
+
+
+def test_the_table_has_a_header_line_and_one_aligned_line_per_row():
+    from unigrpo_jax.bench import rollout_speed
+    text = rollout_speed.table({'backend': 'cpu', 'group_size': 4}, [
+        dict(name='rollout', batch=4, value=2.5, unit='images/s', note='1 prompt(s)'),
+        dict(name='compiles rollout', batch=4, value=0, unit='recompiles', note='none')])
+    assert text.splitlines() == [
+        'backend=cpu group_size=4',
+        'measurement              batch        value  unit            notes',
+        'rollout                      4          2.5  images/s        1 prompt(s)',
+        'compiles rollout             4            0  recompiles      none']
