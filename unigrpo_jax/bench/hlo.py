@@ -11,9 +11,10 @@ the number of times it executes per call.
   result tuple repeats the operands, and collective-permute adds context scalars).
 * Executions per call: the product, along every call path from ENTRY to the op's computation,
   of the trip counts of the while loops on it (the ``known_trip_count`` XLA:CPU and XLA:GPU
-  write on a loop, else the count read from its condition ``i < N``: libtpu writes none); a
-  computation reached by several paths counts once per path, conditional branches as if every
-  branch ran. ``ops`` counts executions the same way.
+  write on a loop, else the count read from its condition ``i < N``: libtpu writes none; a
+  loop whose condition has another form counts once); a computation reached by several paths
+  counts once per path, conditional branches as if every branch ran. ``ops`` counts
+  executions the same way.
 """
 
 from __future__ import annotations
