@@ -1,5 +1,21 @@
-"""Reading compiled programs: per-device memory and the bytes of collectives in the HLO text
-(conventions: ``sweep``'s module docstring)."""
+"""Reading compiled programs: per-device memory and the bytes of collectives in the HLO text.
+
+One rule for the collectives of every target (XLA:CPU, XLA:GPU, libtpu; ``collectives``):
+bytes per call of the program = the sum over collective ops (``KINDS``) of the op's bytes times
+the number of times it executes per call.
+
+* An op's bytes: the larger of its operands' and its result's total size (for all-gather the
+  gathered array, for reduce-scatter the array before scattering). An async pair
+  (``all-gather-start`` / ``-done``, or an ``async-start`` / ``-update`` / ``-done`` around a
+  computation that holds the op) is one op, its output the start's result element 1 (the
+  result tuple repeats the operands, and collective-permute adds context scalars).
+* Executions per call: the product, along every call path from ENTRY to the op's computation,
+  of the trip counts of the while loops on it (the ``known_trip_count`` XLA:CPU and XLA:GPU
+  write on a loop, else the count read from its condition ``i < N``: libtpu writes none; a
+  loop whose condition has another form counts once); a computation reached by several paths
+  counts once per path, conditional branches as if every branch ran. ``ops`` counts
+  executions the same way.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +43,18 @@ _DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'f8e4m3fn': 1, 'f8e5m2': 1, 's16': 
                 'f64': 8, 'c64': 8, 'c128': 16}
 _ARRAY = re.compile(r'\b([a-z]\w*)\[([\d,]*)\]')
 _HEADER = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*->.*\{\s*$')
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$')
+_INSTRUCTION = re.compile(r'^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$')
 _CALLEE = re.compile(
     r'\b(?:body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)')
 _BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+_LOOP = re.compile(r'\bcondition=%?([\w.\-]+), body=%?([\w.\-]+)')
+_INDEX = re.compile(r'\bindex=(\d+)')
+_DIRECTION = re.compile(r'\bdirection=([A-Z]+)')
+_INTEGER = re.compile(r'^\s*(-?\d+)\s*\)')
+
+# An instruction: (result shape, opcode, the line after ``opcode(``).
+Instruction = tuple[str, str, str]
 
 
 def _shape_bytes(shape: str) -> int:
@@ -39,57 +62,141 @@ def _shape_bytes(shape: str) -> int:
                for dtype, dims in _ARRAY.findall(shape))
 
 
-def _operands(rest: str) -> str:
-    """The operand list of ``op(...)``: ``rest`` up to its closing parenthesis."""
+def _operands(rest: str) -> list[str]:
+    """The operand names of ``op(...)``: ``rest`` up to its closing parenthesis."""
     depth = 0
     for i, ch in enumerate(rest):
         depth += ch == '('
         if ch == ')':
             if depth == 0:
-                return rest[:i]
+                return re.findall(r'%([\w.\-]+)', rest[:i])
             depth -= 1
-    return rest
+    return re.findall(r'%([\w.\-]+)', rest)
 
 
-def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
-    """``({kind: bytes per call}, ops per call)`` of a compiled module's HLO text (the
-    convention of ``sweep``'s module docstring)."""
-    shapes: dict[str, str] = {}
-    own: dict[str, collections.Counter] = {}
-    calls: dict[str, list[tuple[str, int]]] = {}
+def _async_output(shape: str) -> str:
+    """The output of an async ``*-start``'s result ``(operands, output[, context...])``: its
+    top-level element 1 (``all-reduce-start``'s result, not a tuple, is the output itself)."""
+    if not shape.startswith('('):
+        return shape
+    depth, elements, begin = 0, [], 1
+    for i, ch in enumerate(shape):
+        depth += ch in '([{'
+        depth -= ch in ')]}'
+        if (ch == ',' and depth == 1) or depth == 0:
+            elements.append(shape[begin:i])
+            begin = i + 1
+        if depth == 0:
+            break
+    return elements[1] if len(elements) > 1 else shape
+
+
+def _parse(hlo_text: str) -> tuple[dict[str, dict[str, Instruction]], dict[str, str], str]:
+    """``({computation: {instruction: Instruction}}, {computation: its ROOT}, ENTRY's name)``
+    of an HLO module's text (instructions in the order they are written)."""
+    computations: dict[str, dict[str, Instruction]] = {}
+    roots: dict[str, str] = {}
     entry = current = None
     for line in hlo_text.splitlines():
         header = _HEADER.match(line)
         if header:
             current = header.group(1)
-            own[current], calls[current] = collections.Counter(), []
+            computations[current] = {}
             entry = current if line.startswith('ENTRY') else entry
             continue
         match = _INSTRUCTION.match(line)
         if current is None or not match:
             continue
-        name, result, opcode, rest = match.groups()
-        shapes[name] = result
-        if opcode in ('async-done', 'async-update'):
-            continue
-        trips = _TRIP_COUNT.search(rest)
-        times = int(trips.group(1)) if opcode == 'while' and trips else 1
-        callees = _CALLEE.findall(rest)
-        for branches in _BRANCHES.findall(rest):
-            callees += re.findall(r'%?([\w.\-]+)', branches)
-        calls[current] += [(c, times) for c in callees]
-        kind = opcode.removesuffix('-start')
-        if kind not in KINDS:
-            continue
-        operand_bytes = sum(_shape_bytes(shapes.get(n, ''))
-                            for n in re.findall(r'%([\w.\-]+)', _operands(rest)))
-        result_bytes = _shape_bytes(result)
-        if opcode.endswith('-start'):  # the result tuple repeats the operands
-            result_bytes = max(result_bytes - operand_bytes, 0)
-        own[current][kind] += max(operand_bytes, result_bytes)
-        own[current]['ops'] += 1
+        root, name, result, opcode, rest = match.groups()
+        computations[current][name] = (result, opcode, rest)
+        if root:
+            roots[current] = name
     if entry is None:
         raise ValueError('no ENTRY computation in the HLO text')
+    return computations, roots, entry
+
+
+def _integer(computation: dict[str, Instruction], name: str) -> int | None:
+    """The value of the integer ``constant`` that ``name`` is (through ``copy``s), or None."""
+    while name in computation:
+        _, opcode, rest = computation[name]
+        if opcode == 'constant':
+            literal = _INTEGER.match(rest)
+            return int(literal.group(1)) if literal else None
+        if opcode != 'copy':
+            return None
+        name = _operands(rest)[0]
+    return None
+
+
+def _trip_count(computations: dict[str, dict[str, Instruction]], roots: dict[str, str],
+                caller: str, rest: str) -> int:
+    """How many times the body of the ``while`` whose line after ``while(`` is ``rest`` (in
+    computation ``caller``) runs: its ``known_trip_count`` (XLA:CPU and XLA:GPU write it), else
+    read from a condition ``i < N`` (or ``N > i``) on tuple element ``k``, ``N`` a constant, with
+    ``i``'s start (the while operand's element ``k``) and step (``i + s`` at element ``k`` of
+    the body's ROOT tuple) where they are constants, 0 and 1 where not (libtpu writes no
+    count); 1 when the condition is not of that form."""
+    known = _TRIP_COUNT.search(rest)
+    if known:
+        return int(known.group(1))
+    loop = _LOOP.search(rest)
+    if not loop:
+        return 1
+    condition, body = loop.groups()
+    cond = computations.get(condition, {})
+    _, opcode, compare = cond.get(roots.get(condition), ('', '', ''))
+    direction = _DIRECTION.search(compare)
+    if opcode != 'compare' or not direction or direction.group(1) not in ('LT', 'GT'):
+        return 1
+    index, bound = _operands(compare)[::1 if direction.group(1) == 'LT' else -1]
+    _, opcode, element = cond.get(index, ('', '', ''))
+    limit = _integer(cond, bound)
+    if opcode != 'get-tuple-element' or limit is None:
+        return 1
+    k = int(_INDEX.search(element).group(1))
+    start, step = 0, 1
+    calling = computations[caller]
+    _, opcode, init = calling.get(_operands(rest)[0], ('', '', ''))
+    if opcode == 'tuple':
+        start = _integer(calling, _operands(init)[k])
+        start = 0 if start is None else start
+    looped = computations.get(body, {})
+    _, opcode, out = looped.get(roots.get(body), ('', '', ''))
+    if opcode == 'tuple':
+        _, opcode, update = looped.get(_operands(out)[k], ('', '', ''))
+        if opcode == 'add':
+            steps = [_integer(looped, n) for n in _operands(update)]
+            step = next((s for s in steps if s is not None and s > 0), 1)
+    return max(-(-(limit - start) // step), 0)
+
+
+def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
+    """``({kind: bytes per call}, ops per call)`` of a compiled module's HLO text, by the rule
+    of the module docstring (trip counts: ``_trip_count``)."""
+    computations, roots, entry = _parse(hlo_text)
+    own: dict[str, collections.Counter] = {}
+    calls: dict[str, list[tuple[str, int]]] = {}
+    for computation, instructions in computations.items():
+        own[computation], calls[computation] = collections.Counter(), []
+        for result, opcode, rest in instructions.values():
+            if opcode in ('async-update', 'async-done'):  # their ``calls=`` is the start's
+                continue
+            times = (_trip_count(computations, roots, computation, rest)
+                     if opcode == 'while' else 1)
+            callees = _CALLEE.findall(rest)
+            for branches in _BRANCHES.findall(rest):
+                callees += re.findall(r'%?([\w.\-]+)', branches)
+            calls[computation] += [(c, times) for c in callees]
+            kind = opcode.removesuffix('-start')
+            if kind not in KINDS:
+                continue
+            operand_bytes = sum(_shape_bytes(instructions.get(n, ('',))[0])
+                                for n in _operands(rest))
+            result_bytes = _shape_bytes(_async_output(result) if opcode.endswith('-start')
+                                        else result)
+            own[computation][kind] += max(operand_bytes, result_bytes)
+            own[computation]['ops'] += 1
 
     totals: dict[str, collections.Counter] = {}
 

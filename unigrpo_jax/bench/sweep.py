@@ -31,12 +31,14 @@ Columns and their conventions (``report.COLUMNS``):
   MaxText's definition, empty when the peak is unknown (CPU);
 * ``mem_*``: ``compiled.memory_analysis()`` (``hlo.memory``), per device; ``mem_peak`` =
   argument + output - alias (donated inputs reused as outputs) + temp bytes;
-* ``coll_*``: bytes of collectives per call from the compiled HLO (``hlo.collectives``). An op
-  counts the larger of its operands' and its results' total size (for all-gather the gathered
-  array, for reduce-scatter the array before scattering, for all-reduce, all-to-all and
-  collective-permute the array): the data an op spans, not bytes on the wire. Each op counts
-  once per execution: ops in a while body are multiplied by its known trip count (the scanned
-  layers), those of conditional branches counted as if every branch ran. ``coll_ops`` counts
+* ``coll_*``: bytes of collectives per call from the compiled HLO (``hlo.collectives``, whose
+  module docstring states the rule, the same on every target). An op counts the larger of its
+  operands' and its results' total size (for all-gather the gathered array, for reduce-scatter
+  the array before scattering, for all-reduce, all-to-all and collective-permute the array):
+  the data an op spans, not bytes on the wire. Each op counts once per execution: ops in a
+  while body are multiplied by its trip count (the scanned layers, the micro-steps; read from
+  the loop's condition where the HLO carries no ``known_trip_count``, as libtpu's does not),
+  those of conditional branches counted as if every branch ran. ``coll_ops`` counts
   executions likewise.
 """
 
