@@ -16,7 +16,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from unigrpo_jax import config_files, demo
+from unigrpo_jax import config_files
+from unigrpo_jax.experiments import demo
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(config_files.CONFIGS, 'shapes_unigrpo.py'), 'RL config.',
