@@ -33,6 +33,7 @@ import psutil
 from absl import app, flags
 
 from unigrpo_jax.bench import host_memory
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.loading import synthetic
 
 _LAYERS = flags.DEFINE_list('layers', ['8'], 'LLM layer counts to measure (7B: 28).')
@@ -105,11 +106,11 @@ def main(argv):
         for processes in (int(n) for n in _LOAD_PROCESSES.value):
             if run['returncode']:
                 break
-            if _LOAD_DEVICES.value % processes:
-                raise app.UsageError(f'--load_devices={_LOAD_DEVICES.value} does not split '
-                                     f'over {processes} processes')
-            loads = host_memory.measure_load(dst, processes, _LOAD_DEVICES.value,
-                                             _LOAD_STRATEGY.value, work)
+            try:
+                loads = host_memory.measure_load(dst, processes, _LOAD_DEVICES.value,
+                                                 _LOAD_STRATEGY.value, work)
+            except ConfigError as e:
+                raise app.UsageError(str(e)) from e
             failed += sum(bool(r['returncode']) for r in loads)
             print(json.dumps(dict(
                 shapes=result['shapes'], layers=layers, load_processes=processes,

@@ -5,3 +5,10 @@ keeps its traceback); every layer of the library raises it, so it sits below all
 
 class ConfigError(ValueError):
     """A configuration file or field is missing or inconsistent."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of ``error``'s message, cut at ``limit`` characters ('' when empty): what a
+    one-line message quotes of an error raised by another library."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else ''

@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from unigrpo_jax.errors import ConfigError
+
 
 def _status_kib(pid: int) -> dict[str, int]:
     """RssAnon / RssFile / VmHWM of ``pid`` in KiB (empty once it has exited)."""
@@ -77,7 +79,8 @@ def measure_load(checkpoint: str, processes: int, devices: int, strategy: str,
     ``devices`` CPU devices in all (``load_sharded``): ``measure_all``'s numbers and
     ``local_param_bytes``, the bytes of the distinct param shards its devices hold."""
     if devices % processes:
-        raise ValueError(f'{devices} devices do not split over {processes} processes')
+        raise ConfigError(f'--load_devices={devices} does not split over {processes} '
+                          'processes')
     port = _free_port()
     logs = [os.path.join(work, f'load_{processes}_{i}.log') for i in range(processes)]
     runs = measure_all([[sys.executable, '-m', __name__, str(port), str(i), str(processes),

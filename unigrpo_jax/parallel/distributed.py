@@ -31,6 +31,7 @@ from absl import flags, logging
 from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 
+from unigrpo_jax import errors
 from unigrpo_jax.errors import ConfigError
 
 MODES = ('auto', 'on', 'off')
@@ -230,7 +231,6 @@ def gather_rows(rows: np.ndarray, values: np.ndarray, total: int) -> np.ndarray:
     return out
 
 
-
 # The exit status of a process that stops because another process of its run was lost
 # (EX_UNAVAILABLE): start every process again with the same command to resume.
 EXIT_PROCESS_LOST = 69
@@ -265,7 +265,8 @@ def watch_processes(interval_s: float = 2.0, silent_s: float = 30.0) -> None:
                         for key, value in client.key_value_dir_get(_HEARTBEAT)}
             except Exception as e:  # noqa: BLE001 - the store is unreachable: process 0 is gone
                 if not stopped.is_set():
-                    _exit_lost([0], f'the coordinator does not answer ({_first_line(e)})')
+                    _exit_lost([0], f'the coordinator does not answer '
+                               f'({errors.first_line(e) or type(e).__name__})')
                 return
             now = time.monotonic()
             for i, value in seen.items():
@@ -285,10 +286,6 @@ def watch_processes(interval_s: float = 2.0, silent_s: float = 30.0) -> None:
 
     threading.Thread(target=beat_and_watch, name='unigrpo_jax-watchdog', daemon=True).start()
     atexit.register(say_exited)  # runs before JAX's own shutdown (registered earlier)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def _exit_lost(lost: list[int], why: str) -> None:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from unigrpo_jax import errors
 from unigrpo_jax.loading import orbax_io
 from unigrpo_jax.loading.pipeline import TOKENIZER_DIR
 
@@ -68,7 +69,7 @@ def restore(mgr: ocp.CheckpointManager, abstract_state) -> tuple[object, dict] |
         earlier = [s for s in mgr.all_steps() if s < step]
         advice = (f'remove {damaged} to resume from step {max(earlier)}' if earlier else
                   'no earlier checkpoint is left: use a new --workdir')
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
+        reason = errors.first_line(e)
         raise CheckpointError(f'the checkpoint of step {step} ({damaged}) cannot be read '
                               f'({type(e).__name__}: {reason}); it is damaged (a crash or a '
                               f'full disk while it was written?): {advice}') from e
