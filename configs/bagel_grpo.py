@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # Prompts to train on: 'geneval' | 'shapes_train' | 'shapes_eval' | a GenEval-format
         # .jsonl path. GenEval ships only its 553 evaluation prompts: train on your own file.
         train='geneval',
+        # {tag: weight} over the training prompts' GenEval tags: a tag's share is scaled by
+        # its weight (0 drops it; data/prompts.weight_by_tag). {}: the source as it is.
+        tag_weights=ml_collections.ConfigDict(),
         eval='geneval',  # prompts of the evaluations (the same choices)
         data_dir='',  # where the prompt builders are prepared ('': <workdir>/tfds)
         max_prompt_tokens=64,  # prompt segment length incl. bos/eos (a longer prompt stops the run)

@@ -79,3 +79,28 @@ def test_a_file_that_is_not_utf8_names_its_line(tmp_path):
     assert prompts.where(_write(tmp_path / 'q.jsonl', [], text='\n' + json.dumps(_LINES[0])
                                 + '\n\n' + json.dumps(_LINES[1]) + '\n'), 1).endswith('q.jsonl:4')
     assert prompts.where('shapes_eval', 7) == 'shapes_eval prompt 7'
+
+
+def _tagged(counts: dict) -> list[dict]:
+    return [{'prompt': f'{tag} {i}', 'tag': tag, 'index': i}
+            for tag, n in counts.items() for i in range(n)]
+
+
+def test_tag_weights_scale_each_tags_share_and_keep_the_order():
+    examples = _tagged({'easy': 40, 'hard': 40, 'rare': 8})
+    out = prompts.weight_by_tag(examples, {'easy': 0.25, 'hard': 1.0, 'rare': 0.0})
+    tags = [item['tag'] for item in out]
+    assert tags.count('easy') == 10 and tags.count('hard') == 40 and 'rare' not in tags
+    assert out == [item for item in examples if item in out]  # a subsequence, in order
+    assert prompts.weight_by_tag(examples, {}) is examples  # no weights: the source as it is
+
+
+@pytest.mark.parametrize('weights, message', [
+    ({'easy': 1.0, 'hard': 1.0}, 'the prompts have'),            # a tag of the prompts unnamed
+    ({'easy': 1.0, 'hard': 1.0, 'rare': 1.0, 'hrad': 1.0}, "'hrad'"),  # a misspelt tag
+    ({'easy': 0.0, 'hard': 0.0, 'rare': 0.0}, 'not all 0'),
+    ({'easy': -1.0, 'hard': 1.0, 'rare': 1.0}, '>= 0'),
+])
+def test_tag_weights_that_do_not_fit_the_prompts_are_an_error(weights, message):
+    with pytest.raises(prompts.DataError, match=message):
+        prompts.weight_by_tag(_tagged({'easy': 4, 'hard': 4, 'rare': 4}), weights)

@@ -177,6 +177,37 @@ def load_prompts(source: str, data_dir: str) -> list[dict]:
     return out
 
 
+def weight_by_tag(examples: list[dict], tag_weights: dict) -> list[dict]:
+    """The examples in their order, each tag's share scaled by its weight (``{}``: all of them).
+
+    A tag of weight ``w`` keeps its first ``round(n * w / max_weight)`` of ``n`` examples (at
+    least one where ``w > 0``), so a tag's share of the result is its share of the source times
+    its weight, renormalised; weight 0 drops it. Every example needs a ``tag`` that the weights
+    name, and every named tag must occur (a misspelt tag is an error, not a silent 0).
+    """
+    if not tag_weights:
+        return examples
+    weights = {str(tag): float(w) for tag, w in tag_weights.items()}
+    if any(not np.isfinite(w) or w < 0 for w in weights.values()) or max(weights.values()) <= 0:
+        raise DataError(f'data.tag_weights={weights} must be finite, >= 0 and not all 0')
+    counts: dict[str, int] = {}
+    for item in examples:
+        counts[item.get('tag')] = counts.get(item.get('tag'), 0) + 1
+    if set(counts) != set(weights):
+        raise DataError(f'data.tag_weights names the tags {sorted(weights)}, the prompts have '
+                        f'{sorted(counts, key=str)}: give every tag of the prompts a weight, '
+                        'and no other')
+    top = max(weights.values())
+    keep = {tag: 0 if w == 0 else max(1, round(counts[tag] * w / top))
+            for tag, w in weights.items()}
+    out = []
+    for item in examples:
+        if keep[item['tag']] > 0:
+            keep[item['tag']] -= 1
+            out.append(item)
+    return out
+
+
 class PromptStream:
     """Batches of prompts in a seeded order: ``batch(step)`` depends only on (seed, step).
 

@@ -167,8 +167,10 @@ def _train(config, workdir: str, devices, s):
     data_dir = config.data.data_dir or os.path.join(workdir, 'tfds')
     # Every process holds the whole batch of prompts (they are small); each feeds its own
     # devices' rows into the global arrays (``sharding.host_to_global``).
-    train_prompts = data_lib.PromptStream(data_lib.load_prompts(config.data.train, data_dir),
-                                          config.batch_size, config.seed)
+    train_prompts = data_lib.PromptStream(
+        data_lib.weight_by_tag(data_lib.load_prompts(config.data.train, data_dir),
+                               config.data.tag_weights),
+        config.batch_size, config.seed)
     eval_items = data_lib.load_prompts(config.data.eval, data_dir)[:config.eval_prompts]
     for items, source in ((train_prompts.examples, config.data.train),
                           (eval_items if config.eval_every else [], config.data.eval)):
