@@ -7,7 +7,7 @@ r"""SFT of the tiny pixel-space Bagel on ShapesEval (shapes_eval.md), two arms.
 ``:think`` trains ``[bos] prompt [eos] [bos] <think> plan </think> [eos] [soi] image [eoi]`` (CE on
 the plan, flow matching on the image); ``:nothink`` trains ``[bos] prompt [eos] [soi] image
 [eoi]``. No system segment (the rollout's ``system_ids=None``). ``:test`` (or ``think,test`` /
-``nothink,test``) shrinks the same code path for tests. Sequence layout: ``unigrpo_jax/sft/samples.py``.
+``nothink,test``) shrinks the same code path for tests. Sequence layout: ``unigrpo_jax/shapes/sft/samples.py``.
 """
 
 import ml_collections

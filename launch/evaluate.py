@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 
 from unigrpo_jax.loading import tokenizer as tokenizer_lib
-from unigrpo_jax.data import prompts as data_lib
+from unigrpo_jax.shapes import prompt_source
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
@@ -30,7 +30,7 @@ from unigrpo_jax.train import checkpointing, run_dir
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory (RL, SFT or an exported SFT '
                                'checkpoint).', required=True)
 _PROMPTS = flags.DEFINE_string(
-    'prompts', data_lib.SHAPES_EVAL_FILE, 'ShapesEval prompts (GenEval format).')
+    'prompts', prompt_source.EVAL_FILE, 'ShapesEval prompts (GenEval format).')
 _THINK = flags.DEFINE_enum('think', 'auto', ['auto', 'on', 'off', 'both'], 'Thinking.')
 _CFG = flags.DEFINE_list('cfg', None, 'Text CFG scales (1 = off); default: 1 and the run\'s '
                          'scale.')

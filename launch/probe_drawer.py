@@ -17,7 +17,7 @@ changed in the planning.
 from absl import app, flags
 
 from unigrpo_jax.loading import tokenizer as tokenizer_lib
-from unigrpo_jax.data import prompts as data_lib
+from unigrpo_jax.shapes import prompt_source
 from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.train import run_dir
@@ -25,7 +25,7 @@ from unigrpo_jax.train import run_dir
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory of a thinking model.',
                                required=True)
 _PROMPTS = flags.DEFINE_string(
-    'prompts', data_lib.SHAPES_EVAL_FILE, 'ShapesEval prompts (GenEval format).')
+    'prompts', prompt_source.EVAL_FILE, 'ShapesEval prompts (GenEval format).')
 _SAMPLES = flags.DEFINE_integer('samples', 4, 'Random plans per prompt.', lower_bound=1)
 _CFG = flags.DEFINE_float('cfg', 1.0, 'Text CFG scale (1 = off).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the plans and the noise.')

@@ -7,7 +7,7 @@ r"""Supervised fine-tuning of the tiny pixel-space Bagel on ShapesEval, then its
 
 Logs steps/s and ETA, writes params-only checkpoints (``workdir/step_{k}``, ``workdir/final``)
 and the evaluation (``workdir/eval/``); ``--export_dir`` also copies the final checkpoint with a
-``MANIFEST.json``. The loop is ``unigrpo_jax/sft/train.py``.
+``MANIFEST.json``. The loop is ``unigrpo_jax/shapes/sft/train.py``.
 """
 
 import sys
@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from unigrpo_jax import config_files
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.parallel import distributed
-from unigrpo_jax.sft import train
+from unigrpo_jax.shapes.sft import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'SFT config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.', required=True)

@@ -19,17 +19,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS = [
     'errors',        # ConfigError: what a user's input causes
     'config_files',  # get_config() files by path
+    'discovery',     # modules at a conventional place (what the registries import)
     'viz',           # image grids
     'model',         # Bagel in Flax: config, layers, KV cache, latents
     'parallel',      # mesh, sharding, joining a multi-process run
     'loading',       # what a run reads from disk: Bagel releases (converted), Orbax checkpoints, the tokenizer, the model factory
     'rewards',       # GenEval rules, the registry, remote rewards
     'rollout',       # generation: think-then-draw, ODE/SDE samplers
-    'shapes',        # ShapesEval: world, detector, prompts, its reward, its evaluation
-    'data',          # RL prompt sources, SFT sample files
+    'data',          # RL prompt sources: the registry, TFDS builders, the seeded stream
     'rl',            # advantages, objectives, replay
     'train',         # the RL loop, optimizer, checkpoints, run directories
-    'sft',           # supervised fine-tuning
+    'shapes',        # ShapesEval, one wing: world, detector, prompts and their sources, reward, evaluation, SFT
     'experiments',   # ShapesEval end to end: the demo, the Table-2 runs and their report
     'config_reference',  # docs/configuration.md from the configs and the dataclasses they become
     'bench',         # benchmarks, parity checks

@@ -104,3 +104,30 @@ def test_tag_weights_scale_each_tags_share_and_keep_the_order():
 def test_tag_weights_that_do_not_fit_the_prompts_are_an_error(weights, message):
     with pytest.raises(prompts.DataError, match=message):
         prompts.weight_by_tag(_tagged({'easy': 4, 'hard': 4, 'rare': 4}), weights)
+
+
+def test_named_sources_are_found_in_their_packages_and_a_wrong_name_lists_them():
+    """``shapes_train``/``shapes_eval`` come from ``unigrpo_jax.shapes.prompt_source``, found
+    on disk by the registry (the prompt layer imports nothing of ShapesEval)."""
+    assert {'geneval', 'shapes_train', 'shapes_eval'} <= set(prompts.source_names())
+    train = prompts.source_examples('shapes_train')
+    assert len(train) == 20000 and all(item.get('tag') and item.get('include') for item in train)
+    assert prompts.source_examples('shapes_train') == train  # seeded: the same every time
+    assert len(prompts.source_examples('shapes_eval')) == 240
+    assert prompts.where('shapes_train', 7) == 'shapes_train prompt 7'
+    with pytest.raises(prompts.DataError, match=r"unknown prompt source 'shapes_trian'.*shapes_train"):
+        prompts.source_examples('shapes_trian')
+
+
+def test_a_registered_source_is_read_and_a_name_cannot_be_taken_twice():
+    @prompts.register_source('test_two_prompts')
+    def two():
+        return [{'prompt': 'a photo of a cat'}, {'prompt': 'a photo of a dog'}]
+
+    assert prompts.is_named('test_two_prompts')
+    assert [item['prompt'] for item in prompts.source_examples('test_two_prompts')] == [
+        'a photo of a cat', 'a photo of a dog']
+    with pytest.raises(ValueError, match='already registered'):
+        prompts.register_source('test_two_prompts')(lambda: [])
+    with pytest.raises(ValueError, match='not a .jsonl path'):
+        prompts.register_source('mine.jsonl')

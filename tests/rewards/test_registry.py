@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from unigrpo_jax import discovery
 from unigrpo_jax.rewards import registry
 
 
@@ -117,7 +118,7 @@ def test_discovery_imports_rewards_modules_and_package_reward_modules(user_modul
                          ('fake_root.drawing.reward', 'fake_drawing'),
                          ('fake_root.drawing.other', 'fake_not_found')]:
         write_module(user_modules, module, register_as.format(name=name))
-    monkeypatch.setattr(registry, 'PACKAGE', 'fake_root')
+    monkeypatch.setattr(discovery, 'PACKAGE', 'fake_root')
     monkeypatch.setattr(registry, '_discovered', False)
     assert registry.reward_modules() == ['fake_root.drawing.reward', 'fake_root.rewards.general']
     assert 'fake_root.drawing' not in sys.modules  # found on disk, not by importing

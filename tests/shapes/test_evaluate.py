@@ -5,7 +5,7 @@ import os
 import pytest
 
 from unigrpo_jax.loading import tokenizer as tokenizer_lib
-from unigrpo_jax.data import prompts as data_lib
+from unigrpo_jax.shapes import prompt_source
 from unigrpo_jax.shapes import evaluate
 from unigrpo_jax.train import run_dir
 
@@ -16,7 +16,7 @@ SFT_NOTHINK = os.path.join(REPO, 'checkpoints', 'shapes_sft_nothink')
 def test_samples_per_prompt_score_every_draw(tmp_path):
     run = run_dir.load(SFT_NOTHINK)
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
-    meta = evaluate.subset(evaluate.load_prompts(data_lib.SHAPES_EVAL_FILE), 2)  # 12 prompts
+    meta = evaluate.subset(evaluate.load_prompts(prompt_source.EVAL_FILE), 2)  # 12 prompts
     rows = evaluate.sweep(run, tokenizer, meta, thinks=[False], cfg_scales=[1.0],
                           out_dir=str(tmp_path), batch_size=16, samples_per_prompt=3)
     drawn = evaluate.evaluate_run(run, tokenizer, meta * 3, think=False, cfg_scale=1.0,

@@ -2,9 +2,10 @@
 
 Sources (``config.data.train`` / ``config.data.eval``):
 
-- ``geneval``: GenEval's 553 prompts with metadata (``data/geneval/``, shipped in the repo);
-- ``shapes_train``: ShapesEval training prompts (held-out combinations excluded, seeded);
-- ``shapes_eval``: the fixed ShapesEval evaluation prompts (``data/shapes_eval/``);
+- a named source: ``geneval`` (GenEval's 553 prompts with metadata, ``data/geneval/``, shipped
+  in the repo) or one a package registers (``@register_source``), found the way rewards are:
+  the module ``unigrpo_jax.<package>.prompt_source`` of every package is imported on the first
+  look-up (``unigrpo_jax.shapes.prompt_source`` registers ``shapes_train`` and ``shapes_eval``);
 - a path to a JSONL file: one GenEval-format object per line (``prompt`` and metadata).
 
 Builders work offline (nothing is downloaded) and are prepared once under ``data_dir`` (in a
@@ -19,19 +20,20 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from unigrpo_jax.parallel import distributed
-from unigrpo_jax.shapes import prompts as shapes_prompts
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GENEVAL_FILE = os.path.join(REPO, 'data', 'geneval', 'evaluation_metadata.jsonl')
-SHAPES_EVAL_FILE = os.path.join(REPO, 'data', 'shapes_eval', 'eval_prompts.jsonl')
-SHAPES_TRAIN_SIZE = 20000
-NAMED = ('geneval', 'shapes_train', 'shapes_eval')
+from unigrpo_jax import config_files, discovery
+from unigrpo_jax.parallel import distributed
+
+GENEVAL_FILE = os.path.join(config_files.ROOT, 'data', 'geneval', 'evaluation_metadata.jsonl')
+SOURCE_MODULE = 'prompt_source'  # unigrpo_jax.<package>.prompt_source registers its sources
+
+_sources: dict[str, Callable[[], list[dict]]] = {}
+_discovered = False
 
 
 class DataError(ValueError):
@@ -68,7 +70,7 @@ def read_jsonl_lines(path: str) -> list[tuple[int, dict]]:
 def where(source: str, index: int) -> str:
     """Where prompt ``index`` (its ``load_prompts`` index) of ``source`` is written:
     ``file:line`` of a JSONL path, else the named source and the index."""
-    if source in NAMED:
+    if is_named(source):
         return f'{source} prompt {index}'
     return f'{source}:{read_jsonl_lines(source)[index][0] + 1}'
 
@@ -78,22 +80,51 @@ def read_jsonl(path: str) -> list[dict]:
     return [item for _, item in read_jsonl_lines(path)]
 
 
-def _shapes_train() -> list[dict]:
-    rng = np.random.default_rng(0)
-    return [shapes_prompts.sample_prompt(rng) for _ in range(SHAPES_TRAIN_SIZE)]
+def register_source(name: str) -> Callable[[Callable[[], list[dict]]], Callable[[], list[dict]]]:
+    """Decorator registering ``examples() -> [GenEval-format dict]`` as the named prompt source
+    ``name`` (a deterministic list: every process and every resume reads the same)."""
+    if not name or name.endswith('.jsonl'):
+        raise ValueError(f'a prompt source name must be non-empty and not a .jsonl path: {name!r}')
+
+    def add(examples: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
+        known = _sources.get(name)
+        if known is not None and known.__qualname__ != examples.__qualname__:
+            raise ValueError(f'prompt source {name!r} is already registered by '
+                             f'{known.__module__}.{known.__qualname__}')
+        _sources[name] = examples
+        return examples
+
+    return add
+
+
+@register_source('geneval')
+def _geneval() -> list[dict]:
+    return read_jsonl(GENEVAL_FILE)
+
+
+def source_names() -> list[str]:
+    """The named prompt sources, sorted (``unigrpo_jax.<package>.prompt_source`` modules are
+    imported on the first call)."""
+    global _discovered
+    if not _discovered:
+        discovery.import_all(discovery.modules_named(SOURCE_MODULE))
+        _discovered = True
+    return sorted(_sources)
+
+
+def is_named(source: str) -> bool:
+    """Whether ``source`` is a named (registered) source rather than a file path."""
+    return source in source_names()
 
 
 def source_examples(source: str) -> list[dict]:
     """The prompts of a named source or a JSONL path, in file order."""
-    if source == 'geneval':
-        return read_jsonl(GENEVAL_FILE)
-    if source == 'shapes_eval':
-        return read_jsonl(SHAPES_EVAL_FILE)
-    if source == 'shapes_train':
-        return _shapes_train()
+    if is_named(source):
+        return _sources[source]()
     if source.endswith('.jsonl'):
         return read_jsonl(source)
-    raise DataError(f'unknown prompt source {source!r}; expected one of {NAMED} or a .jsonl path')
+    raise DataError(f'unknown prompt source {source!r}; expected one of {source_names()} or a '
+                    '.jsonl path')
 
 
 @dataclasses.dataclass(eq=False)
@@ -128,7 +159,7 @@ def builder_name(source: str) -> str:
     """The builder config's name of ``source``: a hash of the named source, or of a JSONL
     file's content (an edited file is prepared again; copies of one file on several hosts,
     whatever their paths and modification times, are one builder)."""
-    if source in NAMED:
+    if is_named(source):
         stamp = source.encode()
     else:
         with open(source, 'rb') as f:
@@ -140,10 +171,10 @@ def _builder(source: str, data_dir: str) -> Prompts:
     """The prepared builder of ``source`` (``builder_name``). In a multi-process run process 0
     prepares it while the others check their own copy of the file; a failure anywhere, or
     copies that differ, stops every process with the failed processes' messages."""
-    key = source if source in NAMED else os.path.abspath(source)
+    key = source if is_named(source) else os.path.abspath(source)
     name, error = '', None
     try:
-        if source not in NAMED:
+        if not is_named(source):
             source_examples(source)  # a clear error for a missing or malformed file
         name = builder_name(key)
         if jax.process_index() == 0:

@@ -18,11 +18,11 @@ import time
 from typing import Callable
 
 from unigrpo_jax import config_files, viz
-from unigrpo_jax.data import prompts as data_lib
 from unigrpo_jax.loading import tokenizer as tokenizer_lib
-from unigrpo_jax.sft import train as sft_train
 from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval
+from unigrpo_jax.shapes import prompt_source
+from unigrpo_jax.shapes.sft import train as sft_train
 from unigrpo_jax.train import loop, run_dir
 
 SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
@@ -79,7 +79,7 @@ def evaluate(run, out_dir: str, scales: list[float], samples: int, per_tag: int 
     were scored; ``per_tag``: only the first prompts of each tag), and the drawer probe (one
     random plan per prompt)."""
     tokenizer = tokenizer_lib.load_tokenizer(run.tokenizer_dir)[0]
-    metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
+    metadata = shapes_eval.load_prompts(prompt_source.EVAL_FILE)
     if per_tag:
         metadata = shapes_eval.subset(metadata, per_tag)
     accuracy = shapes_eval.sweep(run, tokenizer, metadata, thinks=[True], cfg_scales=scales,

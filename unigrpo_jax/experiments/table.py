@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from unigrpo_jax import config_files, viz
-from unigrpo_jax.data import prompts as data_lib
+from unigrpo_jax.shapes import prompt_source
 from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.loading import tokenizer as tokenizer_lib
 from unigrpo_jax.shapes import evaluate as shapes_eval
@@ -137,7 +137,7 @@ def evaluate(plan: Plan, directory: str, seed: int, out_dir: str, step: int | No
             return json.load(f)
     run_ = run_dir.load(directory, step)
     tokenizer = tokenizer_lib.load_tokenizer(run_.tokenizer_dir)[0]
-    metadata = shapes_eval.load_prompts(data_lib.SHAPES_EVAL_FILE)
+    metadata = shapes_eval.load_prompts(prompt_source.EVAL_FILE)
     return shapes_eval.sweep(run_, tokenizer, metadata, thinks=[run_.think],
                              cfg_scales=list(plan.cfg), out_dir=out_dir, seed=seed,
                              samples_per_prompt=plan.eval_samples, log=say)

@@ -164,7 +164,7 @@ class BagelConfig:
     # (max_latent_size * latent_downsample pixels).
     max_latent_size: int = 64
     vit_max_num_patch_per_side: int = 70  # patches per side of the ViT position grid
-    # Shift of the flow times SFT trains on (sft/objective.py); the RL and evaluation grids take
+    # Shift of the flow times SFT trains on (shapes/sft/objective.py); the RL and evaluation grids take
     # theirs from rollout.shift and eval.shift.
     timestep_shift: float = 1.0
     frequency_embedding_size: int = 256  # width of the sinusoidal timestep features

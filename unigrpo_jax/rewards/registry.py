@@ -23,17 +23,16 @@ module is named ``some.module:name``: the look-up imports ``some.module`` (which
 from __future__ import annotations
 
 import importlib
-import os
-import pkgutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from unigrpo_jax import discovery
+
 Reward = Callable[[np.ndarray, list[dict]], np.ndarray]
 RewardFactory = Callable[[Mapping[str, Any]], Reward]
 
-PACKAGE = 'unigrpo_jax'
 REWARDS_PACKAGE = 'rewards'   # every module of unigrpo_jax.rewards is imported
 REWARD_MODULE = 'reward'      # and the module unigrpo_jax.<package>.reward of every package
 
@@ -77,30 +76,16 @@ def register(name: str, metadata_problem: Callable[[dict], str | None] | None = 
 
 def reward_modules() -> list[str]:
     """The modules of the installed package that may register rewards, sorted:
-    ``unigrpo_jax.rewards.<name>`` and ``unigrpo_jax.<package>.reward`` (found on disk through
-    ``pkgutil``, without importing the other packages)."""
-    found = set()
-    for root in importlib.import_module(PACKAGE).__path__:
-        for package in pkgutil.iter_modules([root]):
-            if not package.ispkg:
-                continue
-            directory = os.path.join(package.module_finder.path, package.name)
-            for module in pkgutil.iter_modules([directory]):
-                if module.ispkg or module.name.startswith('_'):
-                    continue
-                if package.name == REWARDS_PACKAGE or module.name == REWARD_MODULE:
-                    found.add(f'{PACKAGE}.{package.name}.{module.name}')
-    return sorted(found)
+    ``unigrpo_jax.rewards.<name>`` and ``unigrpo_jax.<package>.reward``."""
+    return discovery.modules_named(REWARD_MODULE, every_module_of=REWARDS_PACKAGE)
 
 
 def _discover() -> None:
     """Imports ``reward_modules()`` once (their ``@register`` decorators fill the registry)."""
     global _discovered
-    if _discovered:
-        return
-    for module in reward_modules():
-        importlib.import_module(module)
-    _discovered = True
+    if not _discovered:
+        discovery.import_all(reward_modules())
+        _discovered = True
 
 
 def _import_user_module(spec: str, module: str) -> None:

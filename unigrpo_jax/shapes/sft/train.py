@@ -26,14 +26,13 @@ import ml_collections
 import numpy as np
 
 from unigrpo_jax.loading import orbax_io
-from unigrpo_jax.data import sft_samples
 from unigrpo_jax.model import bagel
 from unigrpo_jax.model.config import BagelConfig, config_from_dict
 from unigrpo_jax.parallel import mesh as mesh_lib
 from unigrpo_jax.parallel import sharding
-from unigrpo_jax.sft import objective, samples
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.shapes import tokenizer as shapes_tokenizer
+from unigrpo_jax.shapes.sft import dataset, objective, samples
 from unigrpo_jax.train import checkpointing, run_dir, settings
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import step as step_lib
@@ -122,7 +121,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, export_dir: str | 
     rng = np.random.default_rng(config.seed)
     examples = None
     if config.data.num_examples:  # a fixed TFDS dataset instead of fresh samples every step
-        examples = sft_samples.load(config.data.num_examples, config.seed,
+        examples = dataset.load(config.data.num_examples, config.seed,
                                     config.data.data_dir or os.path.join(workdir, 'tfds'))
         log(f'SFT data: {config.data.num_examples} fixed samples (tensorflow-datasets)')
     stop = f' (stopping after {last})' if last < config.steps else ''

@@ -2,15 +2,15 @@
 
 import numpy as np
 
-from unigrpo_jax.data import sft_samples
 from unigrpo_jax.shapes import detector, plan, world
 from unigrpo_jax.shapes import prompts as shapes_prompts
+from unigrpo_jax.shapes.sft import dataset
 
 
 def test_samples_are_deterministic_and_consistent(tmp_path):
-    a = sft_samples.load(24, seed=3, data_dir=str(tmp_path / 'a'))
-    b = sft_samples.load(24, seed=3, data_dir=str(tmp_path / 'b'))
-    c = sft_samples.load(24, seed=4, data_dir=str(tmp_path / 'a'))
+    a = dataset.load(24, seed=3, data_dir=str(tmp_path / 'a'))
+    b = dataset.load(24, seed=3, data_dir=str(tmp_path / 'b'))
+    c = dataset.load(24, seed=4, data_dir=str(tmp_path / 'a'))
     assert a.metadata == b.metadata and a.layouts == b.layouts
     np.testing.assert_array_equal(a.images, b.images)
     assert a.metadata != c.metadata
@@ -24,7 +24,7 @@ def test_samples_are_deterministic_and_consistent(tmp_path):
 
 
 def test_batches_cover_each_epoch_once(tmp_path):
-    data = sft_samples.load(12, seed=0, data_dir=str(tmp_path))
+    data = dataset.load(12, seed=0, data_dir=str(tmp_path))
     everything = sorted(tuple(lo) for lo in data.layouts)
     for epoch in range(2):
         seen = []

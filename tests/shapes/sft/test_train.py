@@ -13,7 +13,7 @@ from unigrpo_jax.loading import orbax_io
 from unigrpo_jax.model import bagel
 from unigrpo_jax.parallel import sharding
 from unigrpo_jax.parallel.mesh import make_mesh
-from unigrpo_jax.sft import objective, samples, train
+from unigrpo_jax.shapes.sft import objective, samples, train
 from unigrpo_jax.train import optimizer as opt_lib
 from unigrpo_jax.train import step as step_lib
 

@@ -10,8 +10,8 @@ from configs import shapes_sft
 from unigrpo_jax.model import bagel, context, latents, packing
 from unigrpo_jax.model.kv_cache import init_cache
 from unigrpo_jax.rollout import rollout as R
-from unigrpo_jax.sft import objective, samples, train
 from unigrpo_jax.shapes import plan, tokenizer as shapes_tokenizer
+from unigrpo_jax.shapes.sft import objective, samples, train
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,6 @@
 """The SFT objective of Bagel (bagel.md §5.9) on a fixed-layout batch.
 
-Per sample (layout in ``sft/samples.py``):
+Per sample (layout in ``samples.py``):
 
 - flow matching on the image block: ``t = shift(sigmoid(n))``, ``n ~ N(0, 1)`` (logit-normal,
   ``config.timestep_shift``), ``x_t = (1 - t) x0 + t eps``; loss = mean over latent tokens and
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from unigrpo_jax.model import latents
 from unigrpo_jax.model.bagel import Bagel
 from unigrpo_jax.model.config import BagelConfig
-from unigrpo_jax.sft import samples
+from unigrpo_jax.shapes.sft import samples
 
 
 def flow_times(key: jax.Array, batch: int, shift: float) -> jax.Array:
