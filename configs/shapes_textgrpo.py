@@ -11,4 +11,5 @@ from unigrpo_jax import config_files
 def get_config(arg: str | None = None):
     config = config_files.load(config_files.sibling(__file__, 'shapes_unigrpo.py'), arg)
     config.objective.mode = 'textgrpo'  # no SDE window: images by the ODE
+    config.objective.dt_reweight = False  # nothing to weight without a window
     return config

@@ -14,6 +14,7 @@ def get_config(arg: str | None = None):
     config = config_files.load(config_files.sibling(__file__, 'shapes_unigrpo.py'), arg)
     nft = config_files.load(config_files.sibling(__file__, 'shapes_nft.py'), arg)
     config.objective.image_term = nft.objective.image_term
+    config.objective.dt_reweight = False  # NFT trains on forward-process points, no window
     config.objective.update(nft_beta=nft.objective.nft_beta,
                             nft_adv_clip=nft.objective.nft_adv_clip,
                             nft_timesteps=nft.objective.nft_timesteps)

@@ -59,6 +59,15 @@ def test_config_validation_names_the_field(field, value, message):
         settings.settings(_config(**{field: value}), 2)
 
 
+@pytest.mark.parametrize('mode,image_term', [('textgrpo', 'flow_grpo'), ('unigrpo', 'nft')])
+def test_dt_reweight_without_an_sde_window_is_an_error_not_a_silent_no_op(mode, image_term):
+    with pytest.raises(ConfigError, match=f"dt_reweight=True: .*mode='{mode}' with "
+                                          f"image_term='{image_term}' has none"):
+        settings.settings(_config(**{'objective.mode': mode, 'objective.image_term': image_term,
+                                     'objective.dt_reweight': True}), 2)
+    assert settings.settings(_config(**{'objective.dt_reweight': True}), 2).objective.dt_reweight
+
+
 def test_the_7b_config_says_which_paths_it_needs():
     """The design card's command without a checkpoint: a named error, not a missing path."""
     cfg = bagel_grpo.get_config()

@@ -170,6 +170,10 @@ def objective_config(config, sched: Schedule) -> objective.ObjectiveConfig:
               o.velocity_mse_weight, 'must be >= 0')
     _need(o.text_clip > 0 and o.flow_clip > 0, 'objective.text_clip', o.text_clip,
           f'the clip ranges must be > 0 (objective.flow_clip={o.flow_clip})')
+    _need(not o.dt_reweight or objective.has_window(o.mode, o.image_term),
+          'objective.dt_reweight', o.dt_reweight,
+          f'it weights the steps of an SDE window, and objective.mode={o.mode!r} with '
+          f'image_term={o.image_term!r} has none: set it False')
     _need(o.nft_beta > 0, 'objective.nft_beta', o.nft_beta, 'must be > 0')
     _need(o.nft_adv_clip > 0, 'objective.nft_adv_clip', o.nft_adv_clip, 'must be > 0')
     _need(1 <= o.nft_timesteps < sched.num_timesteps, 'objective.nft_timesteps',
