@@ -215,3 +215,41 @@ def test_required_bytes_reads_both_forms_of_the_tpu_message():
         'of memory in memory space hbm. Used 15.75G of 15.75G hbm. Exceeded hbm capacity by '
         '1.0K.\n\nTotal hbm usage >= 16.00G:') == round(15.75 * GIB) + 1024
     assert compile_check.required_bytes('RESOURCE_EXHAUSTED: something else') is None
+
+
+class _UntiledOnGpu:
+    """A jitted call whose compile fails as XLA:GPU's does without a device on a GEMM fusion it
+    cannot tile, unless given compiler options (then it compiles, on this CPU)."""
+
+    def __init__(self):
+        self.options = []
+
+    def lower(self, *args):
+        lowered = jax.jit(lambda x, w: x @ w).lower(*args)
+        outer = self
+
+        class Lowered:
+            def compile(self, compiler_options=None):
+                outer.options.append(compiler_options)
+                if compiler_options is None:
+                    raise RuntimeError("INTERNAL: Couldn't find output tile sizes that satisfy "
+                                       'hlo: %dot.759 = bf16[2052,3584]{1,0} dot(...)')
+                return lowered.compile(compiler_options=compiler_options)
+
+        return Lowered()
+
+
+def test_a_gemm_xla_gpu_cannot_tile_without_a_device_compiles_with_cublas_and_says_so(tmp_path):
+    fn = _UntiledOnGpu()
+    args = (jax.ShapeDtypeStruct((64, 32), jnp.float32),
+            jax.ShapeDtypeStruct((32, 16), jnp.float32))
+    row = compile_check.compile_program(('train_step', fn, args), targets.get('h100x8'))
+    assert fn.options == [None, compile_check.CUBLAS_GEMMS]
+    assert row['status'] == 'ok' and row['mem_peak'] > 0
+    assert row['compiler_options'] == 'xla_gpu_enable_triton_gemm=False'
+    assert '| ok (xla_gpu_enable_triton_gemm=False) |' in compile_check.markdown([row])
+    # A TPU target, or another error, is not retried: the row says what failed.
+    fn = _UntiledOnGpu()
+    row = compile_check.compile_program(('train_step', fn, args), targets.get('v5p-8'))
+    assert fn.options == [None]
+    assert row['status'].startswith("error: RuntimeError: INTERNAL: Couldn't find output tile")

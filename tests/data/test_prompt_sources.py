@@ -115,7 +115,8 @@ def test_named_sources_are_found_in_their_packages_and_a_wrong_name_lists_them()
     assert prompts.source_examples('shapes_train') == train  # seeded: the same every time
     assert len(prompts.source_examples('shapes_eval')) == 240
     assert prompts.where('shapes_train', 7) == 'shapes_train prompt 7'
-    with pytest.raises(prompts.DataError, match=r"unknown prompt source 'shapes_trian'.*shapes_train"):
+    with pytest.raises(prompts.DataError,
+                       match=r"unknown prompt source 'shapes_trian'.*shapes_train"):
         prompts.source_examples('shapes_trian')
 
 
