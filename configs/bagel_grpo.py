@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         train='geneval',
         # {tag: weight} over the training prompts' GenEval tags: a tag's share is scaled by
         # its weight (0 drops it; data/prompts.weight_by_tag). {}: the source as it is.
+        # From the command line as a dict: --config.data.tag_weights="{'position': 1.0, ...}".
         tag_weights=ml_collections.ConfigDict(),
         eval='geneval',  # prompts of the evaluations (the same choices)
         data_dir='',  # where the prompt builders are prepared ('': <workdir>/tfds)
