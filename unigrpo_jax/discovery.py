@@ -32,6 +32,12 @@ def modules_named(name: str, every_module_of: str | None = None) -> list[str]:
     return sorted(found)
 
 
+def qualified_name(fn) -> str:
+    """``module.qualname`` of a registered function: the same function registered again (its
+    module reloaded) has the same name, another one with the same short name does not."""
+    return f'{fn.__module__}.{fn.__qualname__}'
+
+
 def import_all(modules: list[str]) -> None:
     """Imports ``modules`` (their registration decorators run)."""
     for module in modules:

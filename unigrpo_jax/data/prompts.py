@@ -88,9 +88,10 @@ def register_source(name: str) -> Callable[[Callable[[], list[dict]]], Callable[
 
     def add(examples: Callable[[], list[dict]]) -> Callable[[], list[dict]]:
         known = _sources.get(name)
-        if known is not None and known.__qualname__ != examples.__qualname__:
+        if known is not None and (discovery.qualified_name(known)
+                                  != discovery.qualified_name(examples)):
             raise ValueError(f'prompt source {name!r} is already registered by '
-                             f'{known.__module__}.{known.__qualname__}')
+                             f'{discovery.qualified_name(known)}')
         _sources[name] = examples
         return examples
 

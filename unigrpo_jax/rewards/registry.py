@@ -45,10 +45,6 @@ class UnknownRewardError(ValueError):
     """No reward is registered under a name (or its ``module:`` cannot be imported)."""
 
 
-def _qualified_name(factory: RewardFactory) -> str:
-    return f'{factory.__module__}.{factory.__qualname__}'
-
-
 def register(name: str, metadata_problem: Callable[[dict], str | None] | None = None
              ) -> Callable[[RewardFactory], RewardFactory]:
     """Decorator registering a reward factory under ``name``; returns the factory unchanged.
@@ -63,9 +59,11 @@ def register(name: str, metadata_problem: Callable[[dict], str | None] | None = 
     def add(factory: RewardFactory) -> RewardFactory:
         known = _factories.get(name)
         # The same function registered again (its module reloaded) replaces itself.
-        if known is not None and _qualified_name(known) != _qualified_name(factory):
-            raise ValueError(f'reward {name!r} is already registered by {_qualified_name(known)}; '
-                             f'{_qualified_name(factory)} needs another name')
+        if known is not None and (discovery.qualified_name(known)
+                                  != discovery.qualified_name(factory)):
+            raise ValueError(f'reward {name!r} is already registered by '
+                             f'{discovery.qualified_name(known)}; '
+                             f'{discovery.qualified_name(factory)} needs another name')
         _factories[name] = factory
         if metadata_problem is not None:
             _metadata_checks[name] = metadata_problem
