@@ -206,6 +206,69 @@ def test_new_tpu_sizes_have_the_devices_and_hosts_libtpu_lays_out(tpu):
         assert len({d.process_index for d in found}) == target.hosts, target
 
 
+def test_slices_multiply_devices_and_hosts_not_the_memory_per_chip():
+    one, two = targets.get('v5p-16'), targets.get('v5p-16', num_slices=2)
+    assert (two.name, two.num_slices, two.topology) == ('2xv5p-16', 2, one.topology)
+    assert (two.num_devices, two.hosts) == (2 * one.num_devices, 2 * one.hosts)
+    assert two.device_memory == one.device_memory and two.peak_flops == one.peak_flops
+    assert targets.get('v5p-16', num_slices=1) is targets.TARGETS['v5p-16']
+    with pytest.raises(ConfigError, match=r'slices are TPU slices; for more GPUs name more '
+                                          r'\(h100x16\)'):
+        targets.get('h100x8', num_slices=2)
+    with pytest.raises(ConfigError, match='num_slices=0'):
+        targets.get('v5p-16', num_slices=0)
+
+
+def test_multi_slice_mesh_crosses_slices_on_one_axis_and_compiles(tpu):
+    """Over 2 slices of v5p-8 the data axis (else fsdp) is split across the slices and every
+    other axis stays within one; a data-parallel program compiles with the per-chip memory of
+    one slice."""
+    from unigrpo_jax.parallel import mesh as mesh_lib
+
+    found = targets.devices(targets.get('v5p-8', num_slices=2))
+    assert mesh_lib.num_slices(found) == 2 and len(found) == 8
+
+    def slice_of(mesh):
+        return np.vectorize(lambda d: d.slice_index)(mesh.devices)
+
+    data = mesh_lib.make_mesh((2, -1, 1), found)
+    assert (slice_of(data)[:, :, 0] == [[0] * 4, [1] * 4]).all()  # one data row per slice
+    fsdp = mesh_lib.make_mesh((1, -1, 2), found)  # data 1: fsdp crosses; tensor within a slice
+    assert (slice_of(fsdp)[0] == [[0, 0], [0, 0], [1, 1], [1, 1]]).all()
+    with pytest.raises(ValueError, match='the data or the fsdp axis must be a multiple of 2'):
+        mesh_lib.make_mesh((1, 1, 8), found)
+    mesh = Mesh(data.devices.reshape(-1), ('data',))
+    row = compile_check.compile_program(_matmul(mesh), targets.get('v5p-8', num_slices=2))
+    one_slice, one_mesh = _mesh('v5p-8')
+    single = compile_check.compile_program(_matmul(one_mesh), one_slice)
+    assert row['status'] == 'ok' and row['target'] == '2xv5p-8'
+    assert row['mem_argument'] == single['mem_argument']  # the same shard per chip
+
+
+def test_a_gpu_spec_file_is_a_target_with_its_own_memory_and_peaks(tmp_path):
+    """``FILE.txtpb:N``: memory and bandwidth as the file says, the bf16 peak from its matrix
+    unit (the H100 file gives the data sheet's 989 TFLOP/s); a file without them is refused."""
+    h100 = os.path.join(REPO, targets.get('h100x8').gpu_spec)
+    from_file = targets.get(f'{h100}:16')
+    named = targets.get('h100x16')
+    assert (from_file.name, from_file.topology, from_file.hosts) == ('h100_sxmx16', '1x2x8', 2)
+    assert from_file.device_memory == named.device_memory
+    assert from_file.peak_flops == pytest.approx(named.peak_flops, rel=1e-3)
+    assert from_file.bandwidth == pytest.approx(named.bandwidth, rel=1e-3)
+    smaller = tmp_path / 'gpu40g.txtpb'
+    smaller.write_text(re.sub(r'device_memory_size: \d+', 'device_memory_size: 42949672960',
+                              open(h100).read()))
+    assert targets.get(f'{smaller}:8').device_memory == 40 * GIB
+    assert targets.get(f'{smaller}:8').name == 'gpu40gx8'
+    no_bf16 = tmp_path / 'no_bf16.txtpb'
+    no_bf16.write_text(re.sub(r'rate_infos \{ key: 16 [^\n]*\n', '', open(h100).read()))
+    for spec, message in ((no_bf16, 'no bf16 rate'), (tmp_path / 'absent.txtpb', 'no such file')):
+        with pytest.raises(ConfigError, match=message):
+            targets.get(f'{spec}:8')
+    with pytest.raises(ConfigError, match='hosts hold 8 GPUs'):
+        targets.get(f'{h100}:12')
+
+
 def test_required_bytes_reads_both_forms_of_the_tpu_message():
     assert compile_check.required_bytes(
         'RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO '

@@ -220,12 +220,12 @@ def select(programs: Sequence[AbstractCall],
 def check(config, target_name: str, out_dir: str, names: Sequence[str] | None = None,
           limit_fraction: float = 0.9,
           build_programs: Callable[[Any, list], Sequence[AbstractCall]] | None = None,
-          ) -> tuple[list[dict], bool]:
+          num_slices: int = 1) -> tuple[list[dict], bool]:
     """Compiles ``config``'s programs (``build_programs(config, devices)``, by default
     ``bench.rl_programs.rl_programs``; only ``names`` if given) for the target called
-    ``target_name``, prints the table and writes it to ``out_dir``. Returns ``(rows, ok)``:
-    ``ok`` when every program compiled and fits."""
-    target = targets.get(target_name)
+    ``target_name`` (``num_slices`` of it: ``targets.parse``), prints the table and writes it
+    to ``out_dir``. Returns ``(rows, ok)``: ``ok`` when every program compiled and fits."""
+    target = targets.get(target_name, num_slices)
     devices = targets.devices(target)
     if build_programs is None:
         from unigrpo_jax.bench.rl_programs import rl_programs  # here: the model loads only for it

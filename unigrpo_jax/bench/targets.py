@@ -10,12 +10,24 @@ A target is named by its family and size, any size the family comes in (``get``;
 | v6e-N    | tpu      | chips                          | as v5e                        | as v5e                           | as v5e      |
 | h100xN   | cuda     | GPUs                           | 1, 2, 4, 8, then multiples of 8 | 1 x hosts x GPUs per host      | N / 8 (at least 1) |
 | h200xN   | cuda     | GPUs                           | as h100                       | as h100                          | as h100     |
+| FILE:N   | cuda     | GPUs of the spec file FILE     | as h100                       | as h100                          | as h100     |
 
 Memory per chip (bytes): v5p 102,803,393,408 (95.74 GiB), v5e 16,909,403,136 (15.75 GiB),
 v6e 33,550,336,768 (31.25 GiB), H100 84,942,979,072 (79.11 GiB), H200 151,397,597,184
 (141.0 GiB). ``TARGETS`` holds the sizes the docs and tests use. (A single v5e/v6e chip is
-not a topology libtpu compiles for without a host layout; multi-slice TPU and other GPUs are
-not built yet.)
+not a topology libtpu compiles for without a host layout.)
+
+**Multi-slice TPU** (``num_slices`` > 1, MaxText's ``compile_topology_num_slices``): that many
+copies of the slice joined by the data-centre network (DCN), named ``<slices>xv5p-16`` and so
+on; devices and hosts multiply, the memory per chip does not. ``parallel.mesh.make_mesh`` lays
+the mesh over them with the DCN on one axis (``mesh.dcn_axis``).
+
+**Other GPUs**: ``FILE:N`` names N GPUs described by the ``GpuTargetConfigProto`` text file
+FILE (e.g. XLA's ``xla/backends/gpu/target_config/specs/*.txtpb``; a path ending in
+``.txtpb``), 8 per host as for H100. Its memory is the file's ``device_memory_size``, its
+bandwidth ``memory_bandwidth`` and its peak the bf16 matrix-unit rate the file gives
+(``2 x clock x units per core x ops per clock x cores``: 989 TFLOP/s for the H100 file, the
+data sheet's number); the target is called ``<file stem>xN``.
 
 TPU names are Cloud TPU slice names; the topology is libtpu's
 ``get_topology_desc(topology_name=...)``, and ``hosts`` is the number of processes libtpu lays
@@ -43,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import pathlib
+import re
 
 from unigrpo_jax.errors import ConfigError
 
@@ -60,7 +73,8 @@ class Target:
     device_memory: int   # bytes one device's program may use
     peak_flops: float    # dense bf16 FLOP/s per device (published)
     bandwidth: float     # HBM bytes/s per device (published)
-    gpu_spec: str = ''   # cuda: GpuTargetConfigProto text file, relative to REPO
+    gpu_spec: str = ''   # cuda: GpuTargetConfigProto text file, relative to REPO (or absolute)
+    num_slices: int = 1  # tpu: slices joined by DCN (devices and hosts count all of them)
 
 
 _V5P, _V5E, _V6E = 102_803_393_408, 16_909_403_136, 33_550_336_768
@@ -100,7 +114,8 @@ _LITE_GRIDS = {4: '2x2', 8: '2x4', 16: '4x4', 32: '4x8', 64: '8x8', 128: '8x16',
 _V5P_CHIPS = tuple(2 ** k for k in range(2, 13))  # v5p-8 ... v5p-8192
 _FORMS = ('v5p-N (N = TensorCores: ' + ', '.join(str(2 * c) for c in _V5P_CHIPS) + '), '
           'v5e-N / v6e-N (N = chips: ' + ', '.join(map(str, _LITE_GRIDS)) + '), '
-          'h100xN / h200xN (N = GPUs: 1, 2, 4, 8 or a multiple of 8)')
+          'h100xN / h200xN (N = GPUs: 1, 2, 4, 8 or a multiple of 8), '
+          'FILE.txtpb:N (N GPUs of a GpuTargetConfigProto file); TPU slices times --num_slices')
 
 
 def _v5p_grid(chips: int) -> str:
@@ -114,11 +129,52 @@ def _v5p_grid(chips: int) -> str:
     return 'x'.join(map(str, dims))
 
 
-def parse(name: str) -> Target:
-    """The target ``name`` names (a form of the module docstring's table); a ConfigError
-    naming the forms and sizes otherwise."""
-    family, sep, size = (name.partition('-') if name[:1] == 'v' else name.partition('x'))
-    spec = _FAMILIES.get(family)
+_SPEC_SUFFIX = '.txtpb'
+_BF16 = 16  # xla.PrimitiveType of bfloat16: the key of the spec's matrix-unit rates
+
+
+def _spec_field(text: str, field: str, path: str) -> float:
+    found = re.search(rf'\b{field}:\s*([0-9.eE+]+)', text)
+    if found is None:
+        raise ConfigError(f'GPU spec {path}: no {field} (expected a GpuTargetConfigProto text '
+                          'file, e.g. XLA\'s xla/backends/gpu/target_config/specs/h100_sxm.txtpb)')
+    return float(found.group(1))
+
+
+def spec_family(path: str) -> _Family:
+    """The device family a ``GpuTargetConfigProto`` text file describes: its memory, HBM
+    bandwidth and dense bf16 peak (``2 x clock x units_per_core x ops_per_clock x
+    core_count`` of the file's bf16 matrix-unit rate). ``path``: relative to the working
+    directory or absolute (the family keeps it absolute)."""
+    file = pathlib.Path(path).resolve()
+    if not file.is_file():
+        raise ConfigError(f'GPU spec {path}: no such file')
+    text = file.read_text()
+    rate = re.search(r'matrix_unit_description\s*{.*?key:\s*' + str(_BF16) +
+                     r'\s+value\s*{([^}]*)}', text, re.S)
+    if rate is None:
+        raise ConfigError(f'GPU spec {path}: no bf16 rate (key {_BF16}) in its '
+                          'matrix_unit_description')
+    peak = (2 * _spec_field(rate.group(1), 'clock_rate_ghz', path) * 1e9
+            * _spec_field(rate.group(1), 'units_per_core', path)
+            * _spec_field(rate.group(1), 'ops_per_clock', path)
+            * _spec_field(text, 'core_count', path))
+    return _Family('cuda', int(_spec_field(text, 'device_memory_size', path)), peak,
+                   _spec_field(text, 'memory_bandwidth', path), str(file))
+
+
+def parse(name: str, num_slices: int = 1) -> Target:
+    """The target ``name`` names (a form of the module docstring's table), ``num_slices``
+    copies of it for a TPU slice; a ConfigError naming the forms and sizes otherwise."""
+    if num_slices < 1:
+        raise ConfigError(f'num_slices={num_slices}: expected 1 or more')
+    spec_path, colon, count = name.rpartition(':')
+    if colon and spec_path.endswith(_SPEC_SUFFIX):
+        family, sep, size = pathlib.Path(spec_path).stem, 'x', count
+        spec = spec_family(spec_path)
+    else:
+        family, sep, size = (name.partition('-') if name[:1] == 'v' else name.partition('x'))
+        spec = _FAMILIES.get(family)
     if spec is None or not sep or not size.isdigit() or int(size) < 1:
         raise ConfigError(f'unknown target {name!r}; expected {_FORMS}')
     n = int(size)
@@ -137,10 +193,16 @@ def parse(name: str) -> Target:
         if n > 8 and n % 8 or n in (3, 5, 6, 7):
             raise ConfigError(f'{name}: {family} hosts hold 8 GPUs: 1, 2, 4, 8 or a multiple '
                               'of 8')
+        if num_slices > 1:
+            raise ConfigError(f'{name}: slices are TPU slices; for more GPUs name more '
+                              f'({family}x{n * num_slices})')
         topology, devices = f'1x{max(1, n // 8)}x{min(n, 8)}', n
     hosts = max(1, devices // (4 if spec.platform == 'tpu' else 8))  # libtpu: 4 chips a host
-    return Target(name, spec.platform, topology, devices, hosts, spec.device_memory,
-                  spec.peak_flops, spec.bandwidth, spec.gpu_spec)
+    target_name = f'{family}x{n}' if colon and spec_path.endswith(_SPEC_SUFFIX) else name
+    if num_slices > 1:
+        target_name = f'{num_slices}x{target_name}'
+    return Target(target_name, spec.platform, topology, devices * num_slices, hosts * num_slices,
+                  spec.device_memory, spec.peak_flops, spec.bandwidth, spec.gpu_spec, num_slices)
 
 
 # The sizes the docs, the tests and the compile check's reports use.
@@ -156,9 +218,9 @@ class CompilerNotInstalled(ImportError):
     """The compiler of a target's platform (libtpu, jax's CUDA plugin) is not installed."""
 
 
-def get(name: str) -> Target:
-    """The target called ``name`` (``parse``)."""
-    return TARGETS.get(name) or parse(name)
+def get(name: str, num_slices: int = 1) -> Target:
+    """The target called ``name``, ``num_slices`` of it (``parse``)."""
+    return (num_slices == 1 and TARGETS.get(name)) or parse(name, num_slices)
 
 
 def table() -> str:
@@ -190,7 +252,8 @@ def devices(target: Target) -> list:
 
     try:
         if target.platform == 'tpu':
-            topo = topologies.get_topology_desc(topology_name=target.topology, platform='tpu')
+            topo = topologies.get_topology_desc(topology_name=target.topology, platform='tpu',
+                                                num_slices=target.num_slices)
         else:
             spec = (REPO / target.gpu_spec).resolve()
             if not spec.is_file():

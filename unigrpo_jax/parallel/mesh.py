@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 import jax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 AXES = ('data', 'fsdp', 'tensor')
@@ -45,12 +46,39 @@ def resolve_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     return shape
 
 
+def num_slices(devices: Sequence) -> int:
+    """How many TPU slices ``devices`` span (their distinct ``slice_index``; 1 elsewhere)."""
+    return len({getattr(d, 'slice_index', 0) for d in devices})
+
+
+def dcn_axis(shape: Sequence[int], slices: int) -> int:
+    """The mesh axis that crosses ``slices`` slices over the data-centre network: ``data`` when
+    its size is a multiple of ``slices``, else ``fsdp`` (the paper's mesh is (1, N, 1)); the
+    ``tensor`` axis never does (its collectives are per layer). A ValueError when neither fits."""
+    for axis in (0, 1):
+        if shape[axis] % slices == 0:
+            return axis
+    raise ValueError(f'parallelism.mesh={tuple(shape)} over {slices} slices: the data or the '
+                     f'fsdp axis must be a multiple of {slices} (the axis that crosses slices)')
+
+
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
     """A mesh over ``devices`` (default: all) with axes ``(data, fsdp, tensor)``.
 
-    Axes are ``Auto`` (sharding propagated by the compiler from in/out shardings, the jit
-    successor of pjit).
+    Over several TPU slices (``num_slices``) the mesh is hybrid, as MaxText's: the ``dcn_axis``
+    is split into an outer part over the slices and an inner part within each slice; every
+    other axis stays within a slice. Axes are ``Auto`` (sharding propagated by the compiler from
+    in/out shardings, the jit successor of pjit).
     """
     devices = jax.devices() if devices is None else list(devices)
     shape = resolve_shape(shape, len(devices))
-    return jax.make_mesh(shape, AXES, devices=devices, axis_types=(AxisType.Auto,) * len(AXES))
+    axis_types = (AxisType.Auto,) * len(AXES)
+    slices = num_slices(devices)
+    if slices == 1:
+        return jax.make_mesh(shape, AXES, devices=devices, axis_types=axis_types)
+    axis = dcn_axis(shape, slices)
+    within = tuple(s // slices if i == axis else s for i, s in enumerate(shape))
+    across = tuple(slices if i == axis else 1 for i in range(len(shape)))
+    grid = mesh_utils.create_hybrid_device_mesh(within, across, devices,
+                                                allow_split_physical_axes=True)
+    return Mesh(grid, AXES, axis_types=axis_types)
