@@ -70,9 +70,11 @@ def main(argv):
         out_dir = _OUT_DIR.value or os.path.join('runs', 'compile_check', target.name)
         build = functools.partial(rl_programs.rl_programs, system_len=_SYSTEM_TOKENS.value,
                                   layers=_LAYERS.value)
+        estimates = functools.partial(rl_programs.program_estimates,
+                                      system_len=_SYSTEM_TOKENS.value, layers=_LAYERS.value)
         _, ok = compile_check.check(_CONFIG.value, _TARGET.value, out_dir, _PROGRAMS.value,
                                     _LIMIT.value, build_programs=build,
-                                    num_slices=_NUM_SLICES.value)
+                                    num_slices=_NUM_SLICES.value, estimates=estimates)
     except (ConfigError, targets.CompilerNotInstalled) as e:  # one line; bugs keep tracebacks
         print(f'launch/compile_check.py: {e}', file=sys.stderr)
         return 2

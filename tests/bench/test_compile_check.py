@@ -71,6 +71,10 @@ def test_memory_per_device_is_the_shard_bytes(tpu):
     assert matmul['device_memory'] == target.device_memory
     assert matmul['fraction'] == pytest.approx(matmul['mem_peak'] / target.device_memory)
     assert (matmul['status'], matmul['fits'], matmul['coll_bytes']) == ('ok', True, 0)
+    assert matmul['hlo_flops'] == 2 * 1024 * 512 * 256  # one device's matmul
+    assert matmul['hlo_bytes'] >= matmul['mem_argument'] + matmul['mem_output']
+    assert matmul['est_s'] == max(matmul['hlo_flops'] / target.peak_flops,
+                                  matmul['hlo_bytes'] / target.bandwidth)
     assert summed['mem_argument'] == 1024 * 512 * 4
     assert summed['coll_all_reduce'] >= 512 * 4 and summed['coll_ops'] >= 1
     assert summed['status'] == 'ok' and matmul['compile_s'] > 0
@@ -116,8 +120,10 @@ def test_check_reports_failures_as_rows_and_not_ok(tpu, tmp_path):
     assert len(table.splitlines()) == 2 + 3 and '| v5e-16 | huge | RESOURCE_EXHAUSTED |' in table
 
     rows, ok = compile_check.check('cfg', 'v5e-16', str(tmp_path), names=['matmul'],
-                                   build_programs=build)
-    assert ok and [r['program'] for r in rows] == ['matmul']
+                                   build_programs=build,
+                                   estimates=lambda config, target: {'matmul': 1.5})
+    assert ok and [r['program'] for r in rows] == ['matmul'] and rows[0]['analytic_s'] == 1.5
+    assert (tmp_path / 'compile_check.md').read_text().splitlines()[2].endswith(' | 1.5 |')
     with pytest.raises(ConfigError, match='non-empty selection'):
         compile_check.check('cfg', 'v5e-16', str(tmp_path), names=['train'],
                             build_programs=build)

@@ -184,3 +184,73 @@ def test_collectives_of_a_scan_compiled_ahead_of_time(target_name, monkeypatch):
     if not targets.compiler_installed(target.platform):
         pytest.skip(f'the {target.platform} compiler is not installed')
     _assert_hand_count(targets.devices(target), by_kind=target.platform != 'tpu')
+
+
+def test_work_of_hlo_text():
+    """Matmul FLOPs of a dot in a 3-trip loop, of a convolution inside a fusion (libtpu's
+    matmul form; counted through the fusion) and of a cuBLAS GEMM; bytes of the instructions of
+    ENTRY and the loop body only (a fusion is what it reads and writes), structural ones none."""
+    hlo_text = '\n'.join([
+        'HloModule m, entry_computation_layout={(f32[4,8]{1,0})->f32[4,16]{1,0}}',
+        '%body (p: (s32[], f32[4,8], f32[8,8])) -> (s32[], f32[4,8], f32[8,8]) {',
+        '  %p = (s32[], f32[4,8]{1,0}, f32[8,8]{1,0}) parameter(0)',
+        '  %x = f32[4,8]{1,0} get-tuple-element(%p), index=1',
+        '  %w = f32[8,8]{1,0} get-tuple-element(%p), index=2',
+        '  %d = f32[4,8]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}',
+        '  ROOT %t = (s32[], f32[4,8]{1,0}, f32[8,8]{1,0}) tuple(%i, %d, %w)',
+        '}',
+        '%fused (fp0: bf16[4,8], fp1: bf16[8,16]) -> bf16[4,16] {',
+        '  %fp0 = bf16[4,8]{1,0} parameter(0)',
+        '  %fp1 = bf16[8,16]{1,0} parameter(1)',
+        '  ROOT %conv = bf16[4,16]{1,0} convolution(%fp0, %fp1), dim_labels=bf_io->bf',
+        '}',
+        'ENTRY %main (a: f32[4,8]) -> f32[4,16] {',
+        '  %a = f32[4,8]{1,0} parameter(0)',
+        '  %loop = (s32[], f32[4,8]{1,0}, f32[8,8]{1,0}) while(%init), condition=%cond, '
+        'body=%body, backend_config={"known_trip_count":{"n":"3"}}',
+        '  %ab = bf16[4,8]{1,0} convert(%a)',
+        '  %f = bf16[4,16]{1,0} fusion(%ab, %k), kind=kOutput, calls=%fused',
+        '  %k = bf16[8,16]{1,0} constant({...})',
+        '  %g = (f32[4,16]{1,0}, s8[64]{0}) custom-call(%a, %m), '
+        'custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":'
+        '{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],'
+        '"rhs_contracting_dimensions":["0"]}}}',
+        '  %m = f32[8,16]{1,0} constant({...})',
+        '  ROOT %r = f32[4,16]{1,0} get-tuple-element(%g), index=0',
+        '}'])
+    counted = hlo.work(hlo_text)
+    assert counted['flops'] == 3 * 2 * 4 * 8 * 8 + 2 * 4 * 16 * 8 + 2 * 4 * 16 * 8
+    dot = 128 + 256 + 128  # x, w read, d written (f32)
+    convert = 128 + 64
+    fusion = 64 + 256 + 128  # its operands (bf16 [4,8] and [8,16]) and result, not inside
+    gemm = 128 + 512 + (256 + 64)
+    assert counted['bytes'] == 3 * dot + convert + fusion + gemm
+
+
+@pytest.mark.filterwarnings('ignore:Error reading persistent compilation cache entry')
+@pytest.mark.parametrize('target_name', ['cpu', 'v5p-8', 'h100x8'])
+def test_matmul_flops_of_a_scan_compiled_for_each_target(target_name, monkeypatch):
+    """5 steps of ``c = tanh(c @ w)``, ``c [256 n, 512]`` split over n devices, ``w [512,
+    512]`` bf16: exactly 5 x 2 x 256 x 512 x 512 matmul FLOPs per device on every compiler
+    (libtpu's ``cost_analysis`` says one step's); each step reads its operands and writes its
+    result, so the bytes are at least 5 x (c + w + c) per device."""
+    if target_name == 'cpu':
+        devices = jax.devices()[:8]
+    else:
+        monkeypatch.setenv('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+        target = targets.get(target_name)
+        if not targets.compiler_installed(target.platform):
+            pytest.skip(f'the {target.platform} compiler is not installed')
+        devices = targets.devices(target)
+    mesh = Mesh(np.array(devices), ('d',))
+
+    def scanned(c, w):
+        return jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), c, None, length=5)[0]
+
+    c = jax.ShapeDtypeStruct((256 * len(devices), 512), jnp.bfloat16,
+                             sharding=NamedSharding(mesh, P('d')))
+    w = jax.ShapeDtypeStruct((512, 512), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+    counted = hlo.work(jax.jit(scanned).lower(c, w).compile().as_text())
+    assert counted['flops'] == 5 * 2 * 256 * 512 * 512
+    shard, weights = 256 * 512 * 2, 512 * 512 * 2
+    assert 5 * (2 * shard + weights) <= counted['bytes'] <= 20 * 5 * (2 * shard + weights)

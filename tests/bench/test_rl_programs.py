@@ -53,6 +53,24 @@ def test_tiny_run_compiles_for_v5p_and_its_state_is_the_analytic_bytes(tpu, tmp_
     assert train['mem_alias'] >= state_bytes  # the donated state is updated in place
     for row in rows:
         assert 0 < row['mem_peak'] < 0.01 * row['device_memory']
+        assert row['est_s'] > 0 and row['hlo_bytes'] > 0
+        assert (row['hlo_flops'] > 0) == (row['program'] not in ('policy', 'select'))  # no matmul
+
+
+def test_program_estimates_split_the_iteration_estimate_per_call():
+    """Per call: the rollout's phases over its calls, the whole reference, one update of
+    ``ppo_epochs x num_minibatches``; compiled-free (analytic)."""
+    config = bagel_grpo.get_config('tiny')
+    config.update(ppo_epochs=2, num_minibatches=2, batch_size=8)
+    config.parallelism.rollout_prompts_per_device = 1
+    target = targets.get('v5p-8')
+    phases = rl_programs.iteration_estimate(config, target, system_len=0)
+    per_call = rl_programs.program_estimates(config, target, system_len=0)
+    calls = 8 // target.num_devices  # prompts per device, one per call
+    assert per_call['rollout'] * calls == pytest.approx(phases['rollout_decode_s']
+                                                        + phases['rollout_denoise_s'])
+    assert per_call['reference'] == phases['reference_s'] > 0
+    assert per_call['train_step'] * 4 == pytest.approx(phases['train_s'])
 
 
 def test_a_run_that_cannot_fit_is_reported_and_exits_1(tpu, tmp_path):

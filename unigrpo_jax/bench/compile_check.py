@@ -24,6 +24,12 @@ Columns (``COLUMNS``; bytes are per device):
   compiler never fails over memory, so this is its only check;
 * ``coll_*``: bytes of collectives per call in the compiled HLO (``hlo.collectives``'
   conventions, in ``sweep``'s module docstring);
+* ``hlo_flops``, ``hlo_bytes``: matmul FLOPs and memory traffic per device and call in the
+  compiled HLO, every loop trip counted (``hlo.work``); ``est_s``: their roofline time at the
+  target's published peaks, ``max(hlo_flops / peak_flops, hlo_bytes / bandwidth)`` (a lower
+  bound: elementwise work and collectives left out, f32 matmuls counted at the bf16 rate);
+  ``analytic_s``: the analytic estimate of the same call where the caller gives one
+  (``bench.rl_programs.program_estimates``);
 * ``error``: RESOURCE_EXHAUSTED rows, the first line of the compiler's message;
 * ``compiler_options``: the XLA options the program compiled with, empty for the defaults.
   Without a device XLA:GPU cannot tile some Triton GEMM fusions (``Couldn't find output tile
@@ -46,7 +52,7 @@ from typing import Any
 import jax
 
 from unigrpo_jax.bench import report, targets
-from unigrpo_jax.bench.hlo import KINDS, collectives, memory
+from unigrpo_jax.bench.hlo import KINDS, collectives, memory, work
 from unigrpo_jax.errors import ConfigError
 
 # A call to compile ahead of time: (name, jitted fn, abstract args[, resident]). ``resident``
@@ -59,8 +65,8 @@ COLUMNS = ('target', 'program', 'devices', 'status', 'compile_s', 'mem_argument'
            'mem_alias', 'mem_temp', 'mem_peak', 'mem_resident', 'mem_total', 'mem_required',
            'device_memory', 'fraction',
            'limit_fraction', 'fits', 'coll_bytes',
-           *(f'coll_{k.replace("-", "_")}' for k in KINDS), 'coll_ops', 'error',
-           'compiler_options')
+           *(f'coll_{k.replace("-", "_")}' for k in KINDS), 'coll_ops', 'hlo_flops',
+           'hlo_bytes', 'est_s', 'analytic_s', 'error', 'compiler_options')
 # XLA:GPU's retry for GEMM fusions it cannot tile without a device (the module docstring).
 CUBLAS_GEMMS = {'xla_gpu_enable_triton_gemm': False}
 _UNTILED = "Couldn't find output tile sizes"
@@ -132,9 +138,14 @@ def compile_program(program: AbstractCall, target: targets.Target,
         return {c: row.get(c) for c in COLUMNS}
     row['compile_s'] = time.perf_counter() - start
     row.update(memory(compiled))
-    coll, ops = collectives(compiled.as_text())
+    text = compiled.as_text()
+    coll, ops = collectives(text)
     row.update({f'coll_{k.replace("-", "_")}': v for k, v in coll.items()},
                coll_bytes=sum(coll.values()), coll_ops=ops)
+    counted = work(text)
+    row.update(hlo_flops=counted['flops'], hlo_bytes=counted['bytes'],
+               est_s=max(counted['flops'] / target.peak_flops,
+                         counted['bytes'] / target.bandwidth))
     if 'mem_peak' not in row:
         row['status'] = 'error: the compiler reported no memory analysis'
     else:
@@ -179,7 +190,7 @@ def markdown(rows: Sequence[dict]) -> str:
     RESOURCE_EXHAUSTED rows show the requirement the compiler states as their peak (``~``)."""
     head = ('| target | program | status | compile s | argument GiB | output GiB | alias GiB | '
             'temp GiB | peak GiB | resident GiB | device GiB | (peak + resident) / device | '
-            'fits | collectives GB |')
+            'fits | collectives GB | matmul TFLOP | HBM GB | est. s (HLO) | analytic s |')
     lines = [head, '|' + '---|' * head.count(' |')]
     for r in rows:
         peak = r['mem_peak'] if r['mem_peak'] is not None else r['mem_required']
@@ -192,7 +203,9 @@ def markdown(rows: Sequence[dict]) -> str:
             ('~' if r['mem_peak'] is None and peak is not None else '') + _gib(peak),
             _gib(r['mem_resident']), _gib(r['device_memory']), '' if r['fraction'] is None else f'{r["fraction"]:.2f}',
             'yes' if r['fits'] else 'no',
-            '' if r['coll_bytes'] is None else f'{r["coll_bytes"] / 1e9:.3g}']) + ' |')
+            *('' if r[k] is None else f'{r[k] / scale:.3g}' for k, scale in (
+                ('coll_bytes', 1e9), ('hlo_flops', 1e12), ('hlo_bytes', 1e9), ('est_s', 1),
+                ('analytic_s', 1)))]) + ' |')
     return '\n'.join(lines) + '\n'
 
 
@@ -220,11 +233,15 @@ def select(programs: Sequence[AbstractCall],
 def check(config, target_name: str, out_dir: str, names: Sequence[str] | None = None,
           limit_fraction: float = 0.9,
           build_programs: Callable[[Any, list], Sequence[AbstractCall]] | None = None,
-          num_slices: int = 1) -> tuple[list[dict], bool]:
+          num_slices: int = 1,
+          estimates: Callable[[Any, targets.Target], dict[str, float]] | None = None,
+          ) -> tuple[list[dict], bool]:
     """Compiles ``config``'s programs (``build_programs(config, devices)``, by default
     ``bench.rl_programs.rl_programs``; only ``names`` if given) for the target called
     ``target_name`` (``num_slices`` of it: ``targets.parse``), prints the table and writes it
-    to ``out_dir``. Returns ``(rows, ok)``: ``ok`` when every program compiled and fits."""
+    to ``out_dir``. ``estimates(config, target)``: analytic seconds per call of programs by
+    name (the ``analytic_s`` column). Returns ``(rows, ok)``: ``ok`` when every program
+    compiled and fits."""
     target = targets.get(target_name, num_slices)
     devices = targets.devices(target)
     if build_programs is None:
@@ -232,6 +249,9 @@ def check(config, target_name: str, out_dir: str, names: Sequence[str] | None = 
         build_programs = rl_programs
     programs = select(build_programs(config, devices), names)
     rows = compile_programs(programs, target, limit_fraction)
+    analytic = estimates(config, target) if estimates is not None else {}
+    for row in rows:
+        row['analytic_s'] = analytic.get(row['program'])
     print(markdown(rows), end='')
     for path in write_outputs(rows, out_dir):
         print('wrote', path)

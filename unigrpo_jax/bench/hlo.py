@@ -1,4 +1,5 @@
-"""Reading compiled programs: per-device memory and the bytes of collectives in the HLO text.
+"""Reading compiled programs: per-device memory, and the bytes of collectives, the matmul FLOPs
+and the memory traffic in the HLO text.
 
 One rule for the collectives of every target (XLA:CPU, XLA:GPU, libtpu; ``collectives``):
 bytes per call of the program = the sum over collective ops (``KINDS``) of the op's bytes times
@@ -15,6 +16,20 @@ the number of times it executes per call.
   loop whose condition has another form counts once); a computation reached by several paths
   counts once per path, conditional branches as if every branch ran. ``ops`` counts
   executions the same way.
+
+The same executions per call weigh the compiled program's work (``work``; the compilers' own
+``cost_analysis`` counts a loop body once, or is absent on XLA:GPU):
+
+* ``flops``: matmul FLOPs per device, ``2 x result elements x contracted elements`` of every
+  ``dot``, ``convolution`` (contracted: the kernel's elements less its output-feature
+  dimension; libtpu writes matmuls as convolutions) and cuBLAS GEMM ``custom-call``, wherever
+  it sits (in fusions too). Elementwise work is left out.
+* ``bytes``: memory traffic per device, the operands' and the result's bytes of every
+  instruction of a computation that runs as a program (ENTRY, loop bodies and conditions,
+  ``call`` and ``conditional`` targets), fusions counted as one instruction: what a fusion
+  reads and writes, not what happens in it. Structural instructions (``parameter``,
+  ``tuple``, ``get-tuple-element``, ``constant``, ``bitcast``, ``while``, ``call``,
+  ``conditional``) move nothing.
 """
 
 from __future__ import annotations
@@ -171,12 +186,59 @@ def _trip_count(computations: dict[str, dict[str, Instruction]], roots: dict[str
     return max(-(-(limit - start) // step), 0)
 
 
-def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
-    """``({kind: bytes per call}, ops per call)`` of a compiled module's HLO text, by the rule
-    of the module docstring (trip counts: ``_trip_count``)."""
+_STRUCTURAL = frozenset(('parameter', 'tuple', 'get-tuple-element', 'constant', 'bitcast',
+                         'while', 'call', 'conditional', 'after-all', 'partition-id',
+                         'replica-id', 'async-update', 'async-done'))
+_CONTROL = frozenset(('while', 'call', 'conditional'))  # their callees run as programs
+_GEMM_TARGETS = ('__cublas$gemm', '__cublas$lt$matmul')
+_LHS_CONTRACTING = re.compile(r'lhs_contracting_dims=\{([\d,]*)\}')
+_GEMM_CONTRACTING = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
+_DIM_LABELS = re.compile(r'dim_labels=\w*_(\w+)->')
+
+
+def _dims(shape: str) -> list[int]:
+    """The dimensions of the first array in ``shape`` (a tuple's first element)."""
+    found = _ARRAY.search(shape)
+    return [int(d) for d in found.group(2).split(',') if d] if found else []
+
+
+def _matmul_flops(instructions: dict[str, Instruction], result: str, opcode: str,
+                  rest: str) -> int:
+    """``2 x result elements x contracted elements`` of a dot, convolution or cuBLAS GEMM
+    (``work``'s rule); 0 for any other instruction."""
+    if opcode == 'dot':
+        contracting = _LHS_CONTRACTING.search(rest)
+    elif opcode == 'custom-call' and any(f'"{t}"' in rest for t in _GEMM_TARGETS):
+        contracting = _GEMM_CONTRACTING.search(rest)
+    elif opcode == 'convolution':
+        labels = _DIM_LABELS.search(rest)
+        kernel = _dims(instructions.get(_operands(rest)[1], ('',))[0])
+        if not labels or len(labels.group(1)) != len(kernel):
+            return 0
+        return 2 * math.prod(_dims(result)) * math.prod(
+            d for d, label in zip(kernel, labels.group(1)) if label != 'o')
+    else:
+        return 0
+    lhs = _dims(instructions.get(_operands(rest)[0], ('',))[0])
+    axes = [int(a) for a in re.findall(r'\d+', contracting.group(1))] if contracting else []
+    return 2 * math.prod(_dims(result)) * math.prod(lhs[a] for a in axes if a < len(lhs))
+
+
+def _per_call(hlo_text: str, own_cost) -> collections.Counter:
+    """``own_cost(instructions, result, opcode, rest, runs_as_program)`` (a Counter) summed
+    over every instruction of the module, each weighted by its executions per call (the module
+    docstring's rule). ``runs_as_program``: the instruction's computation is ENTRY or the
+    callee of a ``while``, ``call`` or ``conditional`` (not of a fusion, reducer, async op)."""
     computations, roots, entry = _parse(hlo_text)
     own: dict[str, collections.Counter] = {}
     calls: dict[str, list[tuple[str, int]]] = {}
+    programs = {entry}
+    for computation, instructions in computations.items():
+        for _, opcode, rest in instructions.values():
+            if opcode in _CONTROL:
+                programs.update(_CALLEE.findall(rest))
+                for branches in _BRANCHES.findall(rest):
+                    programs.update(re.findall(r'%?([\w.\-]+)', branches))
     for computation, instructions in computations.items():
         own[computation], calls[computation] = collections.Counter(), []
         for result, opcode, rest in instructions.values():
@@ -188,15 +250,8 @@ def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
             for branches in _BRANCHES.findall(rest):
                 callees += re.findall(r'%?([\w.\-]+)', branches)
             calls[computation] += [(c, times) for c in callees]
-            kind = opcode.removesuffix('-start')
-            if kind not in KINDS:
-                continue
-            operand_bytes = sum(_shape_bytes(instructions.get(n, ('',))[0])
-                                for n in _operands(rest))
-            result_bytes = _shape_bytes(_async_output(result) if opcode.endswith('-start')
-                                        else result)
-            own[computation][kind] += max(operand_bytes, result_bytes)
-            own[computation]['ops'] += 1
+            own[computation] += own_cost(instructions, result, opcode, rest,
+                                         computation in programs)
 
     totals: dict[str, collections.Counter] = {}
 
@@ -209,5 +264,35 @@ def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
             totals[name] = out
         return totals[name]
 
-    counts = total(entry)
+    return total(entry)
+
+
+def _collective_cost(instructions, result, opcode, rest, _) -> collections.Counter:
+    kind = opcode.removesuffix('-start')
+    if kind not in KINDS:
+        return collections.Counter()
+    operand_bytes = sum(_shape_bytes(instructions.get(n, ('',))[0]) for n in _operands(rest))
+    result_bytes = _shape_bytes(_async_output(result) if opcode.endswith('-start') else result)
+    return collections.Counter({kind: max(operand_bytes, result_bytes), 'ops': 1})
+
+
+def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
+    """``({kind: bytes per call}, ops per call)`` of a compiled module's HLO text, by the rule
+    of the module docstring (trip counts: ``_trip_count``)."""
+    counts = _per_call(hlo_text, _collective_cost)
     return {k: counts[k] for k in KINDS}, counts['ops']
+
+
+def _work_cost(instructions, result, opcode, rest, runs_as_program) -> collections.Counter:
+    out = collections.Counter(flops=_matmul_flops(instructions, result, opcode, rest))
+    if runs_as_program and opcode not in _STRUCTURAL:
+        out['bytes'] += _shape_bytes(result) + sum(
+            _shape_bytes(instructions.get(n, ('',))[0]) for n in _operands(rest))
+    return out
+
+
+def work(hlo_text: str) -> dict[str, int]:
+    """``{'flops': matmul FLOPs, 'bytes': memory traffic}`` per device and call of a compiled
+    module's HLO text (the module docstring's rule)."""
+    counts = _per_call(hlo_text, _work_cost)
+    return {'flops': counts['flops'], 'bytes': counts['bytes']}

@@ -195,3 +195,19 @@ def iteration_estimate(config, target, system_len: int = SYSTEM_TOKENS_BOUND,
         model, s.objective, dataclasses.replace(w, batch=s.minibatch)) / n / peak
     return {'rollout_decode_s': s.rollout_calls * decode, 'rollout_denoise_s':
             s.rollout_calls * denoise, 'reference_s': reference, 'train_s': train}
+
+
+def program_estimates(config, target, system_len: int | None = None,
+                      layers: int | None = None) -> dict[str, float]:
+    """``iteration_estimate`` per call of ``rl_programs``' programs: ``rollout`` (one of the
+    iteration's rollout calls), ``reference`` (one call per iteration) and ``train_step`` (one
+    optimizer update: ``ppo_epochs x num_minibatches`` calls per iteration). ``system_len``
+    as ``rl_programs``'."""
+    s = settings(config, target.num_devices, check_inputs=False)
+    if system_len is None:
+        system_len = _system_tokens(config) if s.rollout.think and config.system_prompt else 0
+    phases = iteration_estimate(config, target, system_len, layers)
+    return {'rollout': (phases['rollout_decode_s'] + phases['rollout_denoise_s'])
+            / s.rollout_calls,
+            'reference': phases['reference_s'],
+            'train_step': phases['train_s'] / (config.ppo_epochs * config.num_minibatches)}
