@@ -71,7 +71,7 @@ class Target:
     num_devices: int
     hosts: int
     device_memory: int   # bytes one device's program may use
-    peak_flops: float    # dense bf16 FLOP/s per device (published)
+    peak_flops: float    # dense bf16 FLOP/s per device (published; a spec file: its rate)
     bandwidth: float     # HBM bytes/s per device (published)
     gpu_spec: str = ''   # cuda: GpuTargetConfigProto text file, relative to REPO (or absolute)
     num_slices: int = 1  # tpu: slices joined by DCN (devices and hosts count all of them)
@@ -141,7 +141,7 @@ def _spec_field(text: str, field: str, path: str) -> float:
     return float(found.group(1))
 
 
-def spec_family(path: str) -> _Family:
+def _spec_family(path: str) -> _Family:
     """The device family a ``GpuTargetConfigProto`` text file describes: its memory, HBM
     bandwidth and dense bf16 peak (``2 x clock x units_per_core x ops_per_clock x
     core_count`` of the file's bf16 matrix-unit rate). ``path``: relative to the working
@@ -171,7 +171,7 @@ def parse(name: str, num_slices: int = 1) -> Target:
     spec_path, colon, count = name.rpartition(':')
     if colon and spec_path.endswith(_SPEC_SUFFIX):
         family, sep, size = pathlib.Path(spec_path).stem, 'x', count
-        spec = spec_family(spec_path)
+        spec = _spec_family(spec_path)
     else:
         family, sep, size = (name.partition('-') if name[:1] == 'v' else name.partition('x'))
         spec = _FAMILIES.get(family)
