@@ -188,7 +188,7 @@ def _trip_count(computations: dict[str, dict[str, Instruction]], roots: dict[str
 
 _STRUCTURAL = frozenset(('parameter', 'tuple', 'get-tuple-element', 'constant', 'bitcast',
                          'while', 'call', 'conditional', 'after-all', 'partition-id',
-                         'replica-id', 'async-update', 'async-done'))
+                         'replica-id'))
 _CONTROL = frozenset(('while', 'call', 'conditional'))  # their callees run as programs
 _GEMM_TARGETS = ('__cublas$gemm', '__cublas$lt$matmul')
 _LHS_CONTRACTING = re.compile(r'lhs_contracting_dims=\{([\d,]*)\}')
@@ -224,6 +224,20 @@ def _matmul_flops(instructions: dict[str, Instruction], result: str, opcode: str
     return 2 * math.prod(_dims(result)) * math.prod(lhs[a] for a in axes if a < len(lhs))
 
 
+def _callees(rest: str) -> list[str]:
+    """The computations an instruction calls (``body=``, ``calls=``, ``to_apply=``, ...,
+    conditional branches), from its line after ``opcode(``."""
+    callees = _CALLEE.findall(rest)
+    for branches in _BRANCHES.findall(rest):
+        callees += re.findall(r'%?([\w.\-]+)', branches)
+    return callees
+
+
+def _operand_bytes(instructions: dict[str, Instruction], rest: str) -> int:
+    """The total size of an instruction's operands (looked up by name in its computation)."""
+    return sum(_shape_bytes(instructions.get(n, ('',))[0]) for n in _operands(rest))
+
+
 def _per_call(hlo_text: str, own_cost) -> collections.Counter:
     """``own_cost(instructions, result, opcode, rest, runs_as_program)`` (a Counter) summed
     over every instruction of the module, each weighted by its executions per call (the module
@@ -233,12 +247,10 @@ def _per_call(hlo_text: str, own_cost) -> collections.Counter:
     own: dict[str, collections.Counter] = {}
     calls: dict[str, list[tuple[str, int]]] = {}
     programs = {entry}
-    for computation, instructions in computations.items():
+    for instructions in computations.values():
         for _, opcode, rest in instructions.values():
             if opcode in _CONTROL:
-                programs.update(_CALLEE.findall(rest))
-                for branches in _BRANCHES.findall(rest):
-                    programs.update(re.findall(r'%?([\w.\-]+)', branches))
+                programs.update(_callees(rest))
     for computation, instructions in computations.items():
         own[computation], calls[computation] = collections.Counter(), []
         for result, opcode, rest in instructions.values():
@@ -246,10 +258,7 @@ def _per_call(hlo_text: str, own_cost) -> collections.Counter:
                 continue
             times = (_trip_count(computations, roots, computation, rest)
                      if opcode == 'while' else 1)
-            callees = _CALLEE.findall(rest)
-            for branches in _BRANCHES.findall(rest):
-                callees += re.findall(r'%?([\w.\-]+)', branches)
-            calls[computation] += [(c, times) for c in callees]
+            calls[computation] += [(c, times) for c in _callees(rest)]
             own[computation] += own_cost(instructions, result, opcode, rest,
                                          computation in programs)
 
@@ -271,9 +280,9 @@ def _collective_cost(instructions, result, opcode, rest, _) -> collections.Count
     kind = opcode.removesuffix('-start')
     if kind not in KINDS:
         return collections.Counter()
-    operand_bytes = sum(_shape_bytes(instructions.get(n, ('',))[0]) for n in _operands(rest))
     result_bytes = _shape_bytes(_async_output(result) if opcode.endswith('-start') else result)
-    return collections.Counter({kind: max(operand_bytes, result_bytes), 'ops': 1})
+    return collections.Counter({kind: max(_operand_bytes(instructions, rest), result_bytes),
+                                'ops': 1})
 
 
 def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
@@ -286,8 +295,7 @@ def collectives(hlo_text: str) -> tuple[dict[str, int], int]:
 def _work_cost(instructions, result, opcode, rest, runs_as_program) -> collections.Counter:
     out = collections.Counter(flops=_matmul_flops(instructions, result, opcode, rest))
     if runs_as_program and opcode not in _STRUCTURAL:
-        out['bytes'] += _shape_bytes(result) + sum(
-            _shape_bytes(instructions.get(n, ('',))[0]) for n in _operands(rest))
+        out['bytes'] += _shape_bytes(result) + _operand_bytes(instructions, rest)
     return out
 
 

@@ -81,10 +81,7 @@ def rl_programs(config, devices, system_len: int | None = None,
     arrays the loop keeps on the devices while the program runs (``bench.compile_check``)."""
     s = settings(config, len(devices), check_inputs=False)
     model = architecture(config, devices[0].platform, layers)
-    if not s.rollout.think or not config.system_prompt:
-        system_len = 0
-    elif system_len is None:
-        system_len = _system_tokens(config)
+    system_len = _system_len(config, s, system_len)
     prompt_len = config.data.max_prompt_tokens
     mesh = mesh_lib.make_mesh(s.mesh_shape, devices)
     rules, rollout_rules = strategy_rules(config.parallelism)
@@ -151,6 +148,15 @@ def rl_programs(config, devices, system_len: int | None = None,
     return out
 
 
+def _system_len(config, s, system_len: int | None) -> int:
+    """Tokens of the system segment a run of ``config`` (settings ``s``) compiles with: 0 when
+    it does not think or has no system prompt, else ``system_len``, by default
+    ``_system_tokens``."""
+    if not s.rollout.think or not config.system_prompt:
+        return 0
+    return _system_tokens(config) if system_len is None else system_len
+
+
 def _system_tokens(config) -> int:
     if not config.tokenizer:
         logging.info('no tokenizer: the system segment is compiled as %d tokens',
@@ -204,9 +210,7 @@ def program_estimates(config, target, system_len: int | None = None,
     optimizer update: ``ppo_epochs x num_minibatches`` calls per iteration). ``system_len``
     as ``rl_programs``'."""
     s = settings(config, target.num_devices, check_inputs=False)
-    if system_len is None:
-        system_len = _system_tokens(config) if s.rollout.think and config.system_prompt else 0
-    phases = iteration_estimate(config, target, system_len, layers)
+    phases = iteration_estimate(config, target, _system_len(config, s, system_len), layers)
     return {'rollout': (phases['rollout_decode_s'] + phases['rollout_denoise_s'])
             / s.rollout_calls,
             'reference': phases['reference_s'],

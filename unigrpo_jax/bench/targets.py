@@ -169,7 +169,8 @@ def parse(name: str, num_slices: int = 1) -> Target:
     if num_slices < 1:
         raise ConfigError(f'num_slices={num_slices}: expected 1 or more')
     spec_path, colon, count = name.rpartition(':')
-    if colon and spec_path.endswith(_SPEC_SUFFIX):
+    from_file = bool(colon) and spec_path.endswith(_SPEC_SUFFIX)
+    if from_file:
         family, sep, size = pathlib.Path(spec_path).stem, 'x', count
         spec = _spec_family(spec_path)
     else:
@@ -198,7 +199,7 @@ def parse(name: str, num_slices: int = 1) -> Target:
                               f'({family}x{n * num_slices})')
         topology, devices = f'1x{max(1, n // 8)}x{min(n, 8)}', n
     hosts = max(1, devices // (4 if spec.platform == 'tpu' else 8))  # libtpu: 4 chips a host
-    target_name = f'{family}x{n}' if colon and spec_path.endswith(_SPEC_SUFFIX) else name
+    target_name = f'{family}x{n}' if from_file else name
     if num_slices > 1:
         target_name = f'{num_slices}x{target_name}'
     return Target(target_name, spec.platform, topology, devices * num_slices, hosts * num_slices,
