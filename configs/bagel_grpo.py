@@ -186,6 +186,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # whole minibatch at once).
         micro_batch_per_device=1,
         rollout_prompts_per_device=1,  # prompts per device per rollout call (0 = all)
+        # Each group's chains rolled out as this many pieces (rows of group_size / pieces
+        # chains, each counted as a prompt above): > 1 splits a group over devices or calls,
+        # for fewer prompts than devices (v5e) or a group too large for one device.
+        rollout_group_pieces=1,
         # The strategy placing the compute-dtype copy of the policy the rollout samples from
         # ('dp': replicated; 'fsdp': sharded).
         rollout_strategy='dp',

@@ -12,6 +12,7 @@ import pytest
 
 from configs import bagel_grpo
 from unigrpo_jax.bench import compile_check, rl_programs, targets
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.model import bagel
 
 pytestmark = pytest.mark.filterwarnings(
@@ -55,6 +56,24 @@ def test_tiny_run_compiles_for_v5p_and_its_state_is_the_analytic_bytes(tpu, tmp_
         assert 0 < row['mem_peak'] < 0.01 * row['device_memory']
         assert row['est_s'] > 0 and row['hlo_bytes'] > 0
         assert (row['hlo_flops'] > 0) == (row['program'] not in ('policy', 'select'))  # no matmul
+
+
+def test_fewer_prompts_than_chips_split_their_groups(tpu, tmp_path):
+    """8 prompts on v5e-16 (16 chips), each group of 4 chains as 2 pieces: the rollout call
+    holds one piece (2 chains) per chip, the evaluation pads its 8 prompts to 16, and both
+    compile; without the split the config is refused with what to set."""
+    config = bagel_grpo.get_config('tiny')
+    config.update(batch_size=8, eval_every=1)
+    config.parallelism.update(mesh=(1, -1, 1), strategy='fsdp', rollout_group_pieces=2)
+    rows, ok = compile_check.check(config, 'v5e-16', str(tmp_path), ['rollout', 'eval'])
+    assert ok and [r['program'] for r in rows] == ['rollout', 'eval']
+    programs = {name: args for name, _, args, _ in
+                rl_programs.rl_programs(config, targets.devices(targets.get('v5e-16')))}
+    assert programs['rollout'][3].shape[0] == 16 and programs['eval'][3].shape[0] == 16
+    config.parallelism.rollout_group_pieces = 1
+    with pytest.raises(ConfigError, match='batch_size=8: the rollout runs data-parallel on all '
+                       '16 devices: batch_size x parallelism.rollout_group_pieces'):
+        rl_programs.rl_programs(config, targets.devices(targets.get('v5e-16')))
 
 
 def test_program_estimates_split_the_iteration_estimate_per_call():

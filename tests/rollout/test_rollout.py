@@ -176,6 +176,29 @@ def test_chunked_sharded_rollout_is_the_same_rollout(tiny, one_device_rollout):
     _assert_same_chains(one, out)
 
 
+@pytest.mark.parametrize('initial_noise', ['chain', 'group'])
+def test_groups_split_over_devices_and_calls_are_the_same_rollout(tiny, initial_noise):
+    """Each group of 4 chains rolled out as 4 rows of one chain on 4 devices in 2 calls (a
+    device holds a quarter of a group per call, as on a slice with more chips than prompts) is
+    the rollout of whole groups on one device, with each chain's own and with shared initial
+    noise (``test_group_initial_noise_is_shared_within_groups_only`` checks the sharing)."""
+    config, params, ae, rc, system, prompts, lengths = tiny
+    rc = dataclasses.replace(rc, initial_noise=initial_noise)
+    whole = R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]))(
+        params, ae, system, prompts, lengths, jax.random.key(0))
+    split = R.make_rollout_fn(config, rc, make_mesh((4, 1, 1), jax.devices()[:4]), calls=2,
+                              group_pieces=4)(params, ae, system, prompts, lengths,
+                                              jax.random.key(0))
+    _assert_same_chains(whole, split)
+    np.testing.assert_array_equal(whole.trajectory.prompt_ids, split.trajectory.prompt_ids)
+    np.testing.assert_allclose(whole.final_latents, split.final_latents, atol=1e-5)
+    with pytest.raises(ValueError, match='group_pieces=3 must divide the group of 4'):
+        R.make_rollout_fn(config, rc, make_mesh((1, 1, 1), jax.devices()[:1]), group_pieces=3)
+    with pytest.raises(ValueError, match='the pieces must be a multiple of 8'):
+        R.make_rollout_fn(config, rc, make_mesh((8, 1, 1)), group_pieces=2, calls=1)(
+            params, ae, system, prompts[:2], lengths[:2], jax.random.key(0))
+
+
 def test_same_seed_same_rollout_on_one_and_eight_devices(tiny, one_device_rollout):
     config, params, ae, rc, system, prompts, lengths = tiny
     _, one = one_device_rollout

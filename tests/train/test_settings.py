@@ -51,6 +51,8 @@ def _config(**kw):
     ('parallelism.micro_batch_per_device', 3, 'micro_batch_per_device=3: 6 chains'),
     ('parallelism.micro_batch_per_device', -1, 'micro_batch_per_device=-1'),
     ('parallelism.rollout_prompts_per_device', 3, 'rollout_prompts_per_device=3: must divide'),
+    ('parallelism.rollout_group_pieces', 3, 'rollout_group_pieces=3: must divide '
+     'rollout.group_size=4'),
     ('parallelism.rollout_strategy', 'zero3', "parallelism.rollout_strategy='zero3'"),
     ('model.attention', 'splash', "model.attention='splash'"),
 ])

@@ -7,11 +7,13 @@ carrying the shardings the loop gives its arrays:
 
 =============  ==============================================================================
 ``policy``     the train state's params -> the compute-dtype copy the rollout samples from
-``rollout``    one rollout call (``parallelism.rollout_prompts_per_device`` prompts per device)
+``rollout``    one rollout call (``parallelism.rollout_prompts_per_device`` prompts, or group
+               pieces with ``rollout_group_pieces``, per device)
 ``reference``  the frozen reference's outputs on a whole rollout batch, in micro-batch pieces
 ``select``     a minibatch of the rollout batch (``num_minibatches`` > 1)
 ``train_step`` one optimizer update: the minibatch's gradient over micro-batches, then Adam
-``eval``       the evaluation sampler on ``batch_size`` prompts (when ``eval_every`` > 0)
+``eval``       the evaluation sampler on ``batch_size`` prompts padded to the devices (when
+               ``eval_every`` > 0)
 =============  ==============================================================================
 
 No weights are read: the architecture is ``model.random``'s, a checkpoint directory's config
@@ -113,9 +115,9 @@ def rl_programs(config, devices, system_len: int | None = None,
         return (jax.ShapeDtypeStruct((n, prompt_len), jnp.int32, sharding=chains),
                 jax.ShapeDtypeStruct((n,), jnp.int32, sharding=chains))
 
-    per_call = config.batch_size // s.rollout_calls
+    per_call = config.batch_size * s.rollout_group_pieces // s.rollout_calls  # rows
     rollout = rollout_lib.make_rollout_call(model, s.rollout, mesh, built.policy_sharding,
-                                            system_len, prompt_len)
+                                            system_len, prompt_len, s.rollout_group_pieces)
     batch = placed_shapes(objective.batch_shapes(model, s.rollout, s.objective, system_len,
                                                  prompt_len, s.chains), place.batch)
     idx = jax.ShapeDtypeStruct((s.minibatch,), jnp.int32, sharding=rep)
@@ -142,8 +144,8 @@ def rl_programs(config, devices, system_len: int | None = None,
             mesh, lambda p, ae_p, sys, ids, lengths, k: generate.generate_eval(
                 p, ae_p, model, sampler, sys, ids, lengths, k, think_tokens=think_tokens,
                 token_sampler=tokens, image_size=rc.schedule.image_size,
-                decode_pieces=config.batch_size // mesh.size)))
-        out.append(('eval', evaluate, (policy, ae, system, *prompts(config.batch_size), key),
+                decode_pieces=s.eval_chunk // mesh.size)))
+        out.append(('eval', evaluate, (policy, ae, system, *prompts(s.eval_chunk), key),
                     (state, frozen)))
     return out
 

@@ -223,31 +223,42 @@ def decode_latents(ae_params, config: BagelConfig, tokens: jax.Array,
     return trajectory_lib.merge_micro_batches(jax.lax.map(decode, split))
 
 
+def _chain_keys(chains_key: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(text_keys, image_keys)``, each ``[B]``: the keys of the chains of global indices
+    ``index [B]``."""
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(chains_key, index)
+    return jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+
+
 def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
                    system_ids: jax.Array | None, prompt_ids: jax.Array,
                    prompt_lengths: jax.Array, key: jax.Array, chain_offset: jax.Array,
-                   decode_pieces: int = 1) -> Rollout:
-    """The rollout of ``prompts x group_size`` chains (unjitted; ``make_rollout_call`` splits
-    the chains over devices).
+                   decode_pieces: int = 1, group_pieces: int = 1) -> Rollout:
+    """The rollout of ``rows x group_size / group_pieces`` chains (unjitted;
+    ``make_rollout_call`` splits the chains over devices).
 
     Args:
       system_ids: ``[S]`` the system segment (used only with ``rc.think``) or None.
-      prompt_ids, prompt_lengths: ``[prompts, P]``, ``[prompts]``.
+      prompt_ids, prompt_lengths: ``[rows, P]``, ``[rows]``: one prompt per row, or with
+        ``group_pieces`` k each prompt in k consecutive rows, each row rolling out
+        ``group_size / k`` of its group's chains (a group split over devices or calls: every
+        row prefills its prompt).
       chain_offset: ``[]`` the global index of this batch's first chain (a chain's random
-        numbers are ``fold_in(key, global chain index)``, whatever the split over devices).
+        numbers are ``fold_in(key, global chain index)``, whatever the split over devices,
+        calls or rows).
       decode_pieces: see ``decode_latents``.
     """
     g = rc.group_size
-    prompts = prompt_ids.shape[0]
+    members = g // group_pieces  # chains per row
     system = system_ids if rc.think else None
     t_max = rc.max_think_tokens if rc.think else 0
     size = cache_size(0 if system is None else system.shape[0], prompt_ids.shape[1], t_max)
     _, cache = build_context(params, config, system, prompt_ids, prompt_lengths, size)
-    cache = repeat_chains(cache, g)
-    b = prompts * g
+    cache = repeat_chains(cache, members)
+    b = prompt_ids.shape[0] * members
     window_key, chains_key = jax.random.split(key)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(chains_key, chain_offset + jnp.arange(b))
-    text_keys, image_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+    index = chain_offset + jnp.arange(b)  # the chains' global indices
+    text_keys, image_keys = _chain_keys(chains_key, index)
     if rc.think:
         cache, tokens, logps, mask, closed = generate_think(params, config, cache, text_keys,
                                                             rc.schedule.tokens, t_max)
@@ -260,13 +271,15 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
     init_keys, step_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(image_keys)
     if rc.initial_noise == 'group':  # every chain of a group starts from its first chain's noise
-        init_keys = jnp.repeat(init_keys[::g], g, axis=0)
+        _, first_image_keys = _chain_keys(chains_key, index // g * g)
+        init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(first_image_keys)
     final, t, t_next, xs, x_nexts, means, logp = denoise_sde_window(
         params, config, rc.schedule, cache, init_keys, step_keys, window_start, pos)
     images = (decode_latents(ae_params, config, final, rc.schedule.image_size, decode_pieces)
               if rc.decode_images else jnp.zeros((b, 0, 0, 3), jnp.uint8))
     trajectory = Trajectory(
-        prompt_ids=jnp.repeat(prompt_ids, g, 0), prompt_lengths=jnp.repeat(prompt_lengths, g, 0),
+        prompt_ids=jnp.repeat(prompt_ids, members, 0),
+        prompt_lengths=jnp.repeat(prompt_lengths, members, 0),
         think_tokens=tokens, think_logprobs=logps, think_mask=mask, think_closed=closed,
         t=t, t_next=t_next, x_t=xs, x_next=x_nexts, logp=logp, mean=means)
     return Rollout(trajectory=trajectory, window_start=window_start, final_latents=final,
@@ -274,18 +287,20 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
 
 
 def make_rollout_call(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, params_sharding,
-                      system_len: int, prompt_len: int):
-    """One rollout call, jitted: ``call(params, ae_params, system_ids, prompt_ids,
-    prompt_lengths, key, chain_offset) -> Rollout``, the chains split over all devices of
-    ``mesh`` and the params placed by ``params_sharding`` (a pytree of shardings or one for
-    all); ``chain_offset [] int32`` is the global index of the call's first chain."""
+                      system_len: int, prompt_len: int, group_pieces: int = 1):
+    """One rollout call, jitted: ``call(params, ae_params, system_ids, prompt_ids [rows, P],
+    prompt_lengths [rows], key, chain_offset) -> Rollout``, the chains split over all devices
+    of ``mesh`` and the params placed by ``params_sharding`` (a pytree of shardings or one for
+    all); ``chain_offset [] int32`` is the global index of the call's first chain; a row holds
+    ``group_size / group_pieces`` chains (``rollout_chains``)."""
     chains = sharding.batch_sharding(mesh)
     rep = sharding.replicated(mesh)
 
     def call(params, ae_params, system_ids, prompt_ids, prompt_lengths, key, offset):
-        chains_per_device = max(prompt_ids.shape[0] * rc.group_size // mesh.size, 1)
+        chains_per_device = max(prompt_ids.shape[0] * rc.group_size // group_pieces
+                                // mesh.size, 1)
         return rollout_chains(params, ae_params, config, rc, system_ids, prompt_ids,
-                              prompt_lengths, key, offset, chains_per_device)
+                              prompt_lengths, key, offset, chains_per_device, group_pieces)
 
     return jax.jit(sharding.traced_on(mesh, call),
                    in_shardings=(params_sharding, rep, rep, chains, chains, rep, rep),
@@ -300,41 +315,52 @@ def _out_specs(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, system_len: i
 
 
 def make_rollout_fn(config: BagelConfig, rc: RolloutConfig, mesh: Mesh, params_sharding=None,
-                    calls: int = 1):
+                    calls: int = 1, group_pieces: int = 1):
     """The rollout, data-parallel over every device of ``mesh``.
 
     Returns ``fn(params, ae_params, system_ids [S] | None, prompt_ids [prompts, P],
-    prompt_lengths [prompts], key) -> Rollout`` with the chain axis split over all devices
-    (``prompts`` must be a multiple of the device count times ``calls``). ``params_sharding``:
-    where the sampling params live (default: replicated). ``calls``: the prompts are rolled out
-    in that many sequential calls of one program (``make_rollout_call``: the memory of
-    ``prompts / calls`` prompts). Chain i's random numbers are ``fold_in(key, i)`` and the
-    window start is the batch's, so the result depends neither on ``calls`` nor on the split
+    prompt_lengths [prompts], key) -> Rollout`` with the chain axis split over all devices.
+    ``params_sharding``: where the sampling params live (default: replicated).
+    ``group_pieces`` k: each prompt's group is rolled out as k rows of ``group_size / k``
+    chains (on different devices or in different calls), so a batch of fewer prompts than
+    devices, or a group too large for one device, still splits. ``calls``: the rows are
+    rolled out in that many sequential calls of one program (``make_rollout_call``: the memory
+    of ``rows / calls`` rows); ``prompts x k`` must be a multiple of the device count times
+    ``calls``. Chain i's random numbers are ``fold_in(key, i)`` and the window start is the
+    batch's, so the result depends neither on ``calls``, ``group_pieces`` nor on the split
     over devices.
     """
+    if rc.group_size % group_pieces:
+        raise ValueError(f'group_pieces={group_pieces} must divide the group of '
+                         f'{rc.group_size} chains')
     rep = sharding.replicated(mesh)
     params_sharding = rep if params_sharding is None else params_sharding
     programs = {}
+    members = rc.group_size // group_pieces  # chains per row
 
     def fn(params, ae_params, system_ids, prompt_ids, prompt_lengths, key):
-        prompts = prompt_ids.shape[0]
-        if prompts % (mesh.size * calls):
-            raise ValueError(f'{prompts} prompts cannot be split over {mesh.size} devices in '
-                             f'{calls} calls: use a multiple of {mesh.size * calls}')
+        rows = prompt_ids.shape[0] * group_pieces
+        if rows % (mesh.size * calls):
+            raise ValueError(
+                f'{prompt_ids.shape[0]} prompts in {group_pieces} piece(s) per group cannot be '
+                f'split over {mesh.size} devices in {calls} calls: the pieces must be a '
+                f'multiple of {mesh.size * calls}')
         shape = (0 if system_ids is None else system_ids.shape[0], prompt_ids.shape[1])
         if shape not in programs:
-            call = make_rollout_call(config, rc, mesh, params_sharding, *shape)
+            call = make_rollout_call(config, rc, mesh, params_sharding, *shape, group_pieces)
             concat = jax.jit(lambda *parts: trajectory_lib.concat_chains(parts),
                              out_shardings=_out_specs(config, rc, mesh, *shape))
             programs[shape] = call, concat
         call, concat = programs[shape]
-        n = prompts // calls
+        ids = np.repeat(np.asarray(prompt_ids), group_pieces, axis=0)
+        lengths = np.repeat(np.asarray(prompt_lengths), group_pieces, axis=0)
+        n = rows // calls
         chains = sharding.batch_sharding(mesh)
         parts = [call(params, ae_params, system_ids,
-                      sharding.host_to_global(prompt_ids[i:i + n], chains),
-                      sharding.host_to_global(prompt_lengths[i:i + n], chains), key,
-                      np.int32(i * rc.group_size))
-                 for i in range(0, prompts, n)]
+                      sharding.host_to_global(ids[i:i + n], chains),
+                      sharding.host_to_global(lengths[i:i + n], chains), key,
+                      np.int32(i * members))
+                 for i in range(0, rows, n)]
         return parts[0] if calls == 1 else concat(*parts)
 
     return fn

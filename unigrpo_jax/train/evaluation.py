@@ -27,14 +27,14 @@ def make_evaluator(config, s: Settings, model: BagelConfig, mesh: Mesh, tokenize
                    system_ids: np.ndarray | None, items: list[dict], reward_fn, writer,
                    workdir: str) -> Callable:
     """``evaluate(params, ae_params, step) -> scores [len(items)]``: generates one image per
-    held-out prompt (chunks of ``config.batch_size``, split over the devices of ``mesh``),
+    held-out prompt (chunks of ``s.eval_chunk``, split over the devices of ``mesh``),
     scores it with ``reward_fn`` (each process the images its devices hold; the scores are
     gathered, so every process returns them all) and writes ``eval/reward_mean`` and a grid
     once, from process 0 (``workdir/samples/step_<k>.png``, TensorBoard, a ``metrics.jsonl``
     line)."""
     rc = s.rollout
     think_tokens = rc.max_think_tokens if rc.think else 0
-    chunk_size = config.batch_size
+    chunk_size = s.eval_chunk
     prompts_sharding = sharding.batch_sharding(mesh, chunk_size)
 
     def draw(params, ae_params, chunk, index):

@@ -182,7 +182,7 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
     return RunFunctions(
         place=place, policy_sharding=policy_sharding, policy=policy,
         rollout=rollout_lib.make_rollout_fn(model, s.rollout, mesh, policy_sharding,
-                                            s.rollout_calls),
+                                            s.rollout_calls, s.rollout_group_pieces),
         compact=jax.jit(functools.partial(compaction.compact, obj=s.objective),
                         out_shardings=unprepared(place)),
         reference={m: make_reference_fn(model, s.objective, place, s.reference_pieces_of(m))

@@ -14,8 +14,9 @@ model is built or compiled, and every error names the field, its value and what 
   (``num_minibatches`` x ``ppo_epochs`` per rollout batch, algorithm.md §6);
 - how the memory settings cut that work without changing it: ``parallelism.
   micro_batch_per_device`` chains per device per gradient micro-step (the update accumulates
-  them; the reference forward runs in pieces of the same size) and ``parallelism.
-  rollout_prompts_per_device`` prompts per device per rollout call.
+  them; the reference forward runs in pieces of the same size), ``parallelism.
+  rollout_prompts_per_device`` prompts per device per rollout call and ``parallelism.
+  rollout_group_pieces`` (a group's chains split over devices or calls: ``rollout_split``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ class Settings:
     buckets: tuple[int, ...]
     micro_step_chains: int        # chains per gradient micro-step (0: a whole minibatch)
     rollout_calls: int            # rollout program calls per rollout batch (a memory setting)
+    # Rows each group is rolled out as (group_size / rollout_group_pieces chains per row): > 1
+    # when a device takes less than a whole group per call.
+    rollout_group_pieces: int
+    eval_chunk: int               # prompts per evaluation call: batch_size, padded to the devices
     total_updates: int            # optimizer updates of the whole run
     ppo_epochs: int               # updates per chain (algorithm.md §6)
     seed: int                     # orders the minibatches of an epoch
@@ -239,6 +244,29 @@ def total_updates(config) -> int:
     return config.total_steps * config.ppo_epochs * config.num_minibatches
 
 
+def rollout_split(config, group_size: int, num_devices: int) -> tuple[int, int]:
+    """``(calls, group_pieces)`` of a rollout batch: each prompt's group rolled out as
+    ``parallelism.rollout_group_pieces`` rows of ``group_size / pieces`` chains (> 1: a group
+    split over devices or calls, for fewer prompts than devices or a group too large for one
+    device), ``parallelism.rollout_prompts_per_device`` rows per device per call (0: all at
+    once)."""
+    p = config.parallelism
+    pieces, per_device = int(p.rollout_group_pieces), int(p.rollout_prompts_per_device)
+    _need(pieces >= 1 and group_size % pieces == 0, 'parallelism.rollout_group_pieces', pieces,
+          f'must divide rollout.group_size={group_size} (1: a whole group per row)')
+    rows = config.batch_size * pieces
+    _need(rows % num_devices == 0, 'batch_size', config.batch_size,
+          f'the rollout runs data-parallel on all {num_devices} devices: batch_size x '
+          f'parallelism.rollout_group_pieces ({pieces}) must be a multiple of it (split each '
+          'group into more pieces for fewer prompts than devices)')
+    local = rows // num_devices
+    _need(per_device >= 0 and (per_device == 0 or local % per_device == 0),
+          'parallelism.rollout_prompts_per_device', per_device,
+          f'must divide the {local} prompts (or group pieces) each device rolls out '
+          '(batch_size x rollout_group_pieces / devices); 0 = all at once')
+    return (local // per_device if per_device else 1), pieces
+
+
 def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     """Checks an RL config (raises ``ConfigError`` on the first bad field) and derives the
     frozen settings of its programs. ``check_inputs=False``: the weights and the tokenizer are
@@ -262,9 +290,7 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     shape = check_parallelism(config.parallelism, num_devices)
     rc = rollout_config(config)
     obj = objective_config(config, rc.schedule)
-    _need(config.batch_size >= 1 and config.batch_size % num_devices == 0, 'batch_size',
-          config.batch_size,
-          f'the rollout runs data-parallel on all {num_devices} devices: use a multiple of it')
+    _need(config.batch_size >= 1, 'batch_size', config.batch_size, 'must be >= 1')
     chains = config.batch_size * rc.group_size
     _need(chains % config.num_minibatches == 0, 'num_minibatches', config.num_minibatches,
           f'must divide batch_size * group_size = {chains}')
@@ -286,12 +312,7 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
     unit = config.num_minibatches * (piece if per_device else dp)
     buckets = ((chains,) if config.update_chains == 'all' else
                compaction.bucket_sizes(chains, min(config.update_buckets, chains // unit), unit))
-    prompts_per_device = int(p.rollout_prompts_per_device)
-    local = config.batch_size // num_devices
-    _need(prompts_per_device >= 0 and (prompts_per_device == 0 or local % prompts_per_device == 0),
-          'parallelism.rollout_prompts_per_device', prompts_per_device,
-          f'must divide the {local} prompts each device rolls out (batch_size / devices); '
-          '0 = all at once')
+    rollout_calls, group_pieces = rollout_split(config, rc.group_size, num_devices)
     _one_of('model.attention', config.model.attention, attention.IMPLS)
     _one_of('parallelism.rollout_strategy', p.rollout_strategy,
             sorted({**sharding.STRATEGIES, **(p.rules.to_dict() if p.rules else {})}))
@@ -328,7 +349,8 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         eval_tokens=generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens,
         lora=lora_spec(config.lora), chains=chains, minibatch=minibatch,
         buckets=buckets, micro_step_chains=piece if per_device else 0,
-        rollout_calls=local // prompts_per_device if prompts_per_device else 1,
+        rollout_calls=rollout_calls, rollout_group_pieces=group_pieces,
+        eval_chunk=-(-config.batch_size // num_devices) * num_devices,
         total_updates=total_updates(config), ppo_epochs=int(config.ppo_epochs),
         seed=int(config.seed), truncated_think=config.truncated_think,
         skip_zero_variance_groups=bool(o.skip_zero_variance_groups),
