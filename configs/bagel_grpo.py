@@ -185,6 +185,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # chains per device per gradient micro-step (and per reference-forward piece; 0 = a
         # whole minibatch at once).
         micro_batch_per_device=1,
+        # Each micro-step differentiates the objective's terms one after the other, each on its
+        # own replay of the context (the memory of the larger term, e.g. the text term's
+        # logits apart from the window images; one more context forward and backward).
+        split_terms=False,
         rollout_prompts_per_device=1,  # prompts per device per rollout call (0 = all)
         # Each group's chains rolled out as this many pieces (rows of group_size / pieces
         # chains, each counted as a prompt above): > 1 splits a group over devices or calls,

@@ -93,6 +93,23 @@ def traced_on(mesh: Mesh, fn):
     return run
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """``x`` with its axis 0 split over the batch axes (``BATCH_AXES`` whose sizes divide it) of
+    the mesh the program is traced on (``traced_on``); unchanged outside one. For activations
+    whose cheapest partitioning by XLA's cost model is not the batch's (e.g. the logits of a
+    vocabulary head sharded along its contracting dim: every chain's full logits on every
+    device)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes, size = [], 1
+    for name in BATCH_AXES:
+        if mesh.shape.get(name, 1) > 1 and x.shape[0] % (size * mesh.shape[name]) == 0:
+            axes.append(name)
+            size *= mesh.shape[name]
+    return jax.lax.with_sharding_constraint(x, P(tuple(axes))) if axes else x
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

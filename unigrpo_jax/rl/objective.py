@@ -138,8 +138,12 @@ def loss_totals(batch: TrainBatch, obj: ObjectiveConfig) -> dict[str, jax.Array]
 
 
 def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig,
-            totals: dict[str, jax.Array] | None = None) -> tuple[jax.Array, dict]:
+            totals: dict[str, jax.Array] | None = None,
+            slots: tuple[str, ...] | None = None) -> tuple[jax.Array, dict]:
     """The loss (to minimise) of ``batch``, a minibatch or one micro-batch of it, and metrics.
+    ``slots``: only the terms of these slots (``terms.SLOTS``; None: all), on their own replay
+    of the context: the losses of a partition of the slots add up to the whole loss
+    (``parallelism.split_terms``).
 
     ``totals``: ``loss_totals`` of the whole minibatch (default: of ``batch``); the loss is
     then this micro-batch's share, and the loss terms among the metrics are scaled to
@@ -155,14 +159,16 @@ def loss_fn(params, batch: TrainBatch, config: BagelConfig, obj: ObjectiveConfig
     fresh = batch.fresh_old > 0  # [B]: the old values are this forward's own
     loss = jnp.float32(0.0)
     metrics, recorded = {}, {}
-    for t in obj.terms:
+    chosen = [t for t in obj.terms if slots is None or t.slot in slots]
+    for t in chosen:
         pieces, m, r = t.loss(params, config, batch, ctx, obj, totals, fresh)
         for piece in pieces:
             loss += piece
         metrics.update(m)
         recorded.update(r)
     metrics['loss'] = loss / share
-    metrics['think/length'] = jnp.mean(batch.trajectory.think_lengths.astype(jnp.float32))
+    if chosen[:1] == list(obj.terms[:1]):  # once per objective, with its first term
+        metrics['think/length'] = jnp.mean(batch.trajectory.think_lengths.astype(jnp.float32))
     metrics[PER_CHAIN_METRICS] = recorded
     return loss, metrics
 

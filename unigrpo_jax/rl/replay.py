@@ -21,6 +21,7 @@ from flax import struct
 from unigrpo_jax.model import bagel, context, latents
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache, init_cache
+from unigrpo_jax.parallel import sharding
 from unigrpo_jax.rollout import sde, trajectory
 from unigrpo_jax.rollout.rollout import RolloutConfig, rollout_shapes, think_segment
 from unigrpo_jax.rollout.sampling import TokenSampler, token_logprobs
@@ -110,7 +111,8 @@ def think_logprobs(params, config: BagelConfig, think_hidden: jax.Array, traj: T
                    sampler: TokenSampler) -> tuple[jax.Array, jax.Array]:
     """``(logits [B, T, vocab], logp [B, T])`` of each sampled reasoning token, under the
     rollout's sampling distribution."""
-    logits = context.text_logits(params, config, think_hidden[:, :traj.think_tokens.shape[1]])
+    logits = sharding.constrain_batch(context.text_logits(
+        params, config, sharding.constrain_batch(think_hidden[:, :traj.think_tokens.shape[1]])))
     return logits, token_logprobs(logits, traj.think_tokens, sampler)
 
 

@@ -79,9 +79,11 @@ class RunFunctions:
 
 
 def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig,
-            param_shardings: Any = None) -> step_lib.Loss:
+            param_shardings: Any = None, split_terms: bool = False) -> step_lib.Losses:
     """The full fine-tuning RL loss for ``step_lib.make_train_step`` (trainable = params; the
-    frozen reference enters through the batch's preparations).
+    frozen reference enters through the batch's preparations); with ``split_terms`` one part
+    per slot of the objective (``step_lib.Losses``: each micro-step replays the context once per
+    term, with the memory of the larger term).
 
     The float32 params are cast to the compute dtype first (``bagel.compute_params``: the
     forward is bitwise the one of the float32 params, the gradient flows back to them), and
@@ -90,13 +92,19 @@ def rl_loss(config: BagelConfig, obj: objective.ObjectiveConfig,
     float32 for bfloat16, instead of gathered in float32 and cast after."""
     dtype = jnp.dtype(config.dtype)
 
-    def loss(params, frozen, batch, step, totals):
-        del frozen, step
-        compute = bagel.compute_params(params, dtype)
-        if param_shardings is not None:
-            compute = jax.tree.map(jax.lax.with_sharding_constraint, compute, param_shardings)
-        return objective.loss_fn(compute, batch, config, obj, totals)
-    return loss
+    def part(slots):
+        def loss(params, frozen, batch, step, totals):
+            del frozen, step
+            compute = bagel.compute_params(params, dtype)
+            if param_shardings is not None:
+                compute = jax.tree.map(jax.lax.with_sharding_constraint, compute,
+                                       param_shardings)
+            return objective.loss_fn(compute, batch, config, obj, totals, slots)
+        return loss
+
+    if not split_terms:
+        return part(None)
+    return tuple(part((t.slot,)) for t in obj.terms)
 
 
 def unprepared(place: step_lib.Placement):
@@ -129,7 +137,7 @@ def make_reference_fn(config: BagelConfig, obj: objective.ObjectiveConfig,
                    out_shardings=place.batch)
 
 
-def make_old_values_fn(loss: step_lib.Loss, place: step_lib.Placement, micro_batches: int,
+def make_old_values_fn(loss: step_lib.Losses, place: step_lib.Placement, micro_batches: int,
                        totals: Callable):
     """``old_values(state, frozen, batch) -> (recorded, scalars)``: ``recorded {name: [B, ...]}``
     the per-chain values the terms record as old values (``trajectory.PER_CHAIN_METRICS``) of
@@ -162,12 +170,14 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
     placing the compute-dtype copy of the policy the rollout samples from."""
     if s.lora is None:
         place = step_lib.placement(model, optimizer, mesh, rules, batch_example)
-        loss = rl_loss(model, s.objective, place.params)
+        loss = rl_loss(model, s.objective, place.params, s.split_terms)
         merged = lambda trainable, frozen: trainable  # noqa: E731
     else:
         place = lora_lib.lora_placement(model, s.lora, optimizer, mesh, rules, batch_example)
         # The merged params are placed like the base (the frozen params).
-        loss = lora_lib.adapter_loss(rl_loss(model, s.objective, place.ref_params), s.lora)
+        parts = rl_loss(model, s.objective, place.ref_params, s.split_terms)
+        loss = (tuple(lora_lib.adapter_loss(p, s.lora) for p in parts)
+                if isinstance(parts, tuple) else lora_lib.adapter_loss(parts, s.lora))
         spec = s.lora
         merged = lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec)  # noqa: E731
     dtype = jnp.dtype(model.dtype)

@@ -52,6 +52,7 @@ class Settings:
     # ``update_chains='all'``, else ``update_buckets`` sizes up to ``chains``.
     buckets: tuple[int, ...]
     micro_step_chains: int        # chains per gradient micro-step (0: a whole minibatch)
+    split_terms: bool             # each micro-step differentiates the objective's terms apart
     rollout_calls: int            # rollout program calls per rollout batch (a memory setting)
     # Rows each group is rolled out as (group_size / rollout_group_pieces chains per row): > 1
     # when a device takes less than a whole group per call.
@@ -349,6 +350,7 @@ def settings(config, num_devices: int, check_inputs: bool = True) -> Settings:
         eval_tokens=generate.GREEDY if config.eval.greedy_think else rc.schedule.tokens,
         lora=lora_spec(config.lora), chains=chains, minibatch=minibatch,
         buckets=buckets, micro_step_chains=piece if per_device else 0,
+        split_terms=bool(p.split_terms),
         rollout_calls=rollout_calls, rollout_group_pieces=group_pieces,
         eval_chunk=-(-config.batch_size // num_devices) * num_devices,
         total_updates=total_updates(config), ppo_epochs=int(config.ppo_epochs),

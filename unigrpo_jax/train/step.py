@@ -32,6 +32,10 @@ from unigrpo_jax.train.optimizer import grad_norms
 # train state's step counter (e.g. for per-step noise), ``totals`` the minibatch-wide
 # denominators when ``batch`` is one micro-batch of it (``make_train_step``).
 Loss = Callable[[Any, Any, Any, jax.Array], tuple[jax.Array, dict]]
+# A loss given as parts (a tuple of ``Loss``): each part is differentiated on its own, one after
+# the other in every micro-step (the memory of the largest part, not of their sum); their values,
+# gradients and same-named metrics add up, their per-chain values are merged.
+Losses = Loss | tuple[Loss, ...]
 
 
 @struct.dataclass
@@ -117,8 +121,25 @@ def _combine(metrics: dict, count: int) -> dict:
     return {k: jnp.max(v) if 'max' in k else jnp.sum(v) / count for k, v in metrics.items()}
 
 
-def accumulated_gradient(loss: Loss, params, frozen, batch, step, shared, micro_batches: int,
-                         batch_sharding):
+def _value_and_grad(loss: Losses, params, frozen, piece, step, shared):
+    """``((value, metrics), grads)`` of ``loss`` or of its parts added up (``Losses``)."""
+    parts = loss if isinstance(loss, tuple) else (loss,)
+    value, metrics, grads = None, {}, None
+    for part in parts:
+        (v, m), g = jax.value_and_grad(part, has_aux=True)(params, frozen, piece, step, shared)
+        per_chain = {**metrics.pop(trajectory.PER_CHAIN_METRICS, {}),
+                     **m.pop(trajectory.PER_CHAIN_METRICS, {})}
+        metrics = {**metrics, **{k: metrics[k] + x if k in metrics else x for k, x in m.items()},
+                   trajectory.PER_CHAIN_METRICS: per_chain}
+        value = v if value is None else value + v
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+    if not metrics[trajectory.PER_CHAIN_METRICS]:
+        del metrics[trajectory.PER_CHAIN_METRICS]
+    return (value, metrics), grads
+
+
+def accumulated_gradient(loss: Losses, params, frozen, batch, step, shared,
+                         micro_batches: int, batch_sharding):
     """The gradient of ``loss`` at ``params`` over ``batch`` in ``micro_batches`` sequential
     pieces (``trajectory.split_micro_batches``, each constrained to ``batch_sharding``), added
     up: ``(grads, values [k], metrics {name: [k]}, per_chain {name: [k, B / k, ...]})``, the
@@ -131,8 +152,7 @@ def accumulated_gradient(loss: Loss, params, frozen, batch, step, shared, micro_
     def accumulate(grads, j):
         piece = jax.lax.with_sharding_constraint(trajectory.micro_batch(pieces, j),
                                                  batch_sharding)
-        (value, metrics), g = jax.value_and_grad(loss, has_aux=True)(
-            params, frozen, piece, step, shared)
+        (value, metrics), g = _value_and_grad(loss, params, frozen, piece, step, shared)
         per_chain = metrics.pop(trajectory.PER_CHAIN_METRICS, {})
         return jax.tree.map(jnp.add, grads, g), (value, metrics, per_chain)
 
@@ -147,7 +167,7 @@ def merge_per_chain(per_chain):
     return jax.tree.map(lambda x: einops.rearrange(x, 'k m ... -> (m k) ...'), per_chain)
 
 
-def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int = 1,
+def make_train_step(loss: Losses, optimizer, place: Placement, micro_batches: int = 1,
                     totals: Callable[[Any], Any] | None = None, recorded: bool = False):
     """``step(state, frozen, batch) -> (state, metrics)``, jitted and donating the state: one
     optimizer update on a minibatch, its gradient accumulated over ``micro_batches`` equal
@@ -158,7 +178,8 @@ def make_train_step(loss: Loss, optimizer, place: Placement, micro_batches: int 
     ``{name: [B, ...]}`` placed like the batch (else they are dropped).
 
     ``loss(trainable, frozen, micro_batch, step, totals)`` (``rl_step.rl_loss``,
-    ``lora.adapter_loss``, ``sft.objective.sft_loss``) is differentiated in its first argument;
+    ``lora.adapter_loss``, ``sft.objective.sft_loss``), or a tuple of such parts (``Losses``),
+    is differentiated in its first argument;
     ``totals(minibatch)`` gives the minibatch-wide denominators the loss divides by (the RL
     objective's ``loss_totals``), so
     the micro-batches' losses and gradients add up to the minibatch's (None: the loss needs
