@@ -223,11 +223,13 @@ def decode_latents(ae_params, config: BagelConfig, tokens: jax.Array,
     return trajectory_lib.merge_micro_batches(jax.lax.map(decode, split))
 
 
-def _chain_keys(chains_key: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(text_keys, image_keys)``, each ``[B]``: the keys of the chains of global indices
-    ``index [B]``."""
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(chains_key, index)
-    return jax.vmap(lambda k: tuple(jax.random.split(k)))(keys)
+def _chain_keys(chains_key: jax.Array, index: jax.Array
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(text_keys, init_keys, step_keys)``, each ``[B]``: the keys of the chains of global
+    indices ``index [B]`` (reasoning tokens, initial noise, window steps' noise)."""
+    split = jax.vmap(lambda k: tuple(jax.random.split(k)))
+    text_keys, image_keys = split(jax.vmap(jax.random.fold_in, (None, 0))(chains_key, index))
+    return (text_keys, *split(image_keys))
 
 
 def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
@@ -258,7 +260,7 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
     b = prompt_ids.shape[0] * members
     window_key, chains_key = jax.random.split(key)
     index = chain_offset + jnp.arange(b)  # the chains' global indices
-    text_keys, image_keys = _chain_keys(chains_key, index)
+    text_keys, init_keys, step_keys = _chain_keys(chains_key, index)
     if rc.think:
         cache, tokens, logps, mask, closed = generate_think(params, config, cache, text_keys,
                                                             rc.schedule.tokens, t_max)
@@ -269,10 +271,8 @@ def rollout_chains(params, ae_params, config: BagelConfig, rc: RolloutConfig,
                                       rc.schedule.window_max_start + 1)
     h, w = rc.schedule.token_grid(config)
     pos = jnp.asarray(latents.position_ids(h, w, config.max_latent_size))
-    init_keys, step_keys = jax.vmap(lambda k: tuple(jax.random.split(k)))(image_keys)
     if rc.initial_noise == 'group':  # every chain of a group starts from its first chain's noise
-        _, first_image_keys = _chain_keys(chains_key, index // g * g)
-        init_keys = jax.vmap(lambda k: jax.random.split(k)[0])(first_image_keys)
+        _, init_keys, _ = _chain_keys(chains_key, index // g * g)
     final, t, t_next, xs, x_nexts, means, logp = denoise_sde_window(
         params, config, rc.schedule, cache, init_keys, step_keys, window_start, pos)
     images = (decode_latents(ae_params, config, final, rc.schedule.image_size, decode_pieces)

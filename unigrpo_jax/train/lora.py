@@ -145,10 +145,14 @@ def lora_placement(config: BagelConfig, spec: LoraSpec, optimizer, mesh, rules,
     return dataclasses.replace(full, params=lora_sh, state=state)
 
 
-def adapter_loss(loss: step_lib.Loss, spec: LoraSpec) -> step_lib.Loss:
-    """``loss`` of the adapted model as a loss of the adapters: ``state.params`` are the
-    adapters and the frozen argument is the base, used both under the adapters (the policy)
-    and alone (the reference): no second copy of the weights."""
+def adapter_loss(loss: step_lib.Losses, spec: LoraSpec) -> step_lib.Losses:
+    """``loss`` of the adapted model (or each of its parts, ``step_lib.Losses``) as a loss of
+    the adapters: ``state.params`` are the adapters and the frozen argument is the base, used
+    both under the adapters (the policy) and alone (the reference): no second copy of the
+    weights."""
+    if isinstance(loss, tuple):
+        return tuple(adapter_loss(part, spec) for part in loss)
+
     def adapted(lora, base, batch, step, totals):
         return loss(merge(base, lora, spec), base, batch, step, totals)
     return adapted

@@ -175,9 +175,8 @@ def build_programs(model: BagelConfig, s: Settings, optimizer, mesh, rules, roll
     else:
         place = lora_lib.lora_placement(model, s.lora, optimizer, mesh, rules, batch_example)
         # The merged params are placed like the base (the frozen params).
-        parts = rl_loss(model, s.objective, place.ref_params, s.split_terms)
-        loss = (tuple(lora_lib.adapter_loss(p, s.lora) for p in parts)
-                if isinstance(parts, tuple) else lora_lib.adapter_loss(parts, s.lora))
+        loss = lora_lib.adapter_loss(
+            rl_loss(model, s.objective, place.ref_params, s.split_terms), s.lora)
         spec = s.lora
         merged = lambda trainable, frozen: lora_lib.merge(frozen, trainable, spec)  # noqa: E731
     dtype = jnp.dtype(model.dtype)

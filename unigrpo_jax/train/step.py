@@ -123,18 +123,17 @@ def _combine(metrics: dict, count: int) -> dict:
 
 def _value_and_grad(loss: Losses, params, frozen, piece, step, shared):
     """``((value, metrics), grads)`` of ``loss`` or of its parts added up (``Losses``)."""
-    parts = loss if isinstance(loss, tuple) else (loss,)
-    value, metrics, grads = None, {}, None
-    for part in parts:
+    if not isinstance(loss, tuple):
+        return jax.value_and_grad(loss, has_aux=True)(params, frozen, piece, step, shared)
+    (value, metrics), grads = _value_and_grad(loss[0], params, frozen, piece, step, shared)
+    for part in loss[1:]:
         (v, m), g = jax.value_and_grad(part, has_aux=True)(params, frozen, piece, step, shared)
         per_chain = {**metrics.pop(trajectory.PER_CHAIN_METRICS, {}),
                      **m.pop(trajectory.PER_CHAIN_METRICS, {})}
-        metrics = {**metrics, **{k: metrics[k] + x if k in metrics else x for k, x in m.items()},
-                   trajectory.PER_CHAIN_METRICS: per_chain}
-        value = v if value is None else value + v
-        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-    if not metrics[trajectory.PER_CHAIN_METRICS]:
-        del metrics[trajectory.PER_CHAIN_METRICS]
+        metrics = {**metrics, **{k: metrics[k] + x if k in metrics else x for k, x in m.items()}}
+        if per_chain:
+            metrics[trajectory.PER_CHAIN_METRICS] = per_chain
+        value, grads = value + v, jax.tree.map(jnp.add, grads, g)
     return (value, metrics), grads
 
 
