@@ -21,8 +21,8 @@ LAYERS = [
     'config_files',  # get_config() files by path
     'discovery',     # modules at a conventional place (what the registries import)
     'viz',           # image grids
-    'model',         # Bagel in Flax: config, layers, KV cache, latents
     'parallel',      # mesh, sharding, joining a multi-process run
+    'model',         # Bagel in Flax: config, layers, KV cache, latents
     'loading',       # what a run reads from disk: Bagel releases (converted), Orbax checkpoints, the tokenizer, the model factory
     'rewards',       # GenEval rules, the registry, remote rewards
     'rollout',       # generation: think-then-draw, ODE/SDE samplers

@@ -32,6 +32,7 @@ from unigrpo_jax.model import attention
 from unigrpo_jax.model.bagel import Bagel
 from unigrpo_jax.model.config import BagelConfig
 from unigrpo_jax.model.kv_cache import KVCache
+from unigrpo_jax.parallel import sharding
 
 
 def _apply(config: BagelConfig, params, *args, method, **kwargs):
@@ -68,10 +69,11 @@ def prefill_text(params, config: BagelConfig, cache: KVCache, ids: jax.Array,
     b, seq = ids.shape
     _check_capacity(cache, seq)
     lengths = jnp.full((b,), seq, jnp.int32) if lengths is None else lengths.astype(jnp.int32)
-    x = _apply(config, params, ids, method=Bagel.embed_text)
+    x = sharding.constrain_batch(_apply(config, params, ids, method=Bagel.embed_text))
     positions = cache.rope[:, None] + jnp.arange(seq, dtype=jnp.int32)
     hidden, (k, v) = _run_segment(config, params, cache, x, positions,
                                   attention.causal_mask(seq), seq, True)
+    hidden = sharding.constrain_batch(hidden)
     cache = KVCache(k=k, v=v, length=cache.length + lengths, rope=cache.rope + lengths)
     return cache, hidden
 
