@@ -73,7 +73,6 @@ def prefill_text(params, config: BagelConfig, cache: KVCache, ids: jax.Array,
     positions = cache.rope[:, None] + jnp.arange(seq, dtype=jnp.int32)
     hidden, (k, v) = _run_segment(config, params, cache, x, positions,
                                   attention.causal_mask(seq), seq, True)
-    hidden = sharding.constrain_batch(hidden)
     cache = KVCache(k=k, v=v, length=cache.length + lengths, rope=cache.rope + lengths)
     return cache, hidden
 
