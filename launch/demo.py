@@ -1,8 +1,13 @@
-r"""The ShapesEval demo: UniGRPO from the shipped SFT model, evaluated before and after.
+r"""The ShapesEval demo: UniGRPO (or another arm) from the shipped SFT model, evaluated before
+and after.
 
     make demo                                  # = python launch/demo.py (after the install)
     python launch/demo.py --from-scratch       # redo the SFT first (two stages, ~25 min more)
     python launch/demo.py --config.total_steps=10 --out=/tmp/demo   # shorter
+    python launch/demo.py --config=configs/shapes_uninft.py --out=runs/demo_uninft  # NFT image term
+
+The report puts the run beside the documented seeds of the arm its config trains
+(``docs/results/shapes_gains.json``).
 
 What it writes under ``--out`` (run directories, ``report.md``, the reward curve, image
 grids): ``unigrpo_jax.experiments.demo``. Running it again resumes the RL run where it stopped

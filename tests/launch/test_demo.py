@@ -3,7 +3,10 @@
 import json
 import os
 
-from configs import shapes_unigrpo
+import pytest
+
+from configs import shapes_uninft, shapes_unigrpo
+from unigrpo_jax.errors import ConfigError
 from unigrpo_jax.experiments import demo
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,7 +27,7 @@ def test_demo_writes_runs_and_report(tmp_path, launch):
         documented = json.load(f)
     gain = documented['UniGRPO (think)']['cfg=2']['gain']
     steps = documented['steps']['UniGRPO (think)']
-    assert (f'documented over seeds {documented["seeds"]} ({steps} steps): '
+    assert (f'UniGRPO (think) documented over seeds {documented["seeds"]} ({steps} steps): '
             f'{gain["mean"]:+.1f} ± {gain["std"]:.1f}') in report
     assert '## The drawer alone' in report and '| 1 object | 2 |' in report  # 2 single-object prompts
     for path in ('reward_curve.png', 'eval_unigrpo/grid_think_on_cfg_2.png',
@@ -57,9 +60,36 @@ def test_demo_from_scratch_trains_both_sft_stages(tmp_path):
 def test_the_run_is_put_beside_the_documented_seeds_or_says_what_is_missing():
     before = {'think=on cfg=2': {'overall': 0.70}}
     after = {'think=on cfg=2': {'overall': 0.75}}
-    documented = {'seeds': [0, 1], 'steps': {demo.ARM: 100},
-                  demo.ARM: {'cfg=2': {'gain': {'mean': 4.0, 'std': 1.5, 'values': [3.0, 5.0]}}}}
-    assert demo.documented_lines(before, after, documented) == [
-        'think=on cfg=2: this run +5.0 points; documented over seeds [0, 1] (100 steps): '
-        '+4.0 ± 1.5 (per seed +3.0 / +5.0)']
-    assert 'no documented distribution' in demo.documented_lines(before, after, {})[0]
+    arm = 'UniGRPO (think)'
+    documented = {'seeds': [0, 1], 'steps': {arm: 100},
+                  arm: {'cfg=2': {'gain': {'mean': 4.0, 'std': 1.5, 'values': [3.0, 5.0]}}}}
+    assert demo.documented_lines(before, after, documented, arm) == [
+        'think=on cfg=2: this run +5.0 points; UniGRPO (think) documented over seeds [0, 1] '
+        '(100 steps): +4.0 ± 1.5 (per seed +3.0 / +5.0)']
+    assert ('no documented value for UniGRPO-NFT (think)'
+            in demo.documented_lines(before, after, documented, 'UniGRPO-NFT (think)')[0])
+    assert 'no documented distribution' in demo.documented_lines(before, after, {}, arm)[0]
+
+
+def test_the_demo_quotes_the_documented_row_of_the_arm_its_config_trains():
+    assert demo.documented_arm(shapes_unigrpo.get_config()) == 'UniGRPO (think)'
+    assert demo.documented_arm(shapes_uninft.get_config()) == 'UniGRPO-NFT (think)'
+    with open(demo.DOCUMENTED) as f:  # both rows are documented
+        assert {'UniGRPO (think)', 'UniGRPO-NFT (think)'} <= set(json.load(f))
+    config = shapes_unigrpo.get_config()
+    config.objective.update(mode='textgrpo', image_term='nft')
+    with pytest.raises(ConfigError, match='no ShapesEval arm'):
+        demo.documented_arm(config)
+
+
+def test_the_reward_curve_names_how_the_arm_draws_its_rollouts(tmp_path):
+    rows = [{'step': s, 'reward/mean': 0.5 + 0.01 * s} for s in range(1, 13)]
+    rows.append({'step': 10, 'eval/reward_mean': 0.7})
+    (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    window = demo.reward_curves(str(tmp_path), shapes_unigrpo.get_config())
+    ode = demo.reward_curves(str(tmp_path), shapes_uninft.get_config())
+    assert 'training reward (rollout: SDE window, no CFG)' in window
+    assert 'training reward (rollout: ODE, no CFG)' in ode
+    steps, values = ode['training reward (rollout: ODE, no CFG)']
+    assert steps == list(range(1, 13)) and values[-1] == 0.62
+    assert ode['eval reward (240 held-out prompts, ODE + CFG)'] == ([10], [0.7])

@@ -18,7 +18,10 @@ import time
 from typing import Callable
 
 from unigrpo_jax import config_files, viz
+from unigrpo_jax.errors import ConfigError
+from unigrpo_jax.experiments import table
 from unigrpo_jax.loading import tokenizer as tokenizer_lib
+from unigrpo_jax.rl import objective
 from unigrpo_jax.shapes import drawer_probe
 from unigrpo_jax.shapes import evaluate as shapes_eval
 from unigrpo_jax.shapes import prompt_source
@@ -27,10 +30,22 @@ from unigrpo_jax.train import loop, run_dir
 
 SHIPPED = os.path.join(config_files.ROOT, 'checkpoints', 'shapes_sft_think')
 # The distribution over seeds this demo's run is compared with (launch/shapes_results.py's
-# gains.json of the documented runs), and its row.
+# gains.json of the documented runs; a row per arm).
 DOCUMENTED = os.path.join(config_files.ROOT, 'docs', 'results', 'shapes_gains.json')
-ARM = 'UniGRPO (think)'
 SMOOTHING = 10  # steps in the smoothed training-reward curve
+
+
+def documented_arm(config) -> str:
+    """The documented row (``table.ARMS``) of the arm ``config`` trains: the first whose config
+    file has the same objective mode and image term (``'UniGRPO (think)'`` for
+    ``configs/shapes_unigrpo.py``, ``'UniGRPO-NFT (think)'`` for ``shapes_uninft.py``)."""
+    key = (config.objective.mode, config.objective.image_term)
+    for name, config_name in table.ARMS.items():
+        arm = config_files.load(os.path.join(config_files.CONFIGS, config_name + '.py'))
+        if (arm.objective.mode, arm.objective.image_term) == key:
+            return name
+    raise ConfigError(f'objective.mode={key[0]!r} with objective.image_term={key[1]!r} is no '
+                      f'ShapesEval arm ({", ".join(table.ARMS)})')
 
 
 def reward_label(config) -> str:
@@ -90,9 +105,10 @@ def evaluate(run, out_dir: str, scales: list[float], samples: int, per_tag: int 
     return accuracy, drawer
 
 
-def reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
+def reward_curves(workdir: str, config) -> dict[str, tuple[list, list]]:
     """The training reward per step (raw and smoothed) and the eval reward of an RL workdir's
-    ``metrics.jsonl``: ``{label: (steps, values)}``."""
+    ``metrics.jsonl`` (``config``: its RL config, for how the rollout draws):
+    ``{label: (steps, values)}``."""
     train, evals = ([], []), ([], [])
     with open(os.path.join(workdir, 'metrics.jsonl')) as f:
         for record in map(json.loads, f):
@@ -104,16 +120,18 @@ def reward_curves(workdir: str) -> dict[str, tuple[list, list]]:
                 evals[1].append(record['eval/reward_mean'])
     # A batch's mean reward moves with its 8 prompts' difficulty: the trend shows in a mean
     # over the last SMOOTHING steps.
-    return {'training reward (rollout: SDE window, no CFG)': train,
+    sampler = ('SDE window' if objective.has_window(config.objective.mode,
+                                                    config.objective.image_term) else 'ODE')
+    return {f'training reward (rollout: {sampler}, no CFG)': train,
             f'training reward, mean of the last {SMOOTHING} steps':
                 (train[0], viz.moving_average(train[1], SMOOTHING)),
             'eval reward (240 held-out prompts, ODE + CFG)': evals}
 
 
-def documented_lines(before: dict, after: dict, documented: dict) -> list[str]:
-    """This run's change next to the documented distribution over seeds (``DOCUMENTED``,
-    written by ``launch/shapes_results.py``), one line per setting."""
-    arm = documented.get(ARM, {})
+def documented_lines(before: dict, after: dict, documented: dict, arm: str) -> list[str]:
+    """This run's change next to the documented distribution over seeds of ``arm``'s runs
+    (``DOCUMENTED``, written by ``launch/shapes_results.py``), one line per setting."""
+    rows = documented.get(arm, {})
     lines = []
     for k in before:
         change = 100 * (after[k]['overall'] - before[k]['overall'])
@@ -121,24 +139,26 @@ def documented_lines(before: dict, after: dict, documented: dict) -> list[str]:
         if not documented:
             lines.append(f'{k}: this run {change:+.1f} points (no documented distribution: '
                          f'{DOCUMENTED} is missing)')
-        elif setting not in arm:
-            lines.append(f'{k}: this run {change:+.1f} points (no documented value)')
+        elif setting not in rows:
+            lines.append(f'{k}: this run {change:+.1f} points (no documented value for {arm})')
         else:
-            g = arm[setting]['gain']
-            lines.append(f'{k}: this run {change:+.1f} points; documented over seeds '
-                         f'{documented["seeds"]} ({documented["steps"][ARM]} steps): '
+            g = rows[setting]['gain']
+            lines.append(f'{k}: this run {change:+.1f} points; {arm} documented over seeds '
+                         f'{documented["seeds"]} ({documented["steps"][arm]} steps): '
                          f'{g["mean"]:+.1f} ± {g["std"]:.1f} (per seed '
                          f'{" / ".join(f"{v:+.1f}" for v in g["values"])})')
     return lines
 
 
 def write_report(out: str, before: dict, after: dict, drawer: tuple[dict, dict], step: int,
-            minutes: dict, documented: dict) -> str:
-    """``<out>/report.md`` (see the module docstring); returns its path."""
+                 minutes: dict, documented: dict, arm: str) -> str:
+    """``<out>/report.md`` (see the module docstring) of a run of ``arm`` (a documented row);
+    returns its path."""
+    policy = arm.split(' (')[0]  # 'UniGRPO (think)' -> 'UniGRPO'
     rows = {f'SFT (think), {k}': v for k, v in before.items()}
-    rows.update({f'UniGRPO step {step}, {k}': v for k, v in after.items()})
+    rows.update({f'{policy} step {step}, {k}': v for k, v in after.items()})
     lines = [
-        '# ShapesEval demo: SFT (think) -> UniGRPO', '',
+        f'# ShapesEval demo: SFT (think) -> {policy}', '',
         'Strict accuracy (%) on the evaluation prompts of `data/shapes_eval/` (greedy '
         'thinking, Euler ODE). `cfg=1`: no guidance, as the RL rollout samples; `cfg=2`: the '
         'configured text CFG.', '',
@@ -146,13 +166,13 @@ def write_report(out: str, before: dict, after: dict, drawer: tuple[dict, dict],
         'RL trajectories differ across machines (float reductions, thread counts), so a fresh '
         'run lands somewhere in the distribution over seeds that docs/results.md reports, not '
         'on one documented number:', '',
-        *[f'- {line}' for line in documented_lines(before, after, documented)],
+        *[f'- {line}' for line in documented_lines(before, after, documented, arm)],
         '', '## The drawer alone', '',
         'One random plan per prompt (free colours and cells uniform, as in the SFT data) given '
         'as the thinking, no CFG: % of images with exactly the planned objects / % strictly '
         'correct (`launch/probe_drawer.py`). Prompts with two objects need the drawer to put '
         'each shape and colour in its planned cell.', '',
-        drawer_probe.markdown_table({'SFT': drawer[0], f'UniGRPO step {step}': drawer[1]}),
+        drawer_probe.markdown_table({'SFT': drawer[0], f'{policy} step {step}': drawer[1]}),
         '', '## Reward', '', '![reward curve](reward_curve.png)', '',
         '## Samples after RL (prompt | thinking; green = correct)', '',
         *[f'![{k}](eval_unigrpo/grid_{k.replace("=", "_").replace(" ", "_")}.png)'
@@ -180,7 +200,8 @@ def run(config, out: str, *, from_scratch: bool = False, sft_scale: str = '',
     sft_dir = sft_run_dir(out, from_scratch, sft_scale, command, say)
     before_run = run_dir.load(sft_dir)
     scales = shapes_eval.default_cfg_scales(config.eval)
-    documented = load_documented()
+    documented, arm = load_documented(), documented_arm(config)
+    policy = arm.split(' (')[0]
     samples = documented.get('eval_samples', 1)
     say(f'evaluating the SFT model ({before_run.checkpoint}; {samples} image(s) per prompt)')
     before, drawer_before = evaluate(before_run, os.path.join(out, 'eval_sft'), scales, samples,
@@ -190,26 +211,26 @@ def run(config, out: str, *, from_scratch: bool = False, sft_scale: str = '',
     t = time.time()
     rl_dir = os.path.join(out, 'unigrpo')
     config.model.checkpoint = os.path.abspath(before_run.checkpoint)
-    say(f'UniGRPO: {config.total_steps} steps of {config.batch_size} prompts x '
+    say(f'{policy}: {config.total_steps} steps of {config.batch_size} prompts x '
         f'{config.rollout.group_size} samples -> {rl_dir} (one line per step below)')
     loop.train(config, rl_dir)
-    minutes['UniGRPO'] = (time.time() - t) / 60
+    minutes[policy] = (time.time() - t) / 60
 
     t = time.time()
     after_run = run_dir.load(rl_dir)
-    say(f'evaluating the UniGRPO model (step {after_run.step})')
+    say(f'evaluating the {policy} model (step {after_run.step})')
     after, drawer_after = evaluate(after_run, os.path.join(out, 'eval_unigrpo'), scales,
                                    samples, per_tag, say)
     minutes['evaluation after RL'] = (time.time() - t) / 60
-    viz.plot_curves(os.path.join(out, 'reward_curve.png'), reward_curves(rl_dir),
-                    title='UniGRPO on ShapesEval', ylabel=reward_label(config))
+    viz.plot_curves(os.path.join(out, 'reward_curve.png'), reward_curves(rl_dir, config),
+                    title=f'{policy} on ShapesEval', ylabel=reward_label(config))
     minutes['total'] = (time.time() - start) / 60
     path = write_report(out, before, after, (drawer_before, drawer_after), after_run.step,
-                        minutes, documented)
+                        minutes, documented, arm)
     for k in before:
         say(f'{k}: overall {100 * before[k]["overall"]:.1f}% -> '
             f'{100 * after[k]["overall"]:.1f}%')
-    for line in documented_lines(before, after, documented):
+    for line in documented_lines(before, after, documented, arm):
         say(line)
     say(f'report: {path} ({minutes["total"]:.1f} min)')
     return path
