@@ -74,6 +74,7 @@ def test_the_run_is_put_beside_the_documented_seeds_or_says_what_is_missing():
 def test_the_demo_quotes_the_documented_row_of_the_arm_its_config_trains():
     assert demo.documented_arm(shapes_unigrpo.get_config()) == 'UniGRPO (think)'
     assert demo.documented_arm(shapes_uninft.get_config()) == 'UniGRPO-NFT (think)'
+    assert demo.policy_name('UniGRPO-NFT (think)') == 'UniGRPO-NFT'
     with open(demo.DOCUMENTED) as f:  # both rows are documented
         assert {'UniGRPO (think)', 'UniGRPO-NFT (think)'} <= set(json.load(f))
     config = shapes_unigrpo.get_config()

@@ -48,6 +48,12 @@ def documented_arm(config) -> str:
                       f'ShapesEval arm ({", ".join(table.ARMS)})')
 
 
+def policy_name(arm: str) -> str:
+    """The trained policy's name in the report and the log: ``'UniGRPO (think)'`` ->
+    ``'UniGRPO'``."""
+    return arm.split(' (')[0]
+
+
 def reward_label(config) -> str:
     """The reward curve's axis: the strict GenEval reward (0/1) or FlowGRPO's partial credit."""
     strict = config.reward.options.get('strict', False)
@@ -154,7 +160,7 @@ def write_report(out: str, before: dict, after: dict, drawer: tuple[dict, dict],
                  minutes: dict, documented: dict, arm: str) -> str:
     """``<out>/report.md`` (see the module docstring) of a run of ``arm`` (a documented row);
     returns its path."""
-    policy = arm.split(' (')[0]  # 'UniGRPO (think)' -> 'UniGRPO'
+    policy = policy_name(arm)
     rows = {f'SFT (think), {k}': v for k, v in before.items()}
     rows.update({f'{policy} step {step}, {k}': v for k, v in after.items()})
     lines = [
@@ -201,7 +207,7 @@ def run(config, out: str, *, from_scratch: bool = False, sft_scale: str = '',
     before_run = run_dir.load(sft_dir)
     scales = shapes_eval.default_cfg_scales(config.eval)
     documented, arm = load_documented(), documented_arm(config)
-    policy = arm.split(' (')[0]
+    policy = policy_name(arm)
     samples = documented.get('eval_samples', 1)
     say(f'evaluating the SFT model ({before_run.checkpoint}; {samples} image(s) per prompt)')
     before, drawer_before = evaluate(before_run, os.path.join(out, 'eval_sft'), scales, samples,
